@@ -1,0 +1,43 @@
+# fedn: `make demo` runs a local federation, `make test` runs lint and the whole suite.
+# Both set up .venv themselves from a fresh clone.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint unit bench proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[torch,examples,dev]'
+	# test-only servers (MongoDB wire protocol, S3): never runtime dependencies
+	$(PY) -m pip install -q 'secantusdb==0.7.0b3' 'nanio==0.1.7'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/fedn local --client examples.digits:DigitsClient --combiners 2 --clients 4 --rounds 6
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+bench: install
+	$(PY) -m bench
+
+proto: install
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fedn/v1/fedn.proto
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,102 @@
+"""Streaming weighted mean in float64: the one FedAvg used by combiner, reducer and simulator.
+
+A combiner folds updates into a :class:`WeightedMean` as they arrive and
+emits a :class:`Partial`; the reducer folds partials into another
+:class:`WeightedMean` with each partial's total weight. Because a partial is a
+weighted mean carrying its total weight, the merge of partials equals flat
+FedAvg over all clients (up to float64 rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedn.codec import NamedArrays, TensorSpec, check_finite, check_manifest, manifest_of
+from fedn.errors import InvalidArgument
+
+__all__ = ["Partial", "WeightedMean", "merge_partials"]
+
+# Fold in slices so the float64 scratch buffer stays small (DESIGN §11: 2.4x faster than astype).
+_SLICE = 1 << 17
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A weighted mean of some updates, with the weight it stands for."""
+
+    arrays: NamedArrays
+    total_weight: float
+    count: int
+
+
+class WeightedMean:
+    """Running weighted mean over updates that share one manifest.
+
+    Memory is one float64 copy of the model plus a small scratch buffer, no
+    matter how many updates are added.
+    """
+
+    def __init__(self, manifest: Sequence[TensorSpec]) -> None:
+        self._manifest = list(manifest)
+        self._sums = {spec.name: np.zeros(spec.shape, dtype=np.float64) for spec in self._manifest}
+        largest = max((spec.size for spec in self._manifest), default=0)
+        self._scratch = np.empty(min(largest, _SLICE), dtype=np.float64)
+        self._total_weight = 0.0
+        self._count = 0
+
+    @property
+    def manifest(self) -> list[TensorSpec]:
+        return list(self._manifest)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def total_weight(self) -> float:
+        return self._total_weight
+
+    def validate(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
+        """Raise (InvalidModel, NonFiniteValues, InvalidArgument) if ``add`` would reject this update."""
+        if not np.isfinite(weight) or weight <= 0:
+            raise InvalidArgument(f"update weight must be a positive finite number, got {weight}")
+        check_manifest(self._manifest, manifest_of(arrays))
+        for name, array in arrays.items():
+            check_finite(name, np.asarray(array))
+
+    def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
+        """Fold ``weight * arrays`` into the sum; the sum is untouched if validation fails."""
+        self.validate(arrays, weight)
+        for spec in self._manifest:
+            self._fold(self._sums[spec.name].reshape(-1), np.asarray(arrays[spec.name]).reshape(-1), weight)
+        self._total_weight += float(weight)
+        self._count += 1
+
+    def _fold(self, acc: np.ndarray, x: np.ndarray, weight: float) -> None:
+        for start in range(0, x.size, _SLICE):
+            stop = min(start + _SLICE, x.size)
+            tmp = self._scratch[: stop - start]
+            np.multiply(x[start:stop], weight, out=tmp, casting="unsafe")
+            np.add(acc[start:stop], tmp, out=acc[start:stop])
+
+    def partial(self) -> Partial:
+        """The weighted mean so far (float64) and its total weight."""
+        if self._count == 0:
+            raise InvalidArgument("no updates to average")
+        mean = {name: s / self._total_weight for name, s in self._sums.items()}
+        return Partial(arrays=mean, total_weight=self._total_weight, count=self._count)
+
+
+def merge_partials(partials: Sequence[Partial]) -> Partial:
+    """Merge partials by their total weight: equals flat FedAvg over all their updates."""
+    partials = [p for p in partials if p.count > 0]
+    if not partials:
+        raise InvalidArgument("no partials to merge")
+    acc = WeightedMean(manifest_of(partials[0].arrays))
+    for p in partials:
+        acc.add(p.arrays, p.total_weight)
+    merged = acc.partial()
+    return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=sum(p.count for p in partials))

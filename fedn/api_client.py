@@ -1,0 +1,120 @@
+"""A typed client of the reducer's REST API, used by the CLI, combiners and clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from fedn import errors
+from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+
+__all__ = ["Assignment", "ReducerAPI"]
+
+_BY_STATUS: dict[int, type[errors.FednError]] = {
+    400: errors.InvalidArgument,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.PayloadTooLarge,
+    503: errors.Unavailable,
+}
+
+
+class Assignment(dict):
+    """``{"client_id", "combiner_id", "combiner_address"}`` as returned by the reducer."""
+
+
+class ReducerAPI:
+    """Calls ``{base_url}/api/v1``; raises FednError subclasses carrying the server's message."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._base = base_url.rstrip("/") + "/api/v1"
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ReducerAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self._base + path
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.Unavailable(f"reducer at {self._base} is unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                message = body.get("detail") or body.get("error") or response.text
+            except ValueError:
+                message = response.text[:500]
+            cls = _BY_STATUS.get(response.status_code, errors.FednError)
+            raise cls(f"{method} {path}: {message}")
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # health
+    def health(self) -> dict:
+        return self._json("GET", "/health")
+
+    # combiners
+    def register_combiner(self, combiner_id: str, address: str) -> CombinerRecord:
+        body = {"id": combiner_id, "name": combiner_id, "address": address}
+        return CombinerRecord.model_validate(self._json("POST", "/combiners", json=body))
+
+    def combiner_heartbeat(self, combiner_id: str, client_ids: list[str]) -> dict:
+        body = {"num_clients": len(client_ids), "client_ids": client_ids}
+        return self._json("PUT", f"/combiners/{combiner_id}/heartbeat", json=body)
+
+    def list_combiners(self) -> list[CombinerRecord]:
+        return [CombinerRecord.model_validate(c) for c in self._json("GET", "/combiners")["items"]]
+
+    # clients
+    def assign_client(self, name: str, client_id: str | None = None) -> Assignment:
+        body: dict[str, Any] = {"name": name}
+        if client_id:
+            body["client_id"] = client_id
+        return Assignment(self._json("POST", "/clients/assign", json=body))
+
+    def list_clients(self) -> list[ClientRecord]:
+        return [ClientRecord.model_validate(c) for c in self._json("GET", "/clients")["items"]]
+
+    # models
+    def upload_model(self, blob: bytes) -> ModelRecord:
+        headers = {"Content-Type": "application/octet-stream"}
+        return ModelRecord.model_validate(self._json("POST", "/models", content=blob, headers=headers))
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        return ModelRecord.model_validate(self._json("GET", f"/models/{model_id}"))
+
+    def list_models(self, session_id: str | None = None, limit: int = 100) -> list[ModelRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        if session_id:
+            params["session_id"] = session_id
+        return [ModelRecord.model_validate(m) for m in self._json("GET", "/models", params=params)["items"]]
+
+    def download_model(self, model_id: str) -> bytes:
+        return self._request("GET", f"/models/{model_id}/download").content
+
+    # sessions and rounds
+    def start_session(self, **params: Any) -> Session:
+        return Session.model_validate(self._json("POST", "/sessions", json=params))
+
+    def get_session(self, session_id: str) -> Session:
+        return Session.model_validate(self._json("GET", f"/sessions/{session_id}"))
+
+    def list_sessions(self) -> list[Session]:
+        return [Session.model_validate(s) for s in self._json("GET", "/sessions")["items"]]
+
+    def list_rounds(self, session_id: str) -> list[Round]:
+        return [Round.model_validate(r) for r in self._json("GET", f"/sessions/{session_id}/rounds")["items"]]
+
+    def get_round(self, round_id: str) -> Round:
+        return Round.model_validate(self._json("GET", f"/rounds/{round_id}"))

@@ -1,0 +1,122 @@
+"""``fedn session start|list|show``: drive training through the reducer's REST API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from fedn.api_client import ReducerAPI
+from fedn.errors import InvalidArgument
+from fedn.records import Round, RoundStatus, Session, SessionStatus
+
+__all__ = ["format_round", "register", "wait_for_session"]
+
+DEFAULT_REDUCER = "http://127.0.0.1:8092"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    session = commands.add_parser("session", help="start and inspect training sessions")
+    sub = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
+
+    start = sub.add_parser("start", help="start a training session on the reducer")
+    start.add_argument("--reducer", default=DEFAULT_REDUCER, help=f"reducer URL [default {DEFAULT_REDUCER}]")
+    start.add_argument("--rounds", type=int, default=5, help="number of rounds [default 5]")
+    start.add_argument("--aggregator", default="fedavg", help="aggregation rule at each combiner [default fedavg]")
+    start.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
+    start.add_argument("--min-clients", type=int, default=1, help="updates a round needs to succeed [default 1]")
+    start.add_argument("--model", default=None, help="seed model id [default: the newest uploaded model]")
+    start.add_argument(
+        "--config", default="{}", help="JSON object sent to every client's train, e.g. '{\"epochs\": 2}'"
+    )
+    start.add_argument("--wait", action="store_true", help="follow the session and print one line per round")
+    start.set_defaults(func=_start)
+
+    show = sub.add_parser("show", help="show one session and its rounds")
+    show.add_argument("session_id")
+    show.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    show.set_defaults(func=_show)
+
+    lst = sub.add_parser("list", help="list sessions, newest first")
+    lst.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    lst.set_defaults(func=_list)
+
+
+def _parse_config(text: str) -> dict:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"--config is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidArgument("--config must be a JSON object")
+    return config
+
+
+def _start(args: argparse.Namespace) -> int:
+    params = {
+        "rounds": args.rounds,
+        "aggregator": args.aggregator,
+        "round_timeout_s": args.round_timeout,
+        "min_clients": args.min_clients,
+        "config": _parse_config(args.config),
+    }
+    if args.model:
+        params["model_id"] = args.model
+    with ReducerAPI(args.reducer) as api:
+        session = api.start_session(**params)
+        print(f"session {session.id} started: {session.rounds} rounds from model {session.seed_model_id}")
+        if not args.wait:
+            return 0
+        final = wait_for_session(api, session.id, on_round=lambda r: print(format_round(r)))
+        print(f"session {final.id} {final.status}: {final.error or 'ok'}")
+        return 0 if final.status == SessionStatus.DONE else 1
+
+
+def wait_for_session(
+    api: ReducerAPI, session_id: str, *, on_round=None, poll_s: float = 0.5, timeout_s: float | None = None
+) -> Session:
+    """Follow a session until it ends, calling ``on_round`` once per finished round."""
+    reported: set[str] = set()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        session = api.get_session(session_id)
+        for round_ in api.list_rounds(session_id):
+            if round_.status in (RoundStatus.DONE, RoundStatus.FAILED) and round_.id not in reported:
+                reported.add(round_.id)
+                if on_round:
+                    on_round(round_)
+        if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
+            return session
+        if deadline is not None and time.monotonic() > deadline:
+            return session
+        time.sleep(poll_s)
+
+
+def format_round(r: Round) -> str:
+    loss = r.metrics.get("train_loss")
+    loss_text = f"{loss.mean:.4f}" if loss else "-"
+    text = (
+        f"round {r.index:>3} {r.status:<6} combiners={len(r.combiners)} clients={r.num_updates}/{r.num_selected} "
+        f"train_loss={loss_text} time={r.duration_s or 0:.2f}s"
+    )
+    if r.failures:
+        text += f" failed={len(r.failures)}"
+    if r.reason:
+        text += f" reason={r.reason}"
+    return text
+
+
+def _show(args: argparse.Namespace) -> int:
+    with ReducerAPI(args.reducer) as api:
+        session = api.get_session(args.session_id)
+        print(session.model_dump_json(indent=2))
+        for r in api.list_rounds(session.id):
+            print(format_round(r))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with ReducerAPI(args.reducer) as api:
+        for s in api.list_sessions():
+            print(f"{s.id}  {s.status:<8} rounds {s.rounds_done}/{s.rounds}  aggregator={s.aggregator}")
+    return 0

@@ -1,0 +1,156 @@
+"""Model codec: named numpy arrays to bytes and back, never through pickle.
+
+Two encodings of the same data:
+
+* the *payload*: raw little-endian tensor bytes concatenated in manifest order.
+  It is what travels in chunks over gRPC, so a receiver can view or fold each
+  chunk without parsing anything.
+* the *model file*: safetensors, what the model store keeps and the REST API
+  serves. Its data section is exactly a payload, so converting is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from fedn.errors import InvalidModel, NonFiniteValues
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "NamedArrays",
+    "TensorSpec",
+    "check_finite",
+    "check_manifest",
+    "decode_model",
+    "decode_payload",
+    "encode_model",
+    "encode_payload",
+    "manifest_of",
+    "payload_bytes",
+    "sha256_hex",
+]
+
+NamedArrays = dict[str, np.ndarray]
+
+ALLOWED_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one tensor; a list of them is a manifest."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TensorSpec:
+        return cls(name=str(d["name"]), dtype=str(d["dtype"]), shape=tuple(int(x) for x in d["shape"]))
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.name not in ALLOWED_DTYPES:
+        raise InvalidModel(f"tensor {name!r} has unsupported dtype {arr.dtype.name}")
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(arr)
+
+
+def manifest_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:
+    """The manifest of ``arrays``, in their iteration order."""
+    return [TensorSpec(name, np.asarray(a).dtype.name, tuple(np.shape(a))) for name, a in arrays.items()]
+
+
+def payload_bytes(manifest: list[TensorSpec]) -> int:
+    return sum(spec.nbytes for spec in manifest)
+
+
+def encode_payload(arrays: Mapping[str, np.ndarray]) -> tuple[list[TensorSpec], bytes]:
+    """Manifest and raw payload of ``arrays`` (one copy, no pickle)."""
+    parts = [_as_array(name, a) for name, a in arrays.items()]
+    manifest = [TensorSpec(name, a.dtype.name, a.shape) for name, a in zip(arrays, parts, strict=True)]
+    return manifest, b"".join(a.tobytes() for a in parts)
+
+
+def decode_payload(manifest: list[TensorSpec], payload: bytes | bytearray | memoryview) -> NamedArrays:
+    """Zero-copy views of ``payload`` as named arrays; raises InvalidModel on a size mismatch."""
+    expected = payload_bytes(manifest)
+    if len(payload) != expected:
+        raise InvalidModel(f"payload has {len(payload)} bytes, manifest describes {expected}")
+    out: NamedArrays = {}
+    offset = 0
+    for spec in manifest:
+        if spec.dtype not in ALLOWED_DTYPES:
+            raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
+        out[spec.name] = np.frombuffer(payload, dtype=spec.dtype, count=spec.size, offset=offset).reshape(spec.shape)
+        offset += spec.nbytes
+    return out
+
+
+def encode_model(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A safetensors file of ``arrays``."""
+    if not arrays:
+        raise InvalidModel("a model needs at least one tensor")
+    return _st_save({name: _as_array(name, a) for name, a in arrays.items()})
+
+
+def decode_model(data: bytes) -> NamedArrays:
+    """Arrays of a safetensors file, in file (offset) order; InvalidModel if it is not one."""
+    try:
+        arrays = _st_load(bytes(data))
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise InvalidModel(f"not a safetensors model: {exc}") from exc
+    if not arrays:
+        raise InvalidModel("model has no tensors")
+    for name, a in arrays.items():
+        if a.dtype.name not in ALLOWED_DTYPES:
+            raise InvalidModel(f"tensor {name!r} has unsupported dtype {a.dtype.name}")
+    return arrays
+
+
+def check_manifest(expected: list[TensorSpec], got: list[TensorSpec]) -> None:
+    """Raise InvalidModel naming the first difference between two manifests."""
+    want = {s.name: s for s in expected}
+    have = {s.name: s for s in got}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        raise InvalidModel(f"tensor names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    for spec in expected:
+        other = have[spec.name]
+        if other.shape != spec.shape:
+            raise InvalidModel(f"tensor {spec.name!r} has shape {list(other.shape)}, expected {list(spec.shape)}")
+        if other.dtype != spec.dtype:
+            raise InvalidModel(f"tensor {spec.name!r} has dtype {other.dtype}, expected {spec.dtype}")
+    if [s.name for s in expected] != [s.name for s in got]:
+        raise InvalidModel("tensors are not in the global model's order")
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    """Raise NonFiniteValues if a float ``array`` holds NaN or Inf."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,172 @@
+"""Domain records kept in the state store and served by the REST API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ClientFailureRecord",
+    "ClientRecord",
+    "CombinerRecord",
+    "ConfigScalar",
+    "MetricSummary",
+    "ModelRecord",
+    "NodeStatus",
+    "Round",
+    "RoundPlan",
+    "RoundResult",
+    "RoundStatus",
+    "Session",
+    "SessionStatus",
+    "new_id",
+    "now",
+]
+
+ConfigScalar = bool | int | float | str
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def now() -> float:
+    return time.time()
+
+
+class SessionStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RoundStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class NodeStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class Session(BaseModel):
+    """A training session: a number of rounds from a seed model with one aggregator."""
+
+    id: str = Field(default_factory=new_id)
+    status: SessionStatus = SessionStatus.PENDING
+    rounds: int
+    aggregator: str = "fedavg"
+    round_timeout_s: float = 60.0
+    min_clients: int = 1
+    config: dict[str, ConfigScalar] = Field(default_factory=dict)
+    seed_model_id: str
+    model_id: str  # the current global model
+    rounds_done: int = 0
+    error: str | None = None
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class MetricSummary(BaseModel):
+    mean: float
+    min: float
+    max: float
+    count: int
+
+
+class ClientFailureRecord(BaseModel):
+    client_id: str
+    combiner_id: str = ""
+    error: str
+
+
+class Round(BaseModel):
+    """One round of a session, written before it is acted on."""
+
+    id: str = Field(default_factory=new_id)
+    session_id: str
+    index: int  # 1-based within the session
+    status: RoundStatus = RoundStatus.PENDING
+    model_in: str
+    model_out: str | None = None
+    combiners: list[str] = Field(default_factory=list)
+    num_selected: int = 0
+    num_updates: int = 0
+    num_rejected: int = 0
+    total_weight: float = 0.0
+    failures: list[ClientFailureRecord] = Field(default_factory=list)
+    metrics: dict[str, MetricSummary] = Field(default_factory=dict)
+    reason: str | None = None
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+
+
+class ModelRecord(BaseModel):
+    """Metadata of a model blob in the model store."""
+
+    id: str = Field(default_factory=new_id)
+    key: str
+    sha256: str
+    size_bytes: int
+    num_parameters: int
+    tensors: list[dict] = Field(default_factory=list)  # TensorSpec.to_dict() entries
+    session_id: str | None = None
+    round_id: str | None = None
+    parent_id: str | None = None
+    created_at: float = Field(default_factory=now)
+
+
+class ClientRecord(BaseModel):
+    id: str = Field(default_factory=new_id)
+    name: str
+    combiner_id: str | None = None
+    status: NodeStatus = NodeStatus.ONLINE
+    assigned_at: float = Field(default_factory=now)
+    last_seen: float = Field(default_factory=now)
+
+
+class CombinerRecord(BaseModel):
+    id: str
+    name: str
+    address: str  # host:port that clients and the reducer dial
+    status: NodeStatus = NodeStatus.ONLINE
+    num_clients: int = 0
+    registered_at: float = Field(default_factory=now)
+    last_seen: float = Field(default_factory=now)
+
+
+class RoundPlan(BaseModel):
+    """What the reducer asks one combiner to run."""
+
+    round_id: str
+    session_id: str
+    round_index: int
+    model_id: str
+    aggregator: str = "fedavg"
+    config: dict[str, ConfigScalar] = Field(default_factory=dict)
+    timeout_s: float = 60.0
+    max_clients: int = 0  # 0 = every connected client
+
+
+class RoundResult(BaseModel):
+    """What one combiner reports when its part of a round ends."""
+
+    round_id: str
+    combiner_id: str
+    partial_key: str = ""  # empty when no update arrived
+    total_weight: float = 0.0
+    num_selected: int = 0
+    num_updates: int = 0
+    num_rejected: int = 0
+    failures: list[ClientFailureRecord] = Field(default_factory=list)
+    metrics: dict[str, MetricSummary] = Field(default_factory=dict)
+    client_ids: list[str] = Field(default_factory=list)

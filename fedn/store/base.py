@@ -1,0 +1,80 @@
+"""The two store interfaces. Backends translate driver errors into StoreError / NotFound."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+
+__all__ = ["ModelStore", "StateStore"]
+
+
+class StateStore(ABC):
+    """Sessions, rounds, models, clients and combiners.
+
+    ``put_*`` inserts or replaces by id (safe to retry). ``get_*`` raises
+    NotFound. ``list_*`` returns newest first unless stated otherwise.
+    """
+
+    @abstractmethod
+    def put_session(self, session: Session) -> None: ...
+    @abstractmethod
+    def get_session(self, session_id: str) -> Session: ...
+    @abstractmethod
+    def list_sessions(self, *, limit: int = 100, offset: int = 0) -> list[Session]: ...
+
+    @abstractmethod
+    def put_round(self, round_: Round) -> None: ...
+    @abstractmethod
+    def get_round(self, round_id: str) -> Round: ...
+    @abstractmethod
+    def list_rounds(self, session_id: str) -> list[Round]:
+        """Rounds of one session in index order."""
+
+    @abstractmethod
+    def put_model(self, model: ModelRecord) -> None: ...
+    @abstractmethod
+    def get_model(self, model_id: str) -> ModelRecord: ...
+    @abstractmethod
+    def list_models(self, *, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelRecord]: ...
+
+    @abstractmethod
+    def put_client(self, client: ClientRecord) -> None: ...
+    @abstractmethod
+    def get_client(self, client_id: str) -> ClientRecord: ...
+    @abstractmethod
+    def list_clients(self, *, limit: int = 1000, offset: int = 0) -> list[ClientRecord]: ...
+
+    @abstractmethod
+    def put_combiner(self, combiner: CombinerRecord) -> None: ...
+    @abstractmethod
+    def get_combiner(self, combiner_id: str) -> CombinerRecord: ...
+    @abstractmethod
+    def list_combiners(self) -> list[CombinerRecord]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class ModelStore(ABC):
+    """Blobs by key. Writes are atomic: a reader sees a whole blob or NotFound."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | Iterable[bytes]) -> int:
+        """Store ``data`` (bytes or an iterable of chunks) under ``key``; returns its size in bytes."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def iter_chunks(self, key: str, chunk_bytes: int) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,170 @@
+"""Protobuf <-> domain conversion, in paired functions. Nothing past this module sees a protobuf class."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedn.codec import TensorSpec
+from fedn.errors import InvalidArgument
+from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult
+from fedn.v1 import fedn_pb2 as pb
+
+__all__ = [
+    "ModelHeaderInfo",
+    "UpdateHeaderInfo",
+    "config_from_proto",
+    "config_to_proto",
+    "model_header_from_proto",
+    "model_header_to_proto",
+    "pb",
+    "round_plan_from_proto",
+    "round_plan_to_proto",
+    "round_result_from_proto",
+    "round_result_to_proto",
+    "update_header_from_proto",
+    "update_header_to_proto",
+]
+
+
+@dataclass(frozen=True)
+class ModelHeaderInfo:
+    model_id: str
+    tensors: list[TensorSpec]
+    sha256: str
+    payload_bytes: int
+
+
+@dataclass(frozen=True)
+class UpdateHeaderInfo:
+    round_id: str
+    client_id: str
+    base_model_id: str
+    num_examples: float
+    metrics: dict[str, float]
+    model: ModelHeaderInfo
+
+
+def config_to_proto(config: Mapping[str, ConfigScalar], target) -> None:
+    """Fill a ``map<string, ConfigValue>`` field from a dict of scalars."""
+    for key, value in config.items():
+        slot = target[key]
+        if isinstance(value, bool):
+            slot.bool_value = value
+        elif isinstance(value, int):
+            slot.int_value = value
+        elif isinstance(value, float):
+            slot.double_value = value
+        elif isinstance(value, str):
+            slot.string_value = value
+        else:
+            raise InvalidArgument(f"config value {key!r} must be bool, int, float or str, not {type(value).__name__}")
+
+
+def config_from_proto(config) -> dict[str, ConfigScalar]:
+    out: dict[str, ConfigScalar] = {}
+    for key, value in config.items():
+        kind = value.WhichOneof("kind")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+def model_header_to_proto(info: ModelHeaderInfo) -> pb.ModelHeader:
+    return pb.ModelHeader(
+        model_id=info.model_id,
+        tensors=[pb.TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in info.tensors],
+        sha256=info.sha256,
+        payload_bytes=info.payload_bytes,
+    )
+
+
+def model_header_from_proto(msg: pb.ModelHeader) -> ModelHeaderInfo:
+    return ModelHeaderInfo(
+        model_id=msg.model_id,
+        tensors=[TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)) for t in msg.tensors],
+        sha256=msg.sha256,
+        payload_bytes=int(msg.payload_bytes),
+    )
+
+
+def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
+    return pb.UpdateHeader(
+        round_id=info.round_id,
+        client_id=info.client_id,
+        base_model_id=info.base_model_id,
+        num_examples=info.num_examples,
+        metrics=dict(info.metrics),
+        model=model_header_to_proto(info.model),
+    )
+
+
+def update_header_from_proto(msg: pb.UpdateHeader) -> UpdateHeaderInfo:
+    return UpdateHeaderInfo(
+        round_id=msg.round_id,
+        client_id=msg.client_id,
+        base_model_id=msg.base_model_id,
+        num_examples=float(msg.num_examples),
+        metrics=dict(msg.metrics),
+        model=model_header_from_proto(msg.model),
+    )
+
+
+def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
+    msg = pb.RoundPlan(
+        round_id=plan.round_id,
+        session_id=plan.session_id,
+        round_index=plan.round_index,
+        model_id=plan.model_id,
+        aggregator=plan.aggregator,
+        timeout_s=plan.timeout_s,
+        max_clients=plan.max_clients,
+    )
+    config_to_proto(plan.config, msg.config)
+    return msg
+
+
+def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
+    return RoundPlan(
+        round_id=msg.round_id,
+        session_id=msg.session_id,
+        round_index=msg.round_index,
+        model_id=msg.model_id,
+        aggregator=msg.aggregator or "fedavg",
+        config=config_from_proto(msg.config),
+        timeout_s=msg.timeout_s,
+        max_clients=msg.max_clients,
+    )
+
+
+def round_result_to_proto(result: RoundResult) -> pb.RoundResult:
+    return pb.RoundResult(
+        round_id=result.round_id,
+        combiner_id=result.combiner_id,
+        partial_key=result.partial_key,
+        total_weight=result.total_weight,
+        num_selected=result.num_selected,
+        num_updates=result.num_updates,
+        num_rejected=result.num_rejected,
+        failures=[pb.ClientFailure(client_id=f.client_id, error=f.error) for f in result.failures],
+        metrics={
+            k: pb.MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in result.metrics.items()
+        },
+        client_ids=list(result.client_ids),
+    )
+
+
+def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
+    return RoundResult(
+        round_id=msg.round_id,
+        combiner_id=msg.combiner_id,
+        partial_key=msg.partial_key,
+        total_weight=msg.total_weight,
+        num_selected=msg.num_selected,
+        num_updates=msg.num_updates,
+        num_rejected=msg.num_rejected,
+        failures=[
+            ClientFailureRecord(client_id=f.client_id, combiner_id=msg.combiner_id, error=f.error) for f in msg.failures
+        ],
+        metrics={k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()},
+        client_ids=list(msg.client_ids),
+    )
