@@ -73,7 +73,7 @@ def _as_array(name: str, value: object) -> np.ndarray:
         raise InvalidModel(f"tensor {name!r} has unsupported dtype {arr.dtype.name}")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
 def manifest_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:

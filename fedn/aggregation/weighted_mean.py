@@ -79,7 +79,7 @@ class WeightedMean:
         for start in range(0, x.size, _SLICE):
             stop = min(start + _SLICE, x.size)
             tmp = self._scratch[: stop - start]
-            np.multiply(x[start:stop], weight, out=tmp, casting="unsafe")
+            np.multiply(x[start:stop], np.float64(weight), out=tmp, casting="unsafe")  # float64 math
             np.add(acc[start:stop], tmp, out=acc[start:stop])
 
     def partial(self) -> Partial:

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedn.cli import models, sessions
+    from fedn.cli import local, models, sessions
 
     parser = argparse.ArgumentParser(
         prog="fedn",
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [default INFO]")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (sessions, models):
+    for module in (sessions, models, local):
         module.register(commands)
     for ep in sorted(entry_points(group="fedn.commands"), key=lambda e: e.name):
         try:

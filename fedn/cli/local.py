@@ -1,0 +1,178 @@
+"""``fedn local``: run a whole federation on this machine and report each round.
+
+Starts a reducer, combiners and clients as separate processes on 127.0.0.1
+(free ports, embedded stores in a work directory), seeds a session from the
+client class, prints one line per round with the global model's accuracy on
+held-out data, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from types import FrameType
+
+from fedn.cli.models import load_object, parse_client_args
+from fedn.codec import decode_model, encode_model
+from fedn.errors import InvalidArgument
+from fedn.launcher import FederationSpec, LocalFederation
+from fedn.records import Round, RoundStatus, SessionStatus
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "local",
+        help="run a whole federation (reducer, combiners, clients) on this machine",
+        description=(
+            "Start a reducer, N combiners and M clients as separate processes on 127.0.0.1, on the "
+            "embedded stores (SQLite + a local directory), run a training session and print one line "
+            "per round. Each client gets --client-arg partition=I num_partitions=M so it can load its "
+            "own share of the data."
+        ),
+        epilog="example: fedn local --client examples.digits:DigitsClient --combiners 2 --clients 4 --rounds 6",
+    )
+    p.add_argument("--client", required=True, help="the client class, module:Class")
+    p.add_argument(
+        "--client-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for every client (JSON value where it parses)",
+    )
+    p.add_argument("--combiners", type=int, default=2, help="number of combiners [default 2]")
+    p.add_argument("--clients", type=int, default=4, help="number of clients [default 4]")
+    p.add_argument("--rounds", type=int, default=5, help="training rounds [default 5]")
+    p.add_argument("--config", default="{}", help="JSON object passed to every train call [default {}]")
+    p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
+    p.add_argument(
+        "--min-clients", type=int, default=None, help="updates a round needs [default: half the clients, at least 1]"
+    )
+    p.add_argument(
+        "--eval-client-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="arguments for the evaluating client instance [default split=test]",
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip evaluating the global model each round")
+    p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 unless the final accuracy reaches this")
+    p.add_argument("--workdir", default=None, help="keep state, models and logs here [default: a temp dir]")
+    p.set_defaults(func=run_local)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(args: argparse.Namespace) -> int:
+    if args.combiners < 1 or args.clients < 1 or args.rounds < 1:
+        raise InvalidArgument("--combiners, --clients and --rounds must be at least 1")
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"--config is not valid JSON: {exc}") from None
+    cls = load_object(args.client)
+    client_kwargs = parse_client_args(args.client_arg)
+    evaluator = None
+    if not args.no_eval:
+        eval_kwargs = parse_client_args(args.eval_client_arg if args.eval_client_arg is not None else ["split=test"])
+        evaluator = cls(**{**client_kwargs, **eval_kwargs})
+    seed_params = cls(**client_kwargs).initial_parameters()
+    min_clients = args.min_clients or max(1, args.clients // 2)
+
+    spec = FederationSpec(
+        client=args.client,
+        client_args=args.client_arg,
+        num_combiners=args.combiners,
+        num_clients=args.clients,
+        workdir=args.workdir,
+    )
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.monotonic()
+    fed = LocalFederation(spec, on_event=lambda m: print(f"  {m}", flush=True))
+    print(
+        f"fedn local: 1 reducer, {args.combiners} combiners, {args.clients} clients, {args.rounds} rounds", flush=True
+    )
+    accuracy: float | None = None
+    ok = False
+    try:
+        fed.start()
+        print(f"  work directory {fed.workdir} (logs in {fed.workdir / 'logs'})", flush=True)
+        fed.start_clients()
+        with fed.api() as api:
+            seed = api.upload_model(encode_model(seed_params))
+            session = api.start_session(
+                rounds=args.rounds,
+                round_timeout_s=args.round_timeout,
+                min_clients=min_clients,
+                config=config,
+                model_id=seed.id,
+            )
+            print(f"session {session.id}: {args.rounds} rounds, min {min_clients} updates per round", flush=True)
+            if evaluator is not None:
+                accuracy = _evaluate(evaluator, api.download_model(seed.id))
+                print(
+                    f"round   0 | seed model                                    | accuracy {accuracy:.4f}", flush=True
+                )
+            reported: set[str] = set()
+            deadline = time.monotonic() + args.rounds * (args.round_timeout + 30)
+            while time.monotonic() < deadline:
+                session = api.get_session(session.id)
+                for r in api.list_rounds(session.id):
+                    if r.id in reported or r.status not in (RoundStatus.DONE, RoundStatus.FAILED):
+                        continue
+                    reported.add(r.id)
+                    if r.status == RoundStatus.DONE and evaluator is not None and r.model_out:
+                        accuracy = _evaluate(evaluator, api.download_model(r.model_out))
+                    print(_round_line(r, args.rounds, accuracy if r.status == RoundStatus.DONE else None), flush=True)
+                if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
+                    break
+                time.sleep(0.25)
+            else:
+                print(f"session {session.id} did not finish in time", flush=True)
+            ok = session.status == SessionStatus.DONE
+            if not ok:
+                print(f"session {session.id} {session.status}: {session.error}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; stopping the federation", flush=True)
+    finally:
+        codes = fed.stop()
+        unclean = {name: code for name, code in codes.items() if code not in (0, None)}
+        stopped = f"stopped {len(codes)} processes"
+        print(stopped + (f" (non-zero exits: {unclean})" if unclean else ""), flush=True)
+    elapsed = time.monotonic() - started
+    if accuracy is not None:
+        print(f"final accuracy {accuracy:.4f} after {len(reported)} rounds in {elapsed:.1f}s", flush=True)
+    if not ok:
+        return 1
+    if args.min_accuracy is not None and (accuracy is None or accuracy < args.min_accuracy):
+        print(f"final accuracy below the required {args.min_accuracy:.2f}", flush=True)
+        return 1
+    return 0
+
+
+def _evaluate(evaluator: object, blob: bytes) -> float:
+    params = {name: a.copy() for name, a in decode_model(blob).items()}
+    _loss, _num_examples, metrics = evaluator.evaluate(params, {})
+    return float(metrics.get("accuracy", float("nan")))
+
+
+def _round_line(r: Round, rounds: int, accuracy: float | None) -> str:
+    loss = r.metrics.get("train_loss")
+    loss_text = f"{loss.mean:.4f}" if loss else "   -  "
+    acc_text = f"{accuracy:.4f}" if accuracy is not None else "   -  "
+    line = (
+        f"round {r.index:>3}/{rounds} | combiners {len(r.combiners)} | clients {r.num_updates}/{r.num_selected}"
+        f" | train loss {loss_text} | accuracy {acc_text} | {r.duration_s or 0.0:5.2f} s"
+    )
+    if r.status == RoundStatus.FAILED:
+        line += f" | FAILED: {r.reason}"
+    elif r.failures:
+        line += f" | {len(r.failures)} failed: " + "; ".join(
+            f"{f.client_id or f.combiner_id}: {f.error}" for f in r.failures[:3]
+        )
+    return line

@@ -1,0 +1,308 @@
+"""A whole federation on one machine: reducer, combiners and clients as separate OS processes.
+
+Used by ``fedn local`` (and so ``make demo``) and by the end-to-end tests. Every
+process it starts is owned here and stopped by :meth:`LocalFederation.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedn.api_client import ReducerAPI
+from fedn.errors import FednError, Unavailable
+from fedn.records import NodeStatus
+
+__all__ = ["FederationSpec", "LocalFederation", "ManagedProcess", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ManagedProcess:
+    """One child process, its command and its log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def is_running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.is_running():
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
+                self.popen.kill()
+                self.popen.wait(timeout_s)
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class FederationSpec:
+    """What to run: a client class and how many of each tier."""
+
+    client: str  # module:Class
+    client_args: list[str] = field(default_factory=list)
+    num_combiners: int = 2
+    num_clients: int = 4
+    workdir: Path | None = None  # None: a temporary directory, removed at stop
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    combiner_heartbeat_s: float = 1.0
+    combiner_timeout_s: float = 6.0
+    client_heartbeat_timeout_s: float = 5.0
+
+
+class LocalFederation:
+    """Starts and stops a federation of processes; use as a context manager."""
+
+    def __init__(self, spec: FederationSpec, *, on_event: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self._on_event = on_event or (lambda message: logger.info("%s", message))
+        self._workdir: Path | None = None
+        self._owns_workdir = False
+        self.reducer: ManagedProcess | None = None
+        self.combiners: list[ManagedProcess] = []
+        self.clients: list[ManagedProcess] = []
+        self.reducer_url = ""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> LocalFederation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise RuntimeError("federation not started")
+        return self._workdir
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.reducer, *self.combiners, *self.clients) if p is not None]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("OMP_NUM_THREADS", "1")  # many small processes share the cores
+        # The user's client module must import in every child as it does here.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+        return env
+
+    def _fedn(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fedn", "--log-level", self.spec.log_level, *args]
+
+    def start(self, *, wait_timeout_s: float = 120.0) -> None:
+        """Start the reducer and the combiners and wait until they are up. Clients start separately."""
+        spec = self.spec
+        if spec.workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="fedn-local-"))
+            self._owns_workdir = True
+        else:
+            self._workdir = Path(spec.workdir).resolve()
+            self._workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_reducer(wait_timeout_s=wait_timeout_s)
+            for i in range(spec.num_combiners):
+                self.start_combiner(i)
+            self.wait_for_combiners(spec.num_combiners, timeout_s=wait_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def models_url(self) -> str:
+        return (self.workdir / "models").as_uri()
+
+    @property
+    def state_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'state.db'}"
+
+    def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
+        port = free_port(self.spec.host)
+        self.reducer_url = f"http://{self.spec.host}:{port}"
+        self.reducer = ManagedProcess(
+            "reducer",
+            self._fedn(
+                "reducer",
+                "start",
+                "--host",
+                self.spec.host,
+                "--port",
+                str(port),
+                "--state",
+                self.state_url,
+                "--models",
+                self.models_url,
+                "--combiner-timeout-s",
+                str(self.spec.combiner_timeout_s),
+            ),
+            self.workdir / "logs" / "reducer.log",
+        )
+        self.reducer.start(self._env())
+        self._on_event(f"reducer   pid {self.reducer.pid:<7} {self.reducer_url}")
+        self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
+
+    def start_combiner(self, index: int) -> ManagedProcess:
+        name = f"combiner-{index}"
+        port = free_port(self.spec.host)
+        proc = ManagedProcess(
+            name,
+            self._fedn(
+                "combiner",
+                "start",
+                "--name",
+                name,
+                "--host",
+                self.spec.host,
+                "--port",
+                str(port),
+                "--reducer",
+                self.reducer_url,
+                "--models",
+                self.models_url,
+                "--heartbeat-interval-s",
+                str(self.spec.combiner_heartbeat_s),
+            ),
+            self.workdir / "logs" / f"{name}.log",
+        )
+        proc.start(self._env())
+        self.combiners.append(proc)
+        self._on_event(f"{name} pid {proc.pid:<7} {self.spec.host}:{port}")
+        return proc
+
+    def start_client(self, index: int, extra_args: Sequence[str] = ()) -> ManagedProcess:
+        name = f"client-{index}"
+        argv = self._fedn(
+            "client",
+            "start",
+            "--reducer",
+            self.reducer_url,
+            "--client",
+            self.spec.client,
+            "--name",
+            name,
+            "--heartbeat-timeout-s",
+            str(self.spec.client_heartbeat_timeout_s),
+            "--client-arg",
+            f"partition={index}",
+            "--client-arg",
+            f"num_partitions={self.spec.num_clients}",
+        )
+        for arg in [*self.spec.client_args, *extra_args]:
+            argv += ["--client-arg", arg]
+        proc = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
+        proc.start(self._env())
+        self.clients.append(proc)
+        return proc
+
+    def start_clients(self, *, wait_timeout_s: float = 180.0) -> None:
+        for i in range(self.spec.num_clients):
+            self.start_client(i)
+        self._on_event(f"{self.spec.num_clients} clients started (pids {', '.join(str(c.pid) for c in self.clients)})")
+        self.wait_for_clients(self.spec.num_clients, timeout_s=wait_timeout_s)
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop clients, then combiners, then the reducer; returns each exit code by name."""
+        codes: dict[str, int | None] = {}
+        for group in (self.clients, self.combiners, [self.reducer] if self.reducer else []):
+            for proc in group:
+                proc.signal(signal.SIGTERM)
+            for proc in group:
+                codes[proc.name] = proc.stop()
+        if self._owns_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        return codes
+
+    # -- waiting -----------------------------------------------------------
+
+    def api(self) -> ReducerAPI:
+        return ReducerAPI(self.reducer_url, timeout_s=10.0)
+
+    def _wait(self, ready: Callable[[], bool], what: str, proc: ManagedProcess | None, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and not proc.is_running():
+                raise Unavailable(f"{proc.name} exited while waiting for {what}; its log:\n{proc.log_tail()}")
+            try:
+                if ready():
+                    return
+            except FednError:
+                pass
+            time.sleep(0.2)
+        tail = f"; {proc.name}'s log:\n{proc.log_tail()}" if proc else ""
+        raise Unavailable(f"timed out after {timeout_s:.0f}s waiting for {what}{tail}")
+
+    def online_combiners(self) -> int:
+        with self.api() as api:
+            return sum(c.status == NodeStatus.ONLINE for c in api.list_combiners())
+
+    def online_clients(self) -> int:
+        with self.api() as api:
+            return sum(c.status == NodeStatus.ONLINE for c in api.list_clients())
+
+    def wait_for_combiners(self, count: int, *, timeout_s: float = 60.0) -> None:
+        self._wait(lambda: self.online_combiners() >= count, f"{count} combiners to register", None, timeout_s)
+        self._on_event(f"{count} combiners online")
+
+    def wait_for_clients(self, count: int, *, timeout_s: float = 120.0) -> None:
+        self._wait(lambda: self.online_clients() >= count, f"{count} clients to connect", None, timeout_s)
+        self._on_event(f"{count} clients connected")

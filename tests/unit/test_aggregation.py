@@ -1,0 +1,153 @@
+"""Aggregation properties: hierarchical merge equals flat FedAvg; order and bad updates change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedn.aggregation import (
+    MetricsAccumulator,
+    WeightedMean,
+    cast_like,
+    get_aggregator,
+    merge_metric_summaries,
+    merge_partials,
+)
+from fedn.codec import manifest_of
+from fedn.errors import InvalidArgument, InvalidModel, NonFiniteValues
+
+SHAPES = {"layer.w": (7, 5), "layer.b": (5,), "scale": ()}
+
+
+def _updates(seed: int, n: int) -> tuple[list[dict], list[float]]:
+    rng = np.random.default_rng(seed)
+    updates = [
+        {k: (rng.standard_normal(s) * rng.uniform(0.1, 100)).astype(np.float32) for k, s in SHAPES.items()}
+        for _ in range(n)
+    ]
+    weights = [float(rng.integers(1, 1000)) for _ in range(n)]
+    return updates, weights
+
+
+def _flat_fedavg(updates, weights):
+    total = sum(weights)
+    return {k: sum(u[k].astype(np.float64) * w for u, w in zip(updates, weights, strict=True)) / total for k in SHAPES}
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), groups=st.integers(1, 8))
+def test_hierarchical_equals_flat_fedavg(seed, n, groups):
+    updates, weights = _updates(seed, n)
+    rng = np.random.default_rng(seed + 1)
+    assignment = rng.integers(0, groups, size=n)
+    partials = []
+    for g in range(groups):
+        members = [i for i in range(n) if assignment[i] == g]
+        if not members:
+            continue
+        acc = WeightedMean(manifest_of(updates[0]))
+        for i in members:
+            acc.add(updates[i], weights[i])
+        partials.append(acc.partial())
+    merged = merge_partials(partials)
+    expected = _flat_fedavg(updates, weights)
+    assert merged.count == n
+    assert merged.total_weight == pytest.approx(sum(weights))
+    for k in SHAPES:
+        np.testing.assert_allclose(merged.arrays[k], expected[k], rtol=1e-6, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_order_does_not_matter(seed):
+    updates, weights = _updates(seed, 12)
+    a, b = WeightedMean(manifest_of(updates[0])), WeightedMean(manifest_of(updates[0]))
+    for u, w in zip(updates, weights, strict=True):
+        a.add(u, w)
+    for u, w in reversed(list(zip(updates, weights, strict=True))):
+        b.add(u, w)
+    for k in SHAPES:
+        np.testing.assert_allclose(a.partial().arrays[k], b.partial().arrays[k], rtol=1e-12)
+
+
+def test_large_model_folds_in_slices():
+    rng = np.random.default_rng(0)
+    big = [{"w": rng.standard_normal(300_001).astype(np.float32)} for _ in range(3)]
+    acc = WeightedMean(manifest_of(big[0]))
+    for i, u in enumerate(big):
+        acc.add(u, i + 1.0)
+    expected = sum(u["w"].astype(np.float64) * (i + 1) for i, u in enumerate(big)) / 6.0
+    np.testing.assert_allclose(acc.partial().arrays["w"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"layer.w": np.zeros((7, 5), np.float32), "layer.b": np.zeros(5, np.float32)}, InvalidModel),
+        (
+            {
+                "layer.w": np.zeros((5, 7), np.float32),
+                "layer.b": np.zeros(5, np.float32),
+                "scale": np.zeros((), np.float32),
+            },
+            InvalidModel,
+        ),
+        (
+            {
+                "layer.w": np.full((7, 5), np.nan, np.float32),
+                "layer.b": np.zeros(5, np.float32),
+                "scale": np.zeros((), np.float32),
+            },
+            NonFiniteValues,
+        ),
+    ],
+)
+def test_rejected_update_leaves_the_aggregate_unchanged(bad, error):
+    updates, weights = _updates(3, 4)
+    acc = WeightedMean(manifest_of(updates[0]))
+    for u, w in zip(updates, weights, strict=True):
+        acc.add(u, w)
+    before = acc.partial()
+    with pytest.raises(error):
+        acc.add(bad, 10.0)
+    with pytest.raises(InvalidArgument):
+        acc.add(updates[0], 0.0)
+    after = acc.partial()
+    assert after.count == before.count and after.total_weight == before.total_weight
+    for k in SHAPES:
+        np.testing.assert_array_equal(after.arrays[k], before.arrays[k])
+
+
+def test_unknown_aggregator_names_known_ones():
+    assert get_aggregator("fedavg") is WeightedMean
+    with pytest.raises(InvalidArgument, match="fedavg"):
+        get_aggregator("fedmagic")
+
+
+def test_merge_requires_a_partial():
+    with pytest.raises(InvalidArgument):
+        merge_partials([])
+
+
+def test_cast_like_restores_dtypes_and_rounds_integers():
+    like = {"w": np.zeros(2, np.float32), "n": np.zeros((), np.int64)}
+    out = cast_like({"w": np.array([0.5, 1.5]), "n": np.array(2.6)}, like)
+    assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 3
+
+
+def test_metric_summaries_merge_like_flat():
+    values = [(0.5, 10.0), (1.5, 30.0), (3.0, 60.0)]
+    flat = MetricsAccumulator()
+    for v, w in values:
+        flat.add({"loss": v}, w)
+    left, right = MetricsAccumulator(), MetricsAccumulator()
+    left.add({"loss": values[0][0]}, values[0][1])
+    for v, w in values[1:]:
+        right.add({"loss": v, "bad": float("nan")}, w)
+    merged = merge_metric_summaries([(left.summary(), 10.0), (right.summary(), 90.0)])
+    want = flat.summary()["loss"]
+    assert merged["loss"].mean == pytest.approx(want.mean)
+    assert (merged["loss"].min, merged["loss"].max, merged["loss"].count) == (0.5, 3.0, 3)
+    assert "bad" not in merged
