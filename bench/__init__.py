@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON object per line. Run them all with ``make bench``."""

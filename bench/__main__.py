@@ -1,0 +1,5 @@
+"""``python -m bench``: run every benchmark at its default size."""
+
+from bench import aggregation
+
+aggregation.main([])
