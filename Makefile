@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/fedn local --client examples.digits:DigitsClient --combiners 2 --clients 4 --rounds 6
+	$(VENV)/bin/fedn local --client examples.digits:DigitsClient --client-arg alpha=0.5 --client-arg seed=7 \
+		--combiners 2 --clients 4 --rounds 6 --min-accuracy 0.90
 
 lint: install
 	$(VENV)/bin/ruff check .

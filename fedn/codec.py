@@ -12,7 +12,9 @@ Two encodings of the same data:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -114,11 +116,21 @@ def encode_model(arrays: Mapping[str, np.ndarray]) -> bytes:
     return _st_save({name: _as_array(name, a) for name, a in arrays.items()})
 
 
+def _offset_order(data: bytes) -> list[str]:
+    """Tensor names in the order their bytes appear in a safetensors file (its loader returns hash order)."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
 def decode_model(data: bytes) -> NamedArrays:
     """Arrays of a safetensors file, in file (offset) order; InvalidModel if it is not one."""
+    data = bytes(data)
     try:
-        arrays = _st_load(bytes(data))
-    except (SafetensorError, ValueError, OSError) as exc:
+        loaded = _st_load(data)
+        arrays = {name: loaded[name] for name in _offset_order(data)}
+    except (SafetensorError, ValueError, OSError, KeyError, struct.error) as exc:
         raise InvalidModel(f"not a safetensors model: {exc}") from exc
     if not arrays:
         raise InvalidModel("model has no tensors")
@@ -128,8 +140,11 @@ def decode_model(data: bytes) -> NamedArrays:
     return arrays
 
 
-def check_manifest(expected: list[TensorSpec], got: list[TensorSpec]) -> None:
-    """Raise InvalidModel naming the first difference between two manifests."""
+def check_manifest(expected: list[TensorSpec], got: list[TensorSpec], *, ordered: bool = True) -> None:
+    """Raise InvalidModel naming the first difference between two manifests.
+
+    ``ordered`` also requires the same tensor order, as a raw payload does.
+    """
     want = {s.name: s for s in expected}
     have = {s.name: s for s in got}
     missing = sorted(set(want) - set(have))
@@ -142,7 +157,7 @@ def check_manifest(expected: list[TensorSpec], got: list[TensorSpec]) -> None:
             raise InvalidModel(f"tensor {spec.name!r} has shape {list(other.shape)}, expected {list(spec.shape)}")
         if other.dtype != spec.dtype:
             raise InvalidModel(f"tensor {spec.name!r} has dtype {other.dtype}, expected {spec.dtype}")
-    if [s.name for s in expected] != [s.name for s in got]:
+    if ordered and [s.name for s in expected] != [s.name for s in got]:
         raise InvalidModel("tensors are not in the global model's order")
 
 

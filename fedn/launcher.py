@@ -174,7 +174,7 @@ class LocalFederation:
 
     @property
     def state_url(self) -> str:
-        return f"sqlite:///{self.workdir / 'state.db'}"
+        return f"sqlite:///{self.workdir / 'state.db'}"  # workdir is absolute: sqlite:////abs/state.db
 
     def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
         port = free_port(self.spec.host)

@@ -12,6 +12,7 @@ from fedn.v1 import fedn_pb2 as pb
 
 __all__ = [
     "ModelHeaderInfo",
+    "TaskInfo",
     "UpdateHeaderInfo",
     "config_from_proto",
     "config_to_proto",
@@ -22,6 +23,8 @@ __all__ = [
     "round_plan_to_proto",
     "round_result_from_proto",
     "round_result_to_proto",
+    "task_from_proto",
+    "task_to_proto",
     "update_header_from_proto",
     "update_header_to_proto",
 ]
@@ -43,6 +46,48 @@ class UpdateHeaderInfo:
     num_examples: float
     metrics: dict[str, float]
     model: ModelHeaderInfo
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task sent down a client's stream; ``kind`` is "heartbeat" or "train"."""
+
+    kind: str
+    round_id: str = ""
+    session_id: str = ""
+    model_id: str = ""
+    round_index: int = 0
+    timeout_s: float = 0.0
+    config: dict[str, ConfigScalar] | None = None
+
+
+_TASK_KINDS = {"heartbeat": pb.TASK_KIND_HEARTBEAT, "train": pb.TASK_KIND_TRAIN}
+
+
+def task_to_proto(task: TaskInfo) -> pb.Task:
+    msg = pb.Task(
+        kind=_TASK_KINDS[task.kind],
+        round_id=task.round_id,
+        session_id=task.session_id,
+        model_id=task.model_id,
+        round_index=task.round_index,
+        timeout_s=task.timeout_s,
+    )
+    config_to_proto(task.config or {}, msg.config)
+    return msg
+
+
+def task_from_proto(msg: pb.Task) -> TaskInfo:
+    kind = {v: k for k, v in _TASK_KINDS.items()}.get(msg.kind, "unknown")
+    return TaskInfo(
+        kind=kind,
+        round_id=msg.round_id,
+        session_id=msg.session_id,
+        model_id=msg.model_id,
+        round_index=int(msg.round_index),
+        timeout_s=float(msg.timeout_s),
+        config=config_from_proto(msg.config),
+    )
 
 
 def config_to_proto(config: Mapping[str, ConfigScalar], target) -> None:

@@ -63,7 +63,7 @@ class WeightedMean:
         """Raise (InvalidModel, NonFiniteValues, InvalidArgument) if ``add`` would reject this update."""
         if not np.isfinite(weight) or weight <= 0:
             raise InvalidArgument(f"update weight must be a positive finite number, got {weight}")
-        check_manifest(self._manifest, manifest_of(arrays))
+        check_manifest(self._manifest, manifest_of(arrays), ordered=False)  # folds by name
         for name, array in arrays.items():
             check_finite(name, np.asarray(array))
 

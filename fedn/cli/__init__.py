@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -27,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Three-tier federated learning: a reducer, combiners and clients.",
         epilog="Run `fedn COMMAND --help` for the options of each command.",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR [default INFO]")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("FEDN_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR [env FEDN_LOG_LEVEL; default INFO]",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (sessions, models, local):
         module.register(commands)

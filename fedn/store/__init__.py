@@ -1,8 +1,8 @@
 """State and model stores, chosen by URL.
 
 =====================  ===========================================
-``sqlite:///path.db``  embedded state (``sqlite://:memory:`` for tests)
-``file:///dir``        embedded model store, a local directory
+``sqlite:///rel.db``   embedded state; ``sqlite:////abs/path.db`` absolute, ``sqlite://:memory:``
+``file:///abs/dir``    embedded model store, a local directory (``file://rel/dir`` is relative)
 ``mongodb://...``      MongoDB state (production backends issue)
 ``s3://`` ``minio://`` MinIO / S3 models (production backends issue)
 =====================  ===========================================
@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from fedn.errors import InvalidArgument
 from fedn.store.base import ModelStore, StateStore
@@ -20,17 +20,25 @@ from fedn.store.sqlite import SQLiteStateStore
 __all__ = ["LocalModelStore", "ModelStore", "SQLiteStateStore", "StateStore", "open_model_store", "open_state_store"]
 
 
-def _path_of(url: str) -> str:
+def _sqlite_path(url: str) -> str:
+    """SQLAlchemy's convention: ``sqlite:///rel.db`` is relative, ``sqlite:////abs.db`` absolute."""
+    rest = url.split("://", 1)[1]
+    if rest in ("", ":memory:", "/:memory:"):
+        return ":memory:"
+    return rest[1:] if rest.startswith("/") else rest
+
+
+def _file_path(url: str) -> str:
+    """``file:///abs/dir`` is absolute; ``file://rel/dir`` is taken relative to the working directory."""
     parsed = urlparse(url)
-    path = (parsed.netloc + parsed.path) if parsed.netloc in ("", ":memory:") else parsed.path
-    return path or ":memory:"
+    return unquote(parsed.netloc + parsed.path)
 
 
 def open_state_store(url: str) -> StateStore:
     """A state store for ``url``; InvalidArgument for a scheme with no backend."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        return SQLiteStateStore(_path_of(url))
+        return SQLiteStateStore(_sqlite_path(url))
     raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path)")
 
 
@@ -38,5 +46,5 @@ def open_model_store(url: str) -> ModelStore:
     """A model store for ``url``; InvalidArgument for a scheme with no backend."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
-        return LocalModelStore(parsed.path)
+        return LocalModelStore(_file_path(url))
     raise InvalidArgument(f"unsupported model store URL scheme {parsed.scheme!r} (use file:///dir)")

@@ -151,3 +151,13 @@ def test_metric_summaries_merge_like_flat():
     assert merged["loss"].mean == pytest.approx(want.mean)
     assert (merged["loss"].min, merged["loss"].max, merged["loss"].count) == (0.5, 3.0, 3)
     assert "bad" not in merged
+
+
+def test_updates_fold_by_name_whatever_their_order():
+    updates, weights = _updates(5, 2)
+    acc = WeightedMean(manifest_of(updates[0]))
+    acc.add(updates[0], weights[0])
+    acc.add(dict(reversed(list(updates[1].items()))), weights[1])
+    expected = _flat_fedavg(updates, weights)
+    for k in SHAPES:
+        np.testing.assert_allclose(acc.partial().arrays[k], expected[k], rtol=1e-9)

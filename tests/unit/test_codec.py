@@ -99,3 +99,12 @@ def test_check_finite(bad):
     with pytest.raises(NonFiniteValues):
         check_finite("w", np.array([1.0, bad], dtype=np.float32))
     check_finite("i", np.array([1, 2], dtype=np.int64))
+
+
+def test_decode_model_order_is_the_file_order_every_time():
+    arrays = {f"layer{i}.weight": np.full((i + 1,), i, np.float32) for i in range(30)}
+    blob = encode_model(arrays)
+    first = list(decode_model(blob))
+    assert sorted(first) == sorted(arrays)
+    for _ in range(5):
+        assert list(decode_model(blob)) == first

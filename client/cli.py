@@ -1,0 +1,75 @@
+"""``fedn client start``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from client.runtime import ClientRuntime
+from fedn.api_client import ReducerAPI
+from fedn.cli.models import load_object, parse_client_args
+from fedn.config import add_settings_arguments, settings_from_args
+from fedn.errors import InvalidArgument
+from fedn.logs import configure_logging
+
+__all__ = ["ClientSettings", "register"]
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDN_CLIENT_")
+
+    reducer: str = Field("http://127.0.0.1:8092", description="reducer base URL")
+    client: str | None = Field(None, description="your client class, module:Class")
+    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="client name")
+    heartbeat_timeout_s: float = Field(10.0, gt=0, description="reconnect after this long without a message")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    client = commands.add_parser("client", help="run a client (your train/evaluate code)")
+    sub = client.add_subparsers(dest="client_command", metavar="ACTION", required=True)
+    start = sub.add_parser(
+        "start",
+        help="connect a client to the federation and train when asked",
+        description=(
+            "Instantiate your client class (module:Class, with --client-arg keyword arguments), ask the "
+            "reducer for a combiner, and run its train() on every round it is asked to. Reconnects by itself."
+        ),
+        epilog="example: fedn client start --reducer http://10.0.0.1:8092 --client examples.digits:DigitsClient "
+        "--client-arg partition=0 --client-arg num_partitions=4",
+    )
+    add_settings_arguments(start, ClientSettings, "FEDN_CLIENT_")
+    start.add_argument(
+        "--client-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the client class (value parsed as JSON when it can be)",
+    )
+    start.set_defaults(func=_start)
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ClientSettings, args)
+    configure_logging(args.log_level, service=settings.name)
+    if not settings.client:
+        raise InvalidArgument("--client module:Class is required")
+    cls = load_object(settings.client)
+    if not callable(cls):
+        raise InvalidArgument(f"{settings.client} is not a class")
+    try:
+        user_client = cls(**parse_client_args(args.client_arg))
+    except TypeError as exc:
+        raise InvalidArgument(f"cannot create {settings.client}: {exc}") from None
+    with ReducerAPI(settings.reducer, timeout_s=10.0) as reducer:
+        runtime = ClientRuntime(
+            user_client, reducer, name=settings.name, heartbeat_timeout_s=settings.heartbeat_timeout_s
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: runtime.stop())
+        runtime.run()
+    return 0

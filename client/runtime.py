@@ -1,0 +1,267 @@
+"""The client runtime behind ``fedn client start``: connect, wait for tasks, train, upload, repeat.
+
+It owns one task stream at a time. When the stream breaks or the combiner falls
+silent it asks the reducer again, so clients of a dead combiner move to a live one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from fedn import wire
+from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler, iter_chunks
+from fedn.codec import NamedArrays, TensorSpec, decode_payload, encode_payload, sha256_hex
+from fedn.errors import FednError, InvalidModel
+from fedn.v1 import fedn_pb2 as pb
+from fedn.v1 import fedn_pb2_grpc as pb_grpc
+
+__all__ = ["AssignsClients", "ClientRuntime", "check_train_result"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class AssignsClients(Protocol):
+    """What the runtime needs of the reducer (``fedn.api_client.ReducerAPI`` is one)."""
+
+    def assign_client(self, name: str, client_id: str | None = None) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class _StreamEnded:
+    reason: str
+
+
+def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[NamedArrays, float, dict[str, float]]:
+    """Validate what ``train`` returned against the global model; raise ValueError saying what is wrong.
+
+    Arrays come back in the manifest's order; a float array in another float dtype is cast back.
+    """
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise ValueError("train must return (params, num_examples, metrics)")
+    params, num_examples, metrics = result
+    if not isinstance(params, Mapping):
+        raise ValueError(f"train returned params of type {type(params).__name__}, expected a dict of arrays")
+    names = [s.name for s in manifest]
+    missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
+    if missing or extra:
+        raise ValueError(f"train returned other tensors than it received: missing {missing[:5]}, extra {extra[:5]}")
+    out: NamedArrays = {}
+    for spec in manifest:
+        array = np.asarray(params[spec.name])
+        if array.shape != spec.shape:
+            raise ValueError(f"tensor {spec.name!r} has shape {array.shape}, expected {spec.shape}")
+        want = np.dtype(spec.dtype)
+        if array.dtype != want:
+            if array.dtype.kind != want.kind:
+                raise ValueError(f"tensor {spec.name!r} has dtype {array.dtype}, expected {want}")
+            array = array.astype(want)
+        out[spec.name] = array
+    try:
+        weight = float(num_examples)
+    except (TypeError, ValueError):
+        raise ValueError(f"num_examples must be a number, got {num_examples!r}") from None
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"num_examples must be positive, got {num_examples!r}")
+    if not isinstance(metrics, Mapping):
+        raise ValueError("metrics must be a dict of name -> number")
+    try:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError):
+        raise ValueError("metrics must be a dict of name -> number") from None
+    return out, weight, clean
+
+
+class ClientRuntime:
+    """Runs a user's client object against a federation until :meth:`stop` is called."""
+
+    def __init__(
+        self,
+        client: object,
+        reducer: AssignsClients,
+        *,
+        name: str,
+        heartbeat_timeout_s: float = 10.0,
+        backoff_max_s: float = 5.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.client_id: str | None = None
+        self.combiner_id: str | None = None
+        self._reducer = reducer
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._backoff_max_s = backoff_max_s
+        self._chunk_bytes = chunk_bytes
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: grpc.Future | None = None
+        self._inbox: queue.Queue | None = None
+        self._model_cache: tuple[str, list[TensorSpec], NamedArrays] | None = None
+        self.rounds_trained = 0
+
+    def stop(self) -> None:
+        """Ask the runtime to finish; safe from a signal handler or another thread."""
+        self._stop.set()
+        with self._lock:
+            if self._inbox is not None:
+                self._inbox.put(_StreamEnded("stopping"))
+            if self._call is not None:
+                self._call.cancel()
+
+    def run(self) -> None:
+        """Connect, serve tasks, and reconnect after failures, until stopped."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                assignment = self._reducer.assign_client(self.name, self.client_id)
+            except FednError as exc:
+                delay = min(self._backoff_max_s, 0.5 * 2**attempt)
+                attempt += 1
+                logger.warning("no combiner assignment yet (%s); retrying in %.1fs", exc.message, delay)
+                self._stop.wait(delay)
+                continue
+            attempt = 0
+            self.client_id = assignment["client_id"]
+            self.combiner_id = assignment["combiner_id"]
+            reason = self._serve(assignment["combiner_address"])
+            if not self._stop.is_set():
+                logger.info("left combiner %s (%s); asking the reducer again", self.combiner_id, reason)
+                self._stop.wait(0.5)
+        logger.info("client %s stopped", self.name)
+
+    # -- one connection ----------------------------------------------------
+
+    def _serve(self, address: str) -> str:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        stub = pb_grpc.CombinerStub(channel)
+        inbox: queue.Queue = queue.Queue()
+        call = stub.TaskStream(pb.TaskStreamRequest(client_id=self.client_id, client_name=self.name))
+        with self._lock:
+            self._call, self._inbox = call, inbox
+        if self._stop.is_set():
+            call.cancel()
+        reader = threading.Thread(target=self._read_stream, args=(call, inbox), name="task-stream", daemon=True)
+        reader.start()
+        connected = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = inbox.get(timeout=self._heartbeat_timeout_s)
+                except queue.Empty:
+                    return f"no message for {self._heartbeat_timeout_s:g}s"
+                if isinstance(item, _StreamEnded):
+                    return item.reason
+                if not connected:
+                    connected = True
+                    logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
+                task = wire.task_from_proto(item)
+                if task.kind == "train":
+                    self._run_train_task(stub, task)
+            return "stopping"
+        finally:
+            with self._lock:
+                self._call, self._inbox = None, None
+            call.cancel()
+            channel.close()
+            reader.join(timeout=5)
+
+    @staticmethod
+    def _read_stream(call: Iterator, inbox: queue.Queue) -> None:
+        try:
+            for msg in call:
+                inbox.put(msg)
+            inbox.put(_StreamEnded("stream closed by the combiner"))
+        except grpc.RpcError as exc:
+            inbox.put(_StreamEnded(f"{exc.code().name}: {exc.details()}"))
+
+    # -- one task ----------------------------------------------------------
+
+    def _run_train_task(self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo) -> None:
+        timeout_s = max(task.timeout_s, 1.0)
+        try:
+            manifest, params = self._download(stub, task.model_id, timeout_s)
+        except (grpc.RpcError, FednError) as exc:
+            text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
+            logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
+            self._report_failure(stub, task, f"could not download the global model: {text}")
+            return
+        config = {**(task.config or {}), "round": task.round_index}
+        try:
+            result = self.client.train(params, config)
+            arrays, weight, metrics = check_train_result(result, manifest)
+        except Exception as exc:  # the user's code: report it, stay connected
+            logger.exception("round %s: train failed", task.round_id)
+            self._report_failure(stub, task, f"{type(exc).__name__}: {exc}")
+            return
+        self._upload(stub, task, arrays, weight, metrics, timeout_s)
+
+    def _download(self, stub: pb_grpc.CombinerStub, model_id: str, timeout_s: float) -> tuple[list, NamedArrays]:
+        if self._model_cache is None or self._model_cache[0] != model_id:
+            stream = stub.DownloadModel(
+                pb.DownloadModelRequest(model_id=model_id, client_id=self.client_id or ""), timeout=timeout_s
+            )
+            first = next(stream, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidModel("model stream did not start with a header")
+            header = wire.model_header_from_proto(first.header)
+            assembler = ChunkAssembler(header.payload_bytes, header.sha256)
+            for msg in stream:
+                assembler.add(msg.data)
+            arrays = decode_payload(header.tensors, assembler.finish())
+            self._model_cache = (model_id, header.tensors, arrays)
+        _, manifest, arrays = self._model_cache
+        return manifest, {name: a.copy() for name, a in arrays.items()}
+
+    def _upload(
+        self, stub, task: wire.TaskInfo, arrays: NamedArrays, weight: float, metrics: dict, timeout_s: float
+    ) -> None:
+        manifest, payload = encode_payload(arrays)
+        header = wire.UpdateHeaderInfo(
+            round_id=task.round_id,
+            client_id=self.client_id or "",
+            base_model_id=task.model_id,
+            num_examples=weight,
+            metrics=metrics,
+            model=wire.ModelHeaderInfo("", manifest, sha256_hex(payload), len(payload)),
+        )
+
+        def messages():
+            yield pb.UpdateChunk(header=wire.update_header_to_proto(header))
+            for chunk in iter_chunks(payload, self._chunk_bytes):
+                yield pb.UpdateChunk(data=chunk)
+
+        try:
+            reply = stub.UploadUpdate(messages(), timeout=timeout_s + 30)
+        except grpc.RpcError as exc:
+            logger.error("round %s: update rejected by combiner: %s: %s", task.round_id, exc.code().name, exc.details())
+            return
+        self.rounds_trained += 1
+        logger.info(
+            "round %s: update accepted (%g examples, %d updates so far)", task.round_id, weight, reply.accepted_updates
+        )
+
+    def _report_failure(self, stub, task: wire.TaskInfo, error: str) -> None:
+        try:
+            stub.ReportFailure(
+                pb.ReportFailureRequest(round_id=task.round_id, client_id=self.client_id or "", error=error),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            logger.warning("round %s: could not report the failure: %s", task.round_id, exc.details())

@@ -1,0 +1,54 @@
+"""``fedn combiner start``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from combiner.server import CombinerServer
+from combiner.settings import CombinerSettings
+from fedn.api_client import ReducerAPI
+from fedn.config import add_settings_arguments, settings_from_args
+from fedn.logs import configure_logging
+from fedn.store import open_model_store
+
+__all__ = ["register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    combiner = commands.add_parser("combiner", help="run a combiner (partial aggregation server)")
+    sub = combiner.add_subparsers(dest="combiner_command", metavar="ACTION", required=True)
+    start = sub.add_parser(
+        "start",
+        help="start a combiner and register it with the reducer",
+        description=(
+            "Serve clients over gRPC: stream them the global model, fold their updates into a running "
+            "weighted mean, and hand the partial to the reducer. Registers with the reducer and sends "
+            "heartbeats; keeps serving while the reducer is away."
+        ),
+        epilog="example: fedn combiner start --name combiner-a --port 12080 --reducer http://10.0.0.1:8092 "
+        "--models file:///shared/models",
+    )
+    add_settings_arguments(start, CombinerSettings, "FEDN_COMBINER_")
+    start.set_defaults(func=_start)
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = settings_from_args(CombinerSettings, args)
+    configure_logging(args.log_level, service=settings.name)
+    models = open_model_store(settings.models)
+    with ReducerAPI(settings.reducer, timeout_s=10.0) as reducer:
+        asyncio.run(_serve(settings, models, reducer))
+    return 0
+
+
+async def _serve(settings: CombinerSettings, models, reducer: ReducerAPI) -> None:
+    server = CombinerServer(settings, models, reducer)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,317 @@
+"""The combiner's part of a round: which clients are connected, what they were asked, what they sent.
+
+Pure asyncio and domain objects; the gRPC servicer only translates to and from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from fedn.aggregation import MetricsAccumulator, WeightedMean, get_aggregator
+from fedn.chunking import ChunkAssembler
+from fedn.codec import (
+    NamedArrays,
+    TensorSpec,
+    check_finite,
+    check_manifest,
+    decode_model,
+    decode_payload,
+    encode_model,
+    encode_payload,
+    payload_bytes,
+    sha256_hex,
+)
+from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, InvalidModel, PayloadTooLarge
+from fedn.models import model_key, partial_key
+from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.store.base import ModelStore
+from fedn.wire import TaskInfo, UpdateHeaderInfo
+
+__all__ = ["CachedModel", "ClientConnection", "RoundService"]
+
+logger = logging.getLogger(__name__)
+
+_MODEL_CACHE_SIZE = 3
+_FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are folded off the event loop
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """A global model, encoded once and served to every client from the same bytes."""
+
+    model_id: str
+    manifest: list[TensorSpec]
+    payload: bytes
+    sha256: str
+
+
+@dataclass(eq=False)
+class ClientConnection:
+    """One open task stream; the stream handler is the only writer, fed through ``tasks``."""
+
+    client_id: str
+    name: str
+    tasks: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+@dataclass(eq=False)
+class _ActiveRound:
+    plan: RoundPlan
+    manifest: list[TensorSpec]
+    aggregator: WeightedMean
+    selected: set[str]
+    started_at: float
+    metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
+    answered: set[str] = field(default_factory=set)
+    accepted: list[str] = field(default_factory=list)
+    uploading: set[str] = field(default_factory=set)
+    failures: dict[str, str] = field(default_factory=dict)
+    num_rejected: int = 0
+    closed: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    all_answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def answer(self, client_id: str, error: str | None = None) -> None:
+        self.answered.add(client_id)
+        if error is not None:
+            self.failures[client_id] = error
+        if self.answered >= self.selected:
+            self.all_answered.set()
+
+
+class RoundService:
+    """Connected clients, the global-model cache and the one active round of this combiner."""
+
+    def __init__(
+        self,
+        combiner_id: str,
+        models: ModelStore,
+        *,
+        max_update_bytes: int = 1 << 30,
+        max_concurrent_uploads: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.combiner_id = combiner_id
+        self._models = models
+        self._max_update_bytes = max_update_bytes
+        self._upload_slots = asyncio.Semaphore(max_concurrent_uploads)
+        self._clock = clock
+        self._clients: dict[str, ClientConnection] = {}
+        self._cache: OrderedDict[str, CachedModel] = OrderedDict()
+        self._cache_lock = asyncio.Lock()
+        self._round: _ActiveRound | None = None
+        self._closed_rounds: deque[str] = deque(maxlen=64)
+
+    # -- clients -----------------------------------------------------------
+
+    def connect(self, client_id: str, name: str) -> ClientConnection:
+        if not client_id:
+            raise InvalidArgument("client_id is required")
+        previous = self._clients.get(client_id)
+        conn = ClientConnection(client_id, name or client_id)
+        self._clients[client_id] = conn
+        logger.info(
+            "client %s (%s) connected%s; %d connected",
+            client_id,
+            conn.name,
+            " again, replacing its old stream" if previous else "",
+            len(self._clients),
+        )
+        return conn
+
+    def disconnect(self, conn: ClientConnection) -> None:
+        if self._clients.get(conn.client_id) is not conn:
+            return  # replaced by a newer stream of the same client
+        del self._clients[conn.client_id]
+        logger.info("client %s disconnected; %d connected", conn.client_id, len(self._clients))
+        rnd = self._round
+        if rnd and not rnd.closed and conn.client_id in rnd.selected and conn.client_id not in rnd.answered:
+            rnd.answer(conn.client_id, "client disconnected")
+
+    def connected_client_ids(self) -> list[str]:
+        return sorted(self._clients)
+
+    # -- models ------------------------------------------------------------
+
+    async def get_model(self, model_id: str) -> CachedModel:
+        async with self._cache_lock:
+            cached = self._cache.get(model_id)
+            if cached is None:
+                cached = await asyncio.to_thread(self._load_model, model_id)
+                self._cache[model_id] = cached
+                while len(self._cache) > _MODEL_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(model_id)
+            return cached
+
+    def _load_model(self, model_id: str) -> CachedModel:
+        arrays = decode_model(self._models.get(model_key(model_id)))
+        manifest, payload = encode_payload(arrays)
+        logger.info("loaded global model %s (%d tensors, %d bytes)", model_id, len(manifest), len(payload))
+        return CachedModel(model_id, manifest, payload, sha256_hex(payload))
+
+    # -- rounds ------------------------------------------------------------
+
+    async def run_round(self, plan: RoundPlan) -> RoundResult:
+        """Run ``plan`` on this combiner's clients; returns when all answered or the deadline passed."""
+        if self._round is not None and not self._round.closed:
+            raise FailedPrecondition(f"round {self._round.plan.round_id} is still running on {self.combiner_id}")
+        if plan.timeout_s <= 0:
+            raise InvalidArgument("round timeout must be positive")
+        aggregator_cls = get_aggregator(plan.aggregator)
+        model = await self.get_model(plan.model_id)
+        selected = self.connected_client_ids()
+        if plan.max_clients and len(selected) > plan.max_clients:
+            selected = sorted(random.Random(plan.round_id).sample(selected, plan.max_clients))
+        rnd = _ActiveRound(plan, model.manifest, aggregator_cls(model.manifest), set(selected), self._clock())
+        self._round = rnd
+        logger.info(
+            "round %s (session %s, #%d) started on %s with %d clients, timeout %.1fs",
+            plan.round_id,
+            plan.session_id,
+            plan.round_index,
+            self.combiner_id,
+            len(selected),
+            plan.timeout_s,
+        )
+        try:
+            if selected:
+                task = TaskInfo(
+                    "train",
+                    plan.round_id,
+                    plan.session_id,
+                    plan.model_id,
+                    plan.round_index,
+                    plan.timeout_s,
+                    plan.config,
+                )
+                for client_id in selected:
+                    self._clients[client_id].tasks.put_nowait(task)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rnd.all_answered.wait(), timeout=plan.timeout_s)
+            async with rnd.lock:
+                rnd.closed = True
+        finally:
+            rnd.closed = True
+            self._closed_rounds.append(plan.round_id)
+        for client_id in sorted(rnd.selected - rnd.answered):
+            rnd.failures[client_id] = f"no update within the round deadline ({plan.timeout_s:g}s)"
+        key = ""
+        total_weight = 0.0
+        if rnd.aggregator.count:
+            partial = rnd.aggregator.partial()
+            key = partial_key(plan.round_id, self.combiner_id)
+            await asyncio.to_thread(self._models.put, key, encode_model(partial.arrays))
+            total_weight = partial.total_weight
+        result = RoundResult(
+            round_id=plan.round_id,
+            combiner_id=self.combiner_id,
+            partial_key=key,
+            total_weight=total_weight,
+            num_selected=len(rnd.selected),
+            num_updates=rnd.aggregator.count,
+            num_rejected=rnd.num_rejected,
+            failures=[
+                ClientFailureRecord(client_id=c, combiner_id=self.combiner_id, error=e)
+                for c, e in sorted(rnd.failures.items())
+            ],
+            metrics=rnd.metrics.summary(),
+            client_ids=list(rnd.accepted),
+        )
+        logger.info(
+            "round %s ended on %s: %d/%d updates, %d rejected, %d failed, %.2fs",
+            plan.round_id,
+            self.combiner_id,
+            result.num_updates,
+            result.num_selected,
+            result.num_rejected,
+            len(result.failures),
+            self._clock() - rnd.started_at,
+        )
+        return result
+
+    def _open_round_for(self, round_id: str, client_id: str) -> _ActiveRound:
+        rnd = self._round
+        if rnd is None or rnd.plan.round_id != round_id:
+            state = "closed" if round_id in self._closed_rounds else "unknown"
+            raise FailedPrecondition(f"round {round_id!r} is {state} on combiner {self.combiner_id}")
+        if rnd.closed:
+            raise FailedPrecondition(f"round {round_id!r} is closed on combiner {self.combiner_id}")
+        if client_id not in rnd.selected:
+            raise FailedPrecondition(f"client {client_id!r} was not asked to train in round {round_id!r}")
+        if client_id in rnd.answered or client_id in rnd.uploading:
+            raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
+        return rnd
+
+    def report_failure(self, round_id: str, client_id: str, error: str) -> None:
+        rnd = self._open_round_for(round_id, client_id)
+        text = (error or "unspecified error")[:2000]
+        logger.warning("client %s failed round %s: %s", client_id, round_id, text)
+        rnd.answer(client_id, text)
+
+    async def receive_update(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
+        """Validate one streamed update completely, then fold it; returns the round's accepted count.
+
+        The update is staged in its own buffer (at most ``max_concurrent_uploads`` at once), so a
+        rejected update never touches the running aggregate.
+        """
+        client_id, round_id = header.client_id, header.round_id
+        rnd = self._open_round_for(round_id, client_id)
+        rnd.uploading.add(client_id)
+        try:
+            arrays = await self._receive_arrays(rnd, header, chunks)
+            async with rnd.lock:
+                if rnd.closed:
+                    raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
+                if sum(a.nbytes for a in arrays.values()) > _FOLD_IN_THREAD_BYTES:
+                    await asyncio.to_thread(rnd.aggregator.add, arrays, header.num_examples)
+                else:
+                    rnd.aggregator.add(arrays, header.num_examples)
+                rnd.metrics.add(header.metrics, header.num_examples)
+                rnd.accepted.append(client_id)
+                rnd.answer(client_id)
+                count = rnd.aggregator.count
+        except (InvalidArgument, PayloadTooLarge) as exc:  # the update's own fault: final for this round
+            if not rnd.closed:
+                rnd.num_rejected += 1
+                rnd.answer(client_id, f"update rejected: {exc.message}")
+            logger.warning("rejected update from client %s in round %s: %s", client_id, round_id, exc.message)
+            raise
+        finally:
+            rnd.uploading.discard(client_id)
+        logger.debug("folded update from client %s into round %s (%d so far)", client_id, round_id, count)
+        return count
+
+    async def _receive_arrays(
+        self, rnd: _ActiveRound, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
+    ) -> NamedArrays:
+        weight = header.num_examples
+        if not (weight > 0 and weight != float("inf")):
+            raise InvalidArgument(f"num_examples must be a positive finite number, got {weight}")
+        size = header.model.payload_bytes
+        if size > self._max_update_bytes:
+            raise PayloadTooLarge(f"update of {size} bytes exceeds the combiner's limit of {self._max_update_bytes}")
+        check_manifest(rnd.manifest, header.model.tensors)
+        if size != payload_bytes(rnd.manifest):
+            raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(rnd.manifest)}")
+        async with self._upload_slots:
+            assembler = ChunkAssembler(size, header.model.sha256, self._max_update_bytes)
+            async for chunk in chunks:
+                assembler.add(chunk)
+            arrays = decode_payload(rnd.manifest, assembler.finish())
+            for name, array in arrays.items():
+                check_finite(name, array)
+        return arrays
+
+    def close(self) -> None:
+        """Close the active round (on shutdown) so nothing waits on it."""
+        if self._round is not None:
+            self._round.closed = True
+            self._round.all_answered.set()

@@ -1,0 +1,115 @@
+"""The combiner process: a grpc.aio server plus its link to the reducer (register, heartbeats)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from combiner.rounds import RoundService
+from combiner.servicer import CombinerServicer
+from combiner.settings import CombinerSettings
+from fedn.api_client import ReducerAPI
+from fedn.errors import FednError, NotFound
+from fedn.store.base import ModelStore
+from fedn.v1 import fedn_pb2_grpc as pb_grpc
+
+__all__ = ["CombinerServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class CombinerServer:
+    """Serves the Combiner gRPC service; ``reducer=None`` runs it without a reducer (tests)."""
+
+    def __init__(self, settings: CombinerSettings, models: ModelStore, reducer: ReducerAPI | None = None) -> None:
+        self.settings = settings
+        self._models = models
+        self._reducer = reducer
+        self._server: grpc.aio.Server | None = None
+        self._link: asyncio.Task | None = None
+        self._stopping: asyncio.Event | None = None
+        self.rounds: RoundService | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        s = self.settings
+        return f"{s.advertise_host or s.host}:{s.advertise_port or self.port}"
+
+    async def start(self) -> None:
+        s = self.settings
+        self.rounds = RoundService(
+            s.name, self._models, max_update_bytes=s.max_update_bytes, max_concurrent_uploads=s.max_concurrent_uploads
+        )
+        message_limit = max(2 * s.chunk_bytes, 4 << 20)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", message_limit),
+                ("grpc.max_send_message_length", message_limit),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.max_pending_requests", 20_000),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_CombinerServicer_to_server(
+            CombinerServicer(self.rounds, heartbeat_interval_s=s.heartbeat_interval_s, chunk_bytes=s.chunk_bytes),
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise FednError(f"cannot bind {s.host}:{s.port}")
+        await self._server.start()
+        logger.info("combiner %s listening on %s:%d (advertised as %s)", s.name, s.host, self.port, self.address)
+        self._stopping = asyncio.Event()
+        if self._reducer is not None:
+            self._link = asyncio.create_task(self._reducer_link())
+
+    async def _reducer_link(self) -> None:
+        """Register, then heartbeat with the connected clients; survive the reducer being away."""
+        assert self._reducer is not None and self.rounds is not None and self._stopping is not None
+        registered = False
+        reducer_down = False
+        while not self._stopping.is_set():
+            try:
+                if not registered:
+                    await asyncio.to_thread(self._reducer.register_combiner, self.settings.name, self.address)
+                    registered = True
+                    logger.info("registered with the reducer as %s at %s", self.settings.name, self.address)
+                await asyncio.to_thread(
+                    self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids()
+                )
+                if reducer_down:
+                    logger.info("reducer reachable again")
+                reducer_down = False
+            except NotFound:
+                registered = False
+                continue
+            except FednError as exc:
+                if not reducer_down:
+                    logger.warning("reducer unreachable, will keep trying: %s", exc.message)
+                reducer_down = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.heartbeat_interval_s)
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+        if self.rounds is not None:
+            self.rounds.close()
+        if self._link is not None:
+            self._link.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._link
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        logger.info("combiner %s stopped", self.settings.name)

@@ -1,0 +1,104 @@
+"""gRPC face of the combiner: decode the request, call the round service, encode the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from combiner.rounds import RoundService
+from fedn import wire
+from fedn.chunking import iter_chunks
+from fedn.errors import FednError, InvalidArgument
+from fedn.v1 import fedn_pb2 as pb
+from fedn.v1 import fedn_pb2_grpc as pb_grpc
+
+__all__ = ["CombinerServicer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _map_errors(method):
+    """Map FednError to its gRPC status once; anything else is INTERNAL with a request id."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except FednError as exc:
+            logger.info("%s refused: %s", method.__name__, exc.message)
+            await context.abort(exc.grpc_status, exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            logger.exception("%s failed (request %s)", method.__name__, request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id})")
+
+    return wrapper
+
+
+class CombinerServicer(pb_grpc.CombinerServicer):
+    def __init__(self, rounds: RoundService, *, heartbeat_interval_s: float, chunk_bytes: int) -> None:
+        self._rounds = rounds
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._chunk_bytes = chunk_bytes
+
+    async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
+        try:
+            conn = self._rounds.connect(request.client_id, request.client_name)
+        except FednError as exc:
+            await context.abort(exc.grpc_status, exc.message)
+        heartbeat = wire.task_to_proto(wire.TaskInfo("heartbeat"))
+        try:
+            yield heartbeat  # tells the client at once that it is connected
+            while True:
+                try:
+                    task = await asyncio.wait_for(conn.tasks.get(), timeout=self._heartbeat_interval_s)
+                except TimeoutError:
+                    yield heartbeat
+                    continue
+                yield wire.task_to_proto(task)
+        finally:
+            self._rounds.disconnect(conn)
+
+    async def DownloadModel(self, request: pb.DownloadModelRequest, context: grpc.aio.ServicerContext):
+        try:
+            model = await self._rounds.get_model(request.model_id)
+        except FednError as exc:
+            logger.info("DownloadModel refused for client %s: %s", request.client_id, exc.message)
+            await context.abort(exc.grpc_status, exc.message)
+        header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, len(model.payload))
+        yield pb.ModelChunk(header=wire.model_header_to_proto(header))
+        for chunk in iter_chunks(model.payload, self._chunk_bytes):
+            yield pb.ModelChunk(data=chunk)
+
+    @_map_errors
+    async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("an update stream must start with its header")
+        header = wire.update_header_from_proto(first.header)
+
+        async def chunks():
+            async for msg in request_iterator:
+                if msg.WhichOneof("part") != "data":
+                    raise InvalidArgument("only data chunks may follow the header")
+                yield msg.data
+
+        count = await self._rounds.receive_update(header, chunks())
+        return pb.UploadUpdateResponse(round_id=header.round_id, accepted_updates=count)
+
+    @_map_errors
+    async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:
+        self._rounds.report_failure(request.round_id, request.client_id, request.error)
+        return pb.ReportFailureResponse()
+
+    @_map_errors
+    async def RunRound(self, request: pb.RoundPlan, context) -> pb.RoundResult:
+        result = await self._rounds.run_round(wire.round_plan_from_proto(request))
+        return wire.round_result_to_proto(result)

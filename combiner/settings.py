@@ -1,0 +1,24 @@
+"""Combiner settings: flags override ``FEDN_COMBINER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CombinerSettings"]
+
+
+class CombinerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDN_COMBINER_")
+
+    name: str = Field("combiner", description="combiner id, unique in the federation")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(12080, ge=0, le=65535, description="port to bind; 0 picks a free one")
+    advertise_host: str | None = Field(None, description="host clients and the reducer dial [default: --host]")
+    advertise_port: int | None = Field(None, ge=1, le=65535, description="port they dial [default: bound port]")
+    reducer: str = Field("http://127.0.0.1:8092", description="reducer base URL")
+    models: str = Field("file://.fedn/models", description="model store URL, shared with the reducer")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="seconds between heartbeats (reducer and clients)")
+    max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
+    max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
+    chunk_bytes: int = Field(1 << 20, ge=1024, description="size of model chunks sent to clients")

@@ -1,0 +1,52 @@
+"""Seeded data partitioners: split example indices across clients (IID or label-skewed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["dirichlet_partition", "iid_partition"]
+
+
+def iid_partition(num_examples: int, num_partitions: int, seed: int = 0) -> list[np.ndarray]:
+    """Shuffle ``range(num_examples)`` and cut it into ``num_partitions`` near-equal parts."""
+    if num_partitions < 1 or num_examples < num_partitions:
+        raise ValueError(f"cannot split {num_examples} examples into {num_partitions} partitions")
+    order = np.random.default_rng(seed).permutation(num_examples)
+    return [np.sort(part) for part in np.array_split(order, num_partitions)]
+
+
+def dirichlet_partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    alpha: float,
+    seed: int = 0,
+    *,
+    min_size: int = 10,
+    max_attempts: int = 1000,
+) -> list[np.ndarray]:
+    """Label skew: each class is split over partitions in Dirichlet(``alpha``) proportions.
+
+    Small ``alpha`` gives each partition few classes; large ``alpha`` approaches IID. Draws are
+    repeated (at most ``max_attempts``) until every partition has at least ``min_size`` examples.
+    """
+    labels = np.asarray(labels)
+    if num_partitions < 1:
+        raise ValueError("num_partitions must be at least 1")
+    if alpha <= 0:
+        raise ValueError("alpha must be positive")
+    if len(labels) < num_partitions * min_size:
+        raise ValueError(f"{len(labels)} examples cannot give {num_partitions} partitions of {min_size}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    for _ in range(max_attempts):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
+        for idx in by_class:
+            proportions = rng.dirichlet(np.full(num_partitions, alpha))
+            cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(int)
+            for p, chunk in enumerate(np.split(idx, cuts)):
+                parts[p].append(chunk)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in out) >= min_size:
+            return out
+    raise ValueError(f"no Dirichlet({alpha}) split with {min_size}+ examples per partition in {max_attempts} draws")

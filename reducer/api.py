@@ -1,0 +1,220 @@
+"""The REST API under /api/v1: routes decode the request, call the stores/registry, encode JSON."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import fedn
+from fedn.aggregation import get_aggregator
+from fedn.codec import check_finite, decode_model
+from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
+from fedn.models import save_model
+from fedn.records import Session
+from fedn.store.base import ModelStore, StateStore
+from reducer.controller import Controller
+from reducer.openapi import openapi_document
+from reducer.registry import CombinerRegistry
+from reducer.requests import AssignRequest, HeartbeatRequest, Page, RegisterCombinerRequest, SessionRequest, parse
+
+__all__ = ["ApiContext", "create_api", "register_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiContext:
+    """What the routes need; built once by the server and passed in."""
+
+    state: StateStore
+    models: ModelStore
+    registry: CombinerRegistry
+    controller: Controller | None
+    max_model_bytes: int = 1 << 30
+
+
+def _body() -> dict:
+    data = request.get_data(cache=True)
+    if not data:
+        return {}
+    payload = request.get_json(silent=True)
+    if payload is None:
+        raise InvalidArgument("request body is not valid JSON")
+    if not isinstance(payload, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return payload
+
+
+def _items(records) -> Response:
+    items = [r.model_dump(mode="json") for r in records]
+    return jsonify({"items": items, "count": len(items)})
+
+
+def create_api(ctx: ApiContext) -> Blueprint:
+    api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+
+    @api.get("/health")
+    def health():
+        live = ctx.registry.live()
+        return jsonify(
+            {
+                "status": "ok",
+                "version": fedn.__version__,
+                "combiners_online": len(live),
+                "clients_online": sum(c.num_clients for c in live),
+            }
+        )
+
+    @api.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document())
+
+    # combiners
+    @api.post("/combiners")
+    def register_combiner():
+        req = parse(RegisterCombinerRequest, _body())
+        return jsonify(ctx.registry.register(req.id, req.name, req.address).model_dump(mode="json"))
+
+    @api.put("/combiners/<combiner_id>/heartbeat")
+    def combiner_heartbeat(combiner_id: str):
+        req = parse(HeartbeatRequest, _body())
+        record = ctx.registry.heartbeat(combiner_id, req.client_ids)
+        return jsonify({"status": record.status, "num_clients": record.num_clients})
+
+    @api.get("/combiners")
+    def list_combiners():
+        ctx.registry.refresh()
+        return _items(ctx.state.list_combiners())
+
+    @api.get("/combiners/<combiner_id>")
+    def get_combiner(combiner_id: str):
+        ctx.registry.refresh()
+        return jsonify(ctx.state.get_combiner(combiner_id).model_dump(mode="json"))
+
+    # clients
+    @api.post("/clients/assign")
+    def assign_client():
+        req = parse(AssignRequest, _body())
+        return jsonify(ctx.registry.assign(req.name, req.client_id))
+
+    @api.get("/clients")
+    def list_clients():
+        page = parse(Page, request.args)
+        ctx.registry.refresh()
+        return _items(ctx.state.list_clients(limit=page.limit, offset=page.offset))
+
+    @api.get("/clients/<client_id>")
+    def get_client(client_id: str):
+        return jsonify(ctx.state.get_client(client_id).model_dump(mode="json"))
+
+    # models
+    @api.post("/models")
+    def upload_model():
+        blob = request.get_data(cache=False)
+        if len(blob) > ctx.max_model_bytes:
+            raise PayloadTooLarge(f"upload of {len(blob)} bytes exceeds the limit of {ctx.max_model_bytes} bytes")
+        arrays = decode_model(blob)
+        for name, array in arrays.items():
+            check_finite(name, np.asarray(array))
+        record = save_model(ctx.models, arrays)
+        ctx.state.put_model(record)
+        logger.info("model %s uploaded (%d parameters)", record.id, record.num_parameters)
+        return jsonify(record.model_dump(mode="json")), 201
+
+    @api.get("/models")
+    def list_models():
+        page = parse(Page, request.args)
+        return _items(ctx.state.list_models(session_id=page.session_id, limit=page.limit, offset=page.offset))
+
+    @api.get("/models/<model_id>")
+    def get_model(model_id: str):
+        return jsonify(ctx.state.get_model(model_id).model_dump(mode="json"))
+
+    @api.get("/models/<model_id>/download")
+    def download_model(model_id: str):
+        record = ctx.state.get_model(model_id)
+        if not ctx.models.exists(record.key):
+            raise NotFound(f"model {model_id!r} has a record but its blob is missing from the model store")
+        return Response(
+            ctx.models.iter_chunks(record.key, 1 << 20),
+            mimetype="application/octet-stream",
+            headers={
+                "Content-Disposition": f"attachment; filename={model_id}.safetensors",
+                "Content-Length": str(record.size_bytes),
+            },
+        )
+
+    # sessions and rounds
+    @api.post("/sessions")
+    def create_session():
+        req = parse(SessionRequest, _body())
+        get_aggregator(req.aggregator)
+        if req.model_id is not None:
+            seed = ctx.state.get_model(req.model_id)
+        else:
+            newest = ctx.state.list_models(limit=1)
+            if not newest:
+                raise Conflict("there is no model to start from: upload a seed model first (fedn model upload)")
+            seed = newest[0]
+        session = Session(
+            rounds=req.rounds,
+            aggregator=req.aggregator,
+            round_timeout_s=req.round_timeout_s,
+            min_clients=req.min_clients,
+            config=req.config,
+            seed_model_id=seed.id,
+            model_id=seed.id,
+        )
+        ctx.state.put_session(session)
+        if ctx.controller is not None:
+            ctx.controller.wake()
+        logger.info("session %s created: %d rounds from model %s", session.id, session.rounds, seed.id)
+        return jsonify(session.model_dump(mode="json")), 201
+
+    @api.get("/sessions")
+    def list_sessions():
+        page = parse(Page, request.args)
+        return _items(ctx.state.list_sessions(limit=page.limit, offset=page.offset))
+
+    @api.get("/sessions/<session_id>")
+    def get_session(session_id: str):
+        return jsonify(ctx.state.get_session(session_id).model_dump(mode="json"))
+
+    @api.get("/sessions/<session_id>/rounds")
+    def list_rounds(session_id: str):
+        ctx.state.get_session(session_id)
+        return _items(ctx.state.list_rounds(session_id))
+
+    @api.get("/rounds/<round_id>")
+    def get_round(round_id: str):
+        return jsonify(ctx.state.get_round(round_id).model_dump(mode="json"))
+
+    return api
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error is JSON ``{"error", "detail"}``; tracebacks go to the log, never to the caller."""
+
+    def error(status: int, title: str, detail: str):
+        return jsonify({"error": title, "detail": detail}), status
+
+    @app.errorhandler(FednError)
+    def fedn_error(exc: FednError):
+        log = logger.warning if exc.http_status >= 500 else logger.info
+        log("%s %s -> %d: %s", request.method, request.path, exc.http_status, exc.message)
+        return error(exc.http_status, exc.title, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error(exc.code or 500, (exc.name or "error").lower(), exc.description or "")
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        request_id = uuid.uuid4().hex[:12]
+        logger.exception("%s %s failed (request %s)", request.method, request.path, request_id)
+        return error(500, "internal error", f"unexpected error; see the reducer log for request {request_id}")

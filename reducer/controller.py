@@ -1,0 +1,300 @@
+"""Runs sessions round by round. Every step is written to the state store before it is acted on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fedn.aggregation import Partial, cast_like, merge_metric_summaries, merge_partials
+from fedn.errors import FednError, StoreError
+from fedn.models import load_model, model_key, save_model
+from fedn.records import (
+    ClientFailureRecord,
+    Round,
+    RoundPlan,
+    RoundResult,
+    RoundStatus,
+    Session,
+    SessionStatus,
+    now,
+)
+from fedn.store.base import ModelStore, StateStore
+from reducer.gateway import CombinerGateway
+from reducer.registry import CombinerRegistry
+
+__all__ = ["Controller"]
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    """One background thread; sessions run one at a time, oldest first; running ones resume first."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        models: ModelStore,
+        registry: CombinerRegistry,
+        gateway: CombinerGateway,
+        *,
+        rpc_grace_s: float = 15.0,
+    ) -> None:
+        self._state = state
+        self._models = models
+        self._registry = registry
+        self._gateway = gateway
+        self._rpc_grace_s = rpc_grace_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        with self._registry.changed:
+            self._registry.changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def wake(self) -> None:
+        """A session was created: look for work now rather than at the next poll."""
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                session = self._next_session()
+                if session is None:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+            except StoreError as exc:  # the state store is away: back off, try again
+                logger.error("controller: %s; retrying in 2s", exc.message)
+                self._stop.wait(2.0)
+                continue
+            try:
+                self.run_session(session)
+            except StoreError as exc:  # an outage mid-session: nothing unstored was marked done; resume
+                logger.error("controller: session %s: %s; retrying in 2s", session.id, exc.message)
+                self._stop.wait(2.0)
+            except Exception as exc:  # a bug or bad data must not loop: fail the session with the reason
+                logger.exception("controller: session %s failed unexpectedly", session.id)
+                self._fail_session(session.id, f"{type(exc).__name__}: {exc}")
+
+    def _fail_session(self, session_id: str, error: str) -> None:
+        try:
+            session = self._state.get_session(session_id)
+            for round_ in self._state.list_rounds(session_id):
+                if round_.status in (RoundStatus.PENDING, RoundStatus.RUNNING):
+                    self._state.put_round(
+                        round_.model_copy(
+                            update={
+                                "status": RoundStatus.FAILED,
+                                "reason": error,
+                                "finished_at": now(),
+                            }
+                        )
+                    )
+            self._state.put_session(
+                session.model_copy(
+                    update={
+                        "status": SessionStatus.FAILED,
+                        "error": error,
+                        "updated_at": now(),
+                    }
+                )
+            )
+        except FednError as exc:
+            logger.error("controller: could not mark session %s failed: %s", session_id, exc.message)
+
+    def _next_session(self) -> Session | None:
+        sessions = self._state.list_sessions(limit=1000)
+        running = [s for s in sessions if s.status == SessionStatus.RUNNING]
+        pending = [s for s in sessions if s.status == SessionStatus.PENDING]
+        queue = sorted(running, key=lambda s: s.created_at) + sorted(pending, key=lambda s: s.created_at)
+        return queue[0] if queue else None
+
+    def run_session(self, session: Session) -> Session:
+        if session.status == SessionStatus.RUNNING:
+            logger.info("session %s: resuming after round %d of %d", session.id, session.rounds_done, session.rounds)
+        else:
+            logger.info("session %s: starting, %d rounds", session.id, session.rounds)
+        session = session.model_copy(update={"status": SessionStatus.RUNNING, "updated_at": now()})
+        self._state.put_session(session)
+        existing = {r.index: r for r in self._state.list_rounds(session.id)}
+        while session.rounds_done < session.rounds and not self._stop.is_set():
+            index = session.rounds_done + 1
+            round_ = existing.get(index) or Round(session_id=session.id, index=index, model_in=session.model_id)
+            session = self.run_round(session, round_)
+            if session.status == SessionStatus.FAILED:
+                return session
+        if session.rounds_done >= session.rounds:
+            session = session.model_copy(update={"status": SessionStatus.DONE, "updated_at": now()})
+            self._state.put_session(session)
+            logger.info("session %s: done, final model %s", session.id, session.model_id)
+        return session
+
+    # -- one round ---------------------------------------------------------
+
+    def run_round(self, session: Session, round_: Round) -> Session:
+        """Run one round; returns the session as updated (advanced, or failed with the reason)."""
+        round_ = round_.model_copy(
+            update={
+                "status": RoundStatus.PENDING,
+                "model_in": session.model_id,
+                "model_out": None,
+                "failures": [],
+                "reason": None,
+                "combiners": [],
+                "started_at": None,
+                "finished_at": None,
+                "duration_s": None,
+            }
+        )
+        self._state.put_round(round_)
+        seen = self._registry.wait_for_clients(session.min_clients, session.round_timeout_s, self._stop)
+        if self._stop.is_set():
+            return session
+        if seen < session.min_clients:
+            return self._fail(session, round_, f"only {seen} clients connected, min_clients is {session.min_clients}")
+
+        combiners = [c for c in self._registry.live() if c.num_clients > 0]
+        started = time.monotonic()
+        round_ = round_.model_copy(
+            update={
+                "status": RoundStatus.RUNNING,
+                "combiners": [c.id for c in combiners],
+                "started_at": now(),
+            }
+        )
+        self._state.put_round(round_)
+        logger.info(
+            "session %s round %d (%s): running on %s",
+            session.id,
+            round_.index,
+            round_.id,
+            ", ".join(c.id for c in combiners),
+        )
+        plan = RoundPlan(
+            round_id=round_.id,
+            session_id=session.id,
+            round_index=round_.index,
+            model_id=session.model_id,
+            aggregator=session.aggregator,
+            config=session.config,
+            timeout_s=session.round_timeout_s,
+        )
+        results: list[RoundResult] = []
+        failures: list[ClientFailureRecord] = []
+        with ThreadPoolExecutor(max_workers=max(1, len(combiners)), thread_name_prefix="run-round") as pool:
+            futures = {
+                c.id: pool.submit(self._gateway.run_round, c, plan, session.round_timeout_s + self._rpc_grace_s)
+                for c in combiners
+            }
+            for combiner_id, future in futures.items():
+                try:
+                    results.append(future.result())
+                except FednError as exc:
+                    logger.warning("round %s: %s", round_.id, exc.message)
+                    failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=exc.message))
+        if self._stop.is_set():
+            return session  # left running: a restarted reducer runs it again
+
+        partials: list[Partial] = []
+        used: list[RoundResult] = []
+        for result in results:
+            failures.extend(result.failures)
+            if not result.partial_key:
+                continue
+            try:
+                arrays = load_model(self._models, result.partial_key)
+            except FednError as exc:
+                failures.append(
+                    ClientFailureRecord(
+                        client_id="", combiner_id=result.combiner_id, error=f"partial unreadable: {exc.message}"
+                    )
+                )
+                continue
+            partials.append(Partial(arrays, result.total_weight, result.num_updates))
+            used.append(result)
+
+        num_updates = sum(r.num_updates for r in used)
+        round_ = round_.model_copy(
+            update={
+                "num_selected": sum(r.num_selected for r in results),
+                "num_updates": num_updates,
+                "num_rejected": sum(r.num_rejected for r in results),
+                "total_weight": sum(r.total_weight for r in used),
+                "failures": failures,
+                "metrics": merge_metric_summaries((r.metrics, r.total_weight) for r in used),
+            }
+        )
+        if num_updates < session.min_clients:
+            reason = f"{num_updates} updates arrived, min_clients is {session.min_clients}"
+            if failures:
+                reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in failures[:5])
+            return self._fail(session, round_, reason, started)
+
+        merged = merge_partials(partials)
+        previous = load_model(self._models, model_key(session.model_id))
+        record = save_model(
+            self._models,
+            cast_like(merged.arrays, previous),
+            session_id=session.id,
+            round_id=round_.id,
+            parent_id=session.model_id,
+        )
+        self._state.put_model(record)
+        duration = time.monotonic() - started
+        round_ = round_.model_copy(
+            update={
+                "status": RoundStatus.DONE,
+                "model_out": record.id,
+                "finished_at": now(),
+                "duration_s": duration,
+            }
+        )
+        self._state.put_round(round_)
+        session = session.model_copy(update={"model_id": record.id, "rounds_done": round_.index, "updated_at": now()})
+        self._state.put_session(session)
+        loss = round_.metrics.get("train_loss")
+        logger.info(
+            "session %s round %d done: %d updates from %d combiners, train_loss %s, %.2fs -> model %s",
+            session.id,
+            round_.index,
+            num_updates,
+            len(used),
+            f"{loss.mean:.4f}" if loss else "-",
+            duration,
+            record.id,
+        )
+        return session
+
+    def _fail(self, session: Session, round_: Round, reason: str, started: float | None = None) -> Session:
+        round_ = round_.model_copy(
+            update={
+                "status": RoundStatus.FAILED,
+                "reason": reason,
+                "finished_at": now(),
+                "duration_s": None if started is None else time.monotonic() - started,
+            }
+        )
+        self._state.put_round(round_)
+        session = session.model_copy(
+            update={
+                "status": SessionStatus.FAILED,
+                "error": f"round {round_.index} failed: {reason}",
+                "updated_at": now(),
+            }
+        )
+        self._state.put_session(session)
+        logger.error("session %s round %d failed: %s", session.id, round_.index, reason)
+        return session

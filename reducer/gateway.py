@@ -1,0 +1,53 @@
+"""How the reducer asks a combiner to run its part of a round (gRPC ``RunRound``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import grpc
+
+from fedn.errors import Unavailable
+from fedn.records import CombinerRecord, RoundPlan, RoundResult
+from fedn.v1 import fedn_pb2_grpc as pb_grpc
+from fedn.wire import round_plan_to_proto, round_result_from_proto
+
+__all__ = ["CombinerGateway", "GrpcCombinerGateway"]
+
+
+class CombinerGateway(Protocol):
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult: ...
+
+    def close(self) -> None: ...
+
+
+class GrpcCombinerGateway:
+    """One channel per combiner address; any RPC failure becomes Unavailable with the combiner's name."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                self._channels[address] = channel
+            return channel
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        stub = pb_grpc.CombinerStub(self._channel(combiner.address))
+        try:
+            reply = stub.RunRound(round_plan_to_proto(plan), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise Unavailable(
+                f"combiner {combiner.id} at {combiner.address}: {exc.code().name}: {exc.details()}"
+            ) from None
+        return round_result_from_proto(reply)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()

@@ -1,0 +1,216 @@
+"""The OpenAPI 3.1 document of /api/v1; record schemas come from the pydantic models, so they cannot drift."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import fedn
+from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from reducer.requests import AssignRequest, HeartbeatRequest, RegisterCombinerRequest, SessionRequest
+
+__all__ = ["openapi_document"]
+
+_SCHEMAS = [
+    Session,
+    Round,
+    ModelRecord,
+    ClientRecord,
+    CombinerRecord,
+    SessionRequest,
+    RegisterCombinerRequest,
+    HeartbeatRequest,
+    AssignRequest,
+]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _list_of(name: str) -> dict:
+    return _json(
+        {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": _ref(name)}, "count": {"type": "integer"}},
+        }
+    )
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "invalid request", 404: "not found", 409: "conflict", 413: "payload too large", 503: "unavailable"}
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def _body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+_PAGE = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+]
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict:
+    schemas = {}
+    for model in _SCHEMAS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    }
+    paths = {
+        "/api/v1/health": {
+            "get": {
+                "summary": "Liveness and counts of online combiners and clients",
+                "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
+        "/api/v1/sessions": {
+            "get": {
+                "summary": "List sessions, newest first",
+                "parameters": _PAGE,
+                "responses": {"200": _list_of("Session"), **_errors(400)},
+            },
+            "post": {
+                "summary": "Create a training session (validated completely before it is stored)",
+                "requestBody": _body("SessionRequest"),
+                "responses": {"201": _json(_ref("Session"), "created"), **_errors(400, 404, 409)},
+            },
+        },
+        "/api/v1/sessions/{session_id}": {
+            "get": {
+                "summary": "One session",
+                "parameters": [_path_param("session_id")],
+                "responses": {"200": _json(_ref("Session")), **_errors(404)},
+            }
+        },
+        "/api/v1/sessions/{session_id}/rounds": {
+            "get": {
+                "summary": "Rounds of a session in order",
+                "parameters": [_path_param("session_id")],
+                "responses": {"200": _list_of("Round"), **_errors(404)},
+            }
+        },
+        "/api/v1/rounds/{round_id}": {
+            "get": {
+                "summary": "One round, with its failures and metric summaries",
+                "parameters": [_path_param("round_id")],
+                "responses": {"200": _json(_ref("Round")), **_errors(404)},
+            }
+        },
+        "/api/v1/models": {
+            "get": {
+                "summary": "List models, newest first",
+                "parameters": [*_PAGE, {"name": "session_id", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _list_of("ModelRecord"), **_errors(400)},
+            },
+            "post": {
+                "summary": "Upload a model (a safetensors file), e.g. a seed model",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "responses": {"201": _json(_ref("ModelRecord"), "created"), **_errors(400, 413)},
+            },
+        },
+        "/api/v1/models/{model_id}": {
+            "get": {
+                "summary": "A model's record",
+                "parameters": [_path_param("model_id")],
+                "responses": {"200": _json(_ref("ModelRecord")), **_errors(404)},
+            }
+        },
+        "/api/v1/models/{model_id}/download": {
+            "get": {
+                "summary": "The model as a safetensors file",
+                "parameters": [_path_param("model_id")],
+                "responses": {
+                    "200": {
+                        "description": "safetensors file",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_errors(404),
+                },
+            }
+        },
+        "/api/v1/clients": {
+            "get": {
+                "summary": "List clients",
+                "parameters": _PAGE,
+                "responses": {"200": _list_of("ClientRecord"), **_errors(400)},
+            }
+        },
+        "/api/v1/clients/{client_id}": {
+            "get": {
+                "summary": "One client",
+                "parameters": [_path_param("client_id")],
+                "responses": {"200": _json(_ref("ClientRecord")), **_errors(404)},
+            }
+        },
+        "/api/v1/clients/assign": {
+            "post": {
+                "summary": "Assign a client to the least-loaded live combiner",
+                "requestBody": _body("AssignRequest"),
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "client_id": {"type": "string"},
+                                "combiner_id": {"type": "string"},
+                                "combiner_address": {"type": "string"},
+                            },
+                        }
+                    ),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/v1/combiners": {
+            "get": {"summary": "List combiners", "responses": {"200": _list_of("CombinerRecord")}},
+            "post": {
+                "summary": "Register (or re-register) a combiner",
+                "requestBody": _body("RegisterCombinerRequest"),
+                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(400)},
+            },
+        },
+        "/api/v1/combiners/{combiner_id}": {
+            "get": {
+                "summary": "One combiner",
+                "parameters": [_path_param("combiner_id")],
+                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(404)},
+            }
+        },
+        "/api/v1/combiners/{combiner_id}/heartbeat": {
+            "put": {
+                "summary": "A combiner's heartbeat with the clients connected to it",
+                "parameters": [_path_param("combiner_id")],
+                "requestBody": _body("HeartbeatRequest"),
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 404)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fedn reducer API",
+            "version": fedn.__version__,
+            "description": "Sessions, rounds, models, clients and combiners of a fedn federation.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,144 @@
+"""Which combiners are alive, which clients each serves, and where a new client should go."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fedn.errors import NotFound, Unavailable
+from fedn.records import ClientRecord, CombinerRecord, NodeStatus, now
+from fedn.store.base import StateStore
+
+__all__ = ["CombinerRegistry"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Live:
+    record: CombinerRecord
+    last_seen: float  # on the registry's clock
+    client_ids: set[str] = field(default_factory=set)
+    pending: int = 0  # assignments since its last heartbeat
+
+
+class CombinerRegistry:
+    """Liveness from heartbeats (on an injected clock) and least-loaded assignment of clients."""
+
+    def __init__(self, state: StateStore, *, combiner_timeout_s: float, clock: Callable[[], float] = time.monotonic):
+        self._state = state
+        self._timeout_s = combiner_timeout_s
+        self._clock = clock
+        self._combiners: dict[str, _Live] = {}
+        self.changed = threading.Condition()
+
+    def load(self) -> None:
+        """Forget nothing persisted, but treat every known combiner as offline until it speaks again."""
+        for record in self._state.list_combiners():
+            if record.status != NodeStatus.OFFLINE:
+                self._state.put_combiner(record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0}))
+
+    def register(self, combiner_id: str, name: str, address: str) -> CombinerRecord:
+        with self.changed:
+            try:
+                previous = self._state.get_combiner(combiner_id)
+                registered_at = previous.registered_at
+            except NotFound:
+                registered_at = now()
+            record = CombinerRecord(
+                id=combiner_id, name=name or combiner_id, address=address, registered_at=registered_at, last_seen=now()
+            )
+            old = self._combiners.get(combiner_id)
+            self._combiners[combiner_id] = _Live(record, self._clock(), old.client_ids if old else set())
+            self._state.put_combiner(record)
+            self.changed.notify_all()
+        logger.info("combiner %s registered at %s", combiner_id, address)
+        return record
+
+    def heartbeat(self, combiner_id: str, client_ids: list[str]) -> CombinerRecord:
+        with self.changed:
+            live = self._combiners.get(combiner_id)
+            if live is None:
+                raise NotFound(f"combiner {combiner_id!r} is not registered")
+            came_back = live.record.status == NodeStatus.OFFLINE
+            current = set(client_ids)
+            self._mark_clients(current - live.client_ids, combiner_id, NodeStatus.ONLINE)
+            self._mark_clients(live.client_ids - current, combiner_id, NodeStatus.OFFLINE)
+            live.client_ids, live.pending, live.last_seen = current, 0, self._clock()
+            live.record = live.record.model_copy(
+                update={"status": NodeStatus.ONLINE, "num_clients": len(current), "last_seen": now()}
+            )
+            self._state.put_combiner(live.record)
+            if came_back:
+                logger.info("combiner %s is back online", combiner_id)
+            self.changed.notify_all()
+            return live.record
+
+    def _mark_clients(self, client_ids: set[str], combiner_id: str, status: NodeStatus) -> None:
+        for client_id in client_ids:
+            try:
+                client = self._state.get_client(client_id)
+            except NotFound:
+                client = ClientRecord(id=client_id, name=client_id)
+            if status == NodeStatus.OFFLINE and client.combiner_id not in (None, combiner_id):
+                continue  # it has moved on to another combiner
+            self._state.put_client(
+                client.model_copy(update={"status": status, "combiner_id": combiner_id, "last_seen": now()})
+            )
+
+    def refresh(self) -> None:
+        """Mark combiners whose heartbeats stopped as offline, and their clients with them."""
+        with self.changed:
+            for live in self._combiners.values():
+                silent = self._clock() - live.last_seen > self._timeout_s
+                if silent and live.record.status == NodeStatus.ONLINE:
+                    logger.warning("combiner %s missed heartbeats for %.0fs: offline", live.record.id, self._timeout_s)
+                    self._mark_clients(live.client_ids, live.record.id, NodeStatus.OFFLINE)
+                    live.client_ids = set()
+                    live.record = live.record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0})
+                    self._state.put_combiner(live.record)
+                    self.changed.notify_all()
+
+    def live(self) -> list[CombinerRecord]:
+        self.refresh()
+        with self.changed:
+            return sorted(
+                (x.record for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE), key=lambda r: r.id
+            )
+
+    def clients_online(self) -> int:
+        return sum(c.num_clients for c in self.live())
+
+    def assign(self, name: str, client_id: str | None = None) -> dict[str, str]:
+        """Send a client to the live combiner with the fewest clients; keeps a known client's id."""
+        self.refresh()
+        with self.changed:
+            candidates = [x for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
+            if not candidates:
+                raise Unavailable("no live combiner to assign the client to; is one running and registered?")
+            target = min(candidates, key=lambda x: (len(x.client_ids) + x.pending, x.record.id))
+            target.pending += 1
+            try:
+                client = self._state.get_client(client_id) if client_id else None
+            except NotFound:
+                client = None
+            if client is None:
+                client = ClientRecord(name=name, status=NodeStatus.OFFLINE, **({"id": client_id} if client_id else {}))
+            client = client.model_copy(update={"name": name, "combiner_id": target.record.id, "assigned_at": now()})
+            self._state.put_client(client)
+        logger.info("client %s (%s) assigned to combiner %s", client.id, name, target.record.id)
+        return {"client_id": client.id, "combiner_id": target.record.id, "combiner_address": target.record.address}
+
+    def wait_for_clients(self, count: int, timeout_s: float, stop: threading.Event) -> int:
+        """Block until live combiners hold ``count`` clients, the timeout, or ``stop``; returns the count seen."""
+        deadline = self._clock() + timeout_s
+        while True:
+            seen = self.clients_online()
+            remaining = deadline - self._clock()
+            if seen >= count or remaining <= 0 or stop.is_set():
+                return seen
+            with self.changed:
+                self.changed.wait(timeout=min(remaining, 1.0))

@@ -1,0 +1,61 @@
+"""Typed request bodies and query parameters of the REST API, validated before any store is touched."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from fedn.errors import InvalidArgument
+
+__all__ = ["AssignRequest", "HeartbeatRequest", "Page", "RegisterCombinerRequest", "SessionRequest", "parse"]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionRequest(_Request):
+    rounds: int = Field(ge=1, le=100_000, description="number of rounds")
+    aggregator: str = Field("fedavg", description="aggregation rule run at each combiner")
+    round_timeout_s: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a round may take")
+    min_clients: int = Field(1, ge=1, description="updates a round needs to succeed")
+    config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
+        default_factory=dict, description="sent to every client's train()"
+    )
+    model_id: str | None = Field(None, description="seed model; default: the newest model")
+
+
+class RegisterCombinerRequest(_Request):
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = ""
+    address: str = Field(min_length=3, max_length=512, description="host:port that clients dial")
+
+
+class HeartbeatRequest(_Request):
+    num_clients: int = Field(0, ge=0)
+    client_ids: list[str] = Field(default_factory=list)
+
+
+class AssignRequest(_Request):
+    name: str = Field(min_length=1, max_length=256)
+    client_id: str | None = Field(None, max_length=128)
+
+
+class Page(_Request):
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+    session_id: str | None = None
+
+
+def parse(cls: type[M], data: Mapping) -> M:
+    """Validate ``data`` as ``cls``; InvalidArgument lists every problem."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(problems) from None

@@ -1,0 +1,85 @@
+"""The reducer process: stores, registry, controller and the REST API on waitress."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from waitress.server import create_server
+
+from fedn.records import NodeStatus
+from fedn.store import open_model_store, open_state_store
+from reducer.api import ApiContext
+from reducer.app import create_app
+from reducer.controller import Controller
+from reducer.gateway import GrpcCombinerGateway
+from reducer.registry import CombinerRegistry
+from reducer.settings import ReducerSettings
+
+__all__ = ["ReducerServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReducerServer:
+    """Owns everything the reducer runs; ``start()`` opens and starts, ``stop()`` undoes it."""
+
+    def __init__(self, settings: ReducerSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._controller: Controller | None = None
+        self._gateway: GrpcCombinerGateway | None = None
+        self._stores: list = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    def start(self) -> None:
+        s = self.settings
+        state = open_state_store(s.state)
+        models = open_model_store(s.models)
+        self._stores = [state, models]
+        registry = CombinerRegistry(state, combiner_timeout_s=s.combiner_timeout_s)
+        registry.load()
+        self._gateway = GrpcCombinerGateway()
+        self._controller = Controller(state, models, registry, self._gateway, rpc_grace_s=s.rpc_grace_s)
+        app = create_app(ApiContext(state, models, registry, self._controller, max_model_bytes=s.max_model_bytes))
+        self._server = create_server(app, host=s.host, port=s.port, threads=s.threads, ident="fedn")
+        self.port = self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run, name="waitress", daemon=True)
+        self._thread.start()
+        self._controller.start()
+        logger.info(
+            "reducer listening on %s (state %s, models %s, %s)",
+            self.url,
+            _redact(s.state),
+            _redact(s.models),
+            f"{sum(c.status == NodeStatus.ONLINE for c in state.list_combiners())} combiners online",
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server.task_dispatcher.shutdown(timeout=5)
+            if self._thread is not None:
+                self._thread.join(5)
+        if self._gateway is not None:
+            self._gateway.close()  # ends in-flight RunRound calls at once
+        if self._controller is not None:
+            self._controller.stop()
+        for store in self._stores:
+            store.close()
+        logger.info("reducer stopped")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a store URL before it reaches a log line."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
