@@ -43,6 +43,7 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen | None = None
+    terminated: bool = False
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,13 +70,17 @@ class ManagedProcess:
     def signal(self, signum: int) -> None:
         if self.is_running():
             self.popen.send_signal(signum)
+            self.terminated = self.terminated or signum == signal.SIGTERM
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
-            self.popen.terminate()
+            # One SIGTERM only: a second one landing while Python finalizes (default handlers
+            # restored) would kill a process that was exiting cleanly.
+            if not self.terminated:
+                self.signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
