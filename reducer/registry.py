@@ -134,10 +134,10 @@ class CombinerRegistry:
 
     def wait_for_clients(self, count: int, timeout_s: float, stop: threading.Event) -> int:
         """Block until live combiners hold ``count`` clients, the timeout, or ``stop``; returns the count seen."""
-        deadline = self._clock() + timeout_s
+        deadline = time.monotonic() + timeout_s   # real time: this waits, the injected clock only judges liveness
         while True:
             seen = self.clients_online()
-            remaining = deadline - self._clock()
+            remaining = deadline - time.monotonic()
             if seen >= count or remaining <= 0 or stop.is_set():
                 return seen
             with self.changed:

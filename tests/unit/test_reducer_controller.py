@@ -1,0 +1,209 @@
+"""Controller and registry logic with a fake combiner gateway and a fake clock: no network."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedn.codec import decode_model, encode_model
+from fedn.errors import NotFound, Unavailable
+from fedn.models import model_key, partial_key, save_model
+from fedn.records import (
+    ClientFailureRecord,
+    CombinerRecord,
+    MetricSummary,
+    NodeStatus,
+    Round,
+    RoundPlan,
+    RoundResult,
+    RoundStatus,
+    Session,
+    SessionStatus,
+)
+from fedn.store import LocalModelStore, SQLiteStateStore
+from reducer.controller import Controller
+from reducer.registry import CombinerRegistry
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeGateway:
+    """Each combiner 'trains' by adding its offset to the global model, with a given weight."""
+
+    def __init__(self, models: LocalModelStore, behaviour: dict[str, tuple[float, float] | Exception]) -> None:
+        self.models, self.behaviour, self.plans = models, behaviour, []
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        self.plans.append((combiner.id, plan))
+        what = self.behaviour[combiner.id]
+        if isinstance(what, Exception):
+            raise what
+        offset, weight = what
+        arrays = decode_model(self.models.get(model_key(plan.model_id)))
+        partial = {k: v.astype(np.float64) + offset for k, v in arrays.items()}
+        key = partial_key(plan.round_id, combiner.id)
+        self.models.put(key, encode_model(partial))
+        return RoundResult(
+            round_id=plan.round_id,
+            combiner_id=combiner.id,
+            partial_key=key,
+            total_weight=weight,
+            num_selected=2,
+            num_updates=2,
+            failures=[ClientFailureRecord(client_id="x", combiner_id=combiner.id, error="boom")],
+            metrics={"train_loss": MetricSummary(mean=offset, min=offset, max=offset, count=2)},
+        )
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def stores(tmp_path: Path):
+    return SQLiteStateStore(":memory:"), LocalModelStore(tmp_path / "models")
+
+
+def _setup(stores, behaviour, *, min_clients=2, rounds=2):
+    state, models = stores
+    clock = FakeClock()
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)
+    for cid in behaviour:
+        registry.register(cid, cid, f"{cid}:1")
+        registry.heartbeat(cid, [f"{cid}-c1", f"{cid}-c2"])
+    seed = save_model(models, {"w": np.zeros(4, np.float32)})
+    state.put_model(seed)
+    session = Session(
+        rounds=rounds,
+        min_clients=min_clients,
+        round_timeout_s=5.0,
+        seed_model_id=seed.id,
+        model_id=seed.id,
+        config={"epochs": 1},
+    )
+    state.put_session(session)
+    gateway = FakeGateway(models, behaviour)
+    return Controller(state, models, registry, gateway, rpc_grace_s=1.0), gateway, session, registry, clock
+
+
+def test_rounds_merge_partials_by_weight(stores):
+    state, models = stores
+    controller, gateway, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": (4.0, 30.0)})
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE and final.rounds_done == 2
+    rounds = state.list_rounds(session.id)
+    assert [r.status for r in rounds] == [RoundStatus.DONE, RoundStatus.DONE]
+    # each round adds the weighted mean of offsets: (1*10 + 4*30) / 40 = 3.25
+    final_w = decode_model(models.get(model_key(final.model_id)))["w"]
+    np.testing.assert_allclose(final_w, np.full(4, 6.5, np.float32))
+    assert final_w.dtype == np.float32
+    r1 = rounds[0]
+    assert r1.num_updates == 4 and r1.total_weight == 40.0 and sorted(r1.combiners) == ["a", "b"]
+    assert r1.metrics["train_loss"].mean == pytest.approx(3.25)
+    assert {(f.combiner_id, f.error) for f in r1.failures} == {("a", "boom"), ("b", "boom")}
+    assert state.get_model(r1.model_out).parent_id == r1.model_in
+    assert all(plan.config == {"epochs": 1} and plan.timeout_s == 5.0 for _, plan in gateway.plans)
+
+
+def test_a_failing_combiner_is_recorded_and_the_round_completes(stores):
+    state, _ = stores
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": Unavailable("combiner b: UNAVAILABLE")})
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE
+    round_ = state.list_rounds(session.id)[0]
+    assert round_.num_updates == 2
+    assert any(f.combiner_id == "b" and "UNAVAILABLE" in f.error for f in round_.failures)
+
+
+def test_too_few_updates_fail_round_and_session_with_the_reason(stores):
+    state, _ = stores
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": Unavailable("down")}, min_clients=3)
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.FAILED
+    round_ = state.list_rounds(session.id)[0]
+    assert round_.status == RoundStatus.FAILED
+    assert "2 updates arrived, min_clients is 3" in round_.reason and "down" in round_.reason
+    assert "round 1 failed" in state.get_session(session.id).error
+
+
+def test_not_enough_clients_fails_after_waiting(stores):
+    state, _ = stores
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, min_clients=5)
+    session = session.model_copy(update={"round_timeout_s": 0.05})
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.FAILED
+    assert "only 2 clients connected" in state.list_rounds(session.id)[0].reason
+
+
+def test_a_running_session_resumes_at_its_unfinished_round(stores):
+    state, _ = stores
+    controller, gateway, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, rounds=3)
+    controller.run_round(
+        session,
+        __import__("fedn.records", fromlist=["Round"]).Round(session_id=session.id, index=1, model_in=session.model_id),
+    )
+    session = state.get_session(session.id)
+    assert session.rounds_done == 1
+    # as if the reducer died while round 2 was running
+    stale = Round(session_id=session.id, index=2, model_in=session.model_id, status=RoundStatus.RUNNING)
+    state.put_round(stale)
+    state.put_session(session.model_copy(update={"status": SessionStatus.RUNNING}))
+    final = controller.run_session(state.get_session(session.id))
+    rounds = state.list_rounds(session.id)
+    assert final.status == SessionStatus.DONE and [r.index for r in rounds] == [1, 2, 3]
+    assert rounds[1].id == stale.id and rounds[1].status == RoundStatus.DONE
+    assert len(gateway.plans) == 3
+
+
+def test_controller_thread_runs_queued_sessions_and_stops(stores):
+    state, _ = stores
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)})
+    done = threading.Event()
+    controller.start()
+    try:
+        for _ in range(200):
+            if state.get_session(session.id).status == SessionStatus.DONE:
+                done.set()
+                break
+            done.wait(0.05)
+    finally:
+        controller.stop()
+    assert done.is_set()
+
+
+def test_registry_liveness_follows_the_clock(stores):
+    state, _ = stores
+    clock = FakeClock()
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)
+    registry.register("a", "a", "a:1")
+    registry.heartbeat("a", ["c1"])
+    clock.t += 9.0
+    assert [c.id for c in registry.live()] == ["a"]
+    clock.t += 2.0
+    assert registry.live() == []
+    assert state.get_combiner("a").status == NodeStatus.OFFLINE
+    assert state.get_client("c1").status == NodeStatus.OFFLINE
+    with pytest.raises(Unavailable):
+        registry.assign("new")
+    registry.heartbeat("a", ["c1"])
+    assert state.get_client("c1").status == NodeStatus.ONLINE
+    with pytest.raises(NotFound):
+        registry.heartbeat("ghost", [])
+
+
+def test_registry_assigns_least_loaded_counting_pending(stores):
+    state, _ = stores
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=FakeClock())
+    registry.register("a", "a", "a:1")
+    registry.register("b", "b", "b:1")
+    registry.heartbeat("a", ["x1", "x2", "x3"])
+    picks = [registry.assign(f"n{i}")["combiner_id"] for i in range(4)]
+    assert picks == ["b", "b", "b", "a"]
