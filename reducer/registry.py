@@ -134,7 +134,7 @@ class CombinerRegistry:
 
     def wait_for_clients(self, count: int, timeout_s: float, stop: threading.Event) -> int:
         """Block until live combiners hold ``count`` clients, the timeout, or ``stop``; returns the count seen."""
-        deadline = time.monotonic() + timeout_s   # real time: this waits, the injected clock only judges liveness
+        deadline = time.monotonic() + timeout_s  # real time: this waits, the injected clock only judges liveness
         while True:
             seen = self.clients_online()
             remaining = deadline - time.monotonic()
