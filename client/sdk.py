@@ -1,7 +1,7 @@
 """The client SDK: subclass :class:`Client`, implement ``train`` and ``evaluate``.
 
-The same object runs in a deployment (``fedn client start``) and in the
-simulator, unchanged. Parameters are named numpy arrays (``dict[str, ndarray]``);
+The same class runs unchanged under ``fedn client start`` and ``fedn local``;
+nothing in it knows about gRPC. Parameters are named numpy arrays (``dict[str, ndarray]``);
 the PyTorch helpers in :mod:`client.pytorch` convert a ``state_dict``.
 """
 

@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedn.codec import decode_model, encode_model
-from fedn.launcher import FederationSpec, LocalFederation
+from fedn.launcher import LocalFederation
 from fedn.records import RoundStatus, SessionStatus
+from tests.e2e.conftest import accuracy_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-CLIENT = "examples.digits:DigitsClient"
-
-
-def _accuracy(blob: bytes) -> float:
-    from examples.digits import DigitsClient
-
-    params = {k: v.copy() for k, v in decode_model(blob).items()}
-    return DigitsClient(split="test").evaluate(params, {})[2]["accuracy"]
-
-
-@pytest.fixture
-def federation(tmp_path: Path):
-    fed = LocalFederation(FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed"))
-    fed.start()
-    try:
-        fed.start_clients()
-        yield fed
-    finally:
-        fed.stop()
 
 
 def test_three_rounds_survive_a_killed_client(federation: LocalFederation):
@@ -77,7 +57,7 @@ def test_three_rounds_survive_a_killed_client(federation: LocalFederation):
     assert rounds[-1].num_updates == 3
     assert not any("deadline" in f.error for r in rounds for f in r.failures)
     # Accuracy rose.
-    assert _accuracy(api.download_model(rounds[-1].model_out)) > _accuracy(api.download_model(seed.id)) + 0.2
+    assert accuracy_of(api.download_model(rounds[-1].model_out)) > accuracy_of(api.download_model(seed.id)) + 0.2
     api.close()
 
     # Every process exits, cleanly but for the one we killed.
@@ -85,3 +65,33 @@ def test_three_rounds_survive_a_killed_client(federation: LocalFederation):
     assert all(not p.is_running() for p in federation.processes)
     assert codes.pop(victim.name) == -signal.SIGKILL
     assert set(codes.values()) == {0}, codes
+
+
+def test_a_dead_combiner_goes_offline_and_its_clients_move(federation: LocalFederation):
+    from examples.digits import DigitsClient
+
+    api = federation.api()
+    victim = federation.combiners[0]
+    victim.signal(signal.SIGKILL)
+    victim.popen.wait(30)
+    # The reducer marks it offline after its heartbeat timeout; its clients reconnect to the live one.
+    for _ in range(600):
+        combiners = {c.id: c for c in api.list_combiners()}
+        if combiners["combiner-0"].status == "offline" and combiners["combiner-1"].num_clients == 4:
+            break
+        time.sleep(0.1)
+    assert combiners["combiner-0"].status == "offline"
+    assert combiners["combiner-1"].num_clients == 4
+    assert {c.combiner_id for c in api.list_clients()} == {"combiner-1"}
+
+    seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+    session = api.start_session(rounds=2, min_clients=4, round_timeout_s=60.0, model_id=seed.id)
+    for _ in range(1200):
+        session = api.get_session(session.id)
+        if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
+            break
+        time.sleep(0.1)
+    assert session.status == SessionStatus.DONE, session.error
+    rounds = api.list_rounds(session.id)
+    assert all(r.combiners == ["combiner-1"] and r.num_updates == 4 for r in rounds)
+    api.close()

@@ -1,0 +1,31 @@
+"""A real federation of processes for end-to-end tests; every process is stopped afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedn.codec import decode_model
+from fedn.launcher import FederationSpec, LocalFederation
+
+CLIENT = "examples.digits:DigitsClient"
+
+
+def accuracy_of(blob: bytes) -> float:
+    from examples.digits import DigitsClient
+
+    params = {k: v.copy() for k, v in decode_model(blob).items()}
+    return DigitsClient(split="test").evaluate(params, {})[2]["accuracy"]
+
+
+@pytest.fixture
+def federation(tmp_path: Path):
+    fed = LocalFederation(FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed"))
+    fed.start()
+    try:
+        fed.start_clients()
+        yield fed
+    finally:
+        fed.stop()
+        assert all(not p.is_running() for p in fed.processes)
