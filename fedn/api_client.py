@@ -9,7 +9,9 @@ import httpx
 from fedn import errors
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
 
-__all__ = ["Assignment", "ReducerAPI"]
+__all__ = ["DEFAULT_REDUCER_URL", "Assignment", "ReducerAPI"]
+
+DEFAULT_REDUCER_URL = "http://127.0.0.1:8092"
 
 _BY_STATUS: dict[int, type[errors.FednError]] = {
     400: errors.InvalidArgument,

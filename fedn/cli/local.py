@@ -15,6 +15,7 @@ import time
 from types import FrameType
 
 from fedn.cli.models import load_object, parse_client_args
+from fedn.cli.sessions import wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
@@ -98,6 +99,7 @@ def run_local(args: argparse.Namespace) -> int:
         f"fedn local: 1 reducer, {args.combiners} combiners, {args.clients} clients, {args.rounds} rounds", flush=True
     )
     accuracy: float | None = None
+    rounds_seen = 0
     ok = False
     try:
         fed.start()
@@ -118,21 +120,18 @@ def run_local(args: argparse.Namespace) -> int:
                 print(
                     f"round   0 | seed model                                    | accuracy {accuracy:.4f}", flush=True
                 )
-            reported: set[str] = set()
-            deadline = time.monotonic() + args.rounds * (args.round_timeout + 30)
-            while time.monotonic() < deadline:
-                session = api.get_session(session.id)
-                for r in api.list_rounds(session.id):
-                    if r.id in reported or r.status not in (RoundStatus.DONE, RoundStatus.FAILED):
-                        continue
-                    reported.add(r.id)
-                    if r.status == RoundStatus.DONE and evaluator is not None and r.model_out:
-                        accuracy = _evaluate(evaluator, api.download_model(r.model_out))
-                    print(_round_line(r, args.rounds, accuracy if r.status == RoundStatus.DONE else None), flush=True)
-                if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
-                    break
-                time.sleep(0.25)
-            else:
+
+            def on_round(r: Round) -> None:
+                nonlocal accuracy, rounds_seen
+                rounds_seen += 1
+                if r.status == RoundStatus.DONE and evaluator is not None and r.model_out:
+                    accuracy = _evaluate(evaluator, api.download_model(r.model_out))
+                print(_round_line(r, args.rounds, accuracy if r.status == RoundStatus.DONE else None), flush=True)
+
+            session = wait_for_session(
+                api, session.id, on_round=on_round, poll_s=0.25, timeout_s=args.rounds * (args.round_timeout + 30)
+            )
+            if session.status not in (SessionStatus.DONE, SessionStatus.FAILED):
                 print(f"session {session.id} did not finish in time", flush=True)
             ok = session.status == SessionStatus.DONE
             if not ok:
@@ -146,7 +145,7 @@ def run_local(args: argparse.Namespace) -> int:
         print(stopped + (f" (non-zero exits: {unclean})" if unclean else ""), flush=True)
     elapsed = time.monotonic() - started
     if accuracy is not None:
-        print(f"final accuracy {accuracy:.4f} after {len(reported)} rounds in {elapsed:.1f}s", flush=True)
+        print(f"final accuracy {accuracy:.4f} after {rounds_seen} rounds in {elapsed:.1f}s", flush=True)
     if not ok:
         return 1
     if args.min_accuracy is not None and (accuracy is None or accuracy < args.min_accuracy):

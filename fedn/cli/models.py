@@ -7,13 +7,12 @@ import importlib
 import json
 from pathlib import Path
 
+from fedn.api_client import DEFAULT_REDUCER_URL as DEFAULT_REDUCER
 from fedn.api_client import ReducerAPI
 from fedn.codec import encode_model
 from fedn.errors import InvalidArgument
 
 __all__ = ["load_object", "parse_client_args", "register"]
-
-DEFAULT_REDUCER = "http://127.0.0.1:8092"
 
 
 def register(commands: argparse._SubParsersAction) -> None:

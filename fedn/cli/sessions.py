@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
+from fedn.api_client import DEFAULT_REDUCER_URL as DEFAULT_REDUCER
 from fedn.api_client import ReducerAPI
 from fedn.errors import InvalidArgument
 from fedn.records import Round, RoundStatus, Session, SessionStatus
 
 __all__ = ["format_round", "register", "wait_for_session"]
-
-DEFAULT_REDUCER = "http://127.0.0.1:8092"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -73,7 +73,12 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def wait_for_session(
-    api: ReducerAPI, session_id: str, *, on_round=None, poll_s: float = 0.5, timeout_s: float | None = None
+    api: ReducerAPI,
+    session_id: str,
+    *,
+    on_round: Callable[[Round], None] | None = None,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
 ) -> Session:
     """Follow a session until it ends, calling ``on_round`` once per finished round."""
     reported: set[str] = set()

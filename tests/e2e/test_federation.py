@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from fedn.cli.sessions import wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.launcher import LocalFederation
 from fedn.records import RoundStatus, SessionStatus
@@ -37,11 +38,7 @@ def test_three_rounds_survive_a_killed_client(federation: LocalFederation):
     victim.signal(signal.SIGKILL)
     victim.popen.wait(30)
 
-    for _ in range(1800):
-        session = api.get_session(session.id)
-        if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
-            break
-        time.sleep(0.2)
+    session = wait_for_session(api, session.id, poll_s=0.2, timeout_s=360)
     assert session.status == SessionStatus.DONE, session.error
     rounds = api.list_rounds(session.id)
     assert [r.status for r in rounds] == [RoundStatus.DONE] * 3
@@ -86,11 +83,7 @@ def test_a_dead_combiner_goes_offline_and_its_clients_move(federation: LocalFede
 
     seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
     session = api.start_session(rounds=2, min_clients=4, round_timeout_s=60.0, model_id=seed.id)
-    for _ in range(1200):
-        session = api.get_session(session.id)
-        if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
-            break
-        time.sleep(0.1)
+    session = wait_for_session(api, session.id, poll_s=0.1, timeout_s=240)
     assert session.status == SessionStatus.DONE, session.error
     rounds = api.list_rounds(session.id)
     assert all(r.combiners == ["combiner-1"] and r.num_updates == 4 for r in rounds)
