@@ -75,6 +75,7 @@ class _ActiveRound:
     failures: dict[str, str] = field(default_factory=dict)
     num_rejected: int = 0
     closed: bool = False
+    task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -160,9 +161,24 @@ class RoundService:
     # -- rounds ------------------------------------------------------------
 
     async def run_round(self, plan: RoundPlan) -> RoundResult:
-        """Run ``plan`` on this combiner's clients; returns when all answered or the deadline passed."""
-        if self._round is not None and not self._round.closed:
-            raise FailedPrecondition(f"round {self._round.plan.round_id} is still running on {self.combiner_id}")
+        """Run ``plan`` on this combiner's clients; returns when all answered or the deadline passed.
+
+        The round runs as its own task, not tied to the caller: if the reducer dies mid-round and,
+        restarted, asks for the same round again, the call joins the round (or gets its result if it
+        already ended). A different round id means the reducer moved on: the old round is abandoned.
+        """
+        current = self._round
+        if current is not None and current.task is not None:
+            if current.plan.round_id == plan.round_id:
+                logger.info("round %s asked for again (reducer restarted?): joining it", plan.round_id)
+                return await asyncio.shield(current.task)
+            if not current.task.done():
+                logger.warning(
+                    "round %s abandoned: the reducer asked for round %s", current.plan.round_id, plan.round_id
+                )
+                current.all_answered.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(current.task)
         if plan.timeout_s <= 0:
             raise InvalidArgument("round timeout must be positive")
         aggregator_cls = get_aggregator(plan.aggregator)
@@ -172,6 +188,11 @@ class RoundService:
             selected = sorted(random.Random(plan.round_id).sample(selected, plan.max_clients))
         rnd = _ActiveRound(plan, model.manifest, aggregator_cls(model.manifest), set(selected), self._clock())
         self._round = rnd
+        rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
+        return await asyncio.shield(rnd.task)
+
+    async def _drive(self, rnd: _ActiveRound) -> RoundResult:
+        plan, selected = rnd.plan, sorted(rnd.selected)
         logger.info(
             "round %s (session %s, #%d) started on %s with %d clients, timeout %.1fs",
             plan.round_id,
@@ -193,7 +214,8 @@ class RoundService:
                     plan.config,
                 )
                 for client_id in selected:
-                    self._clients[client_id].tasks.put_nowait(task)
+                    if client_id in self._clients:
+                        self._clients[client_id].tasks.put_nowait(task)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rnd.all_answered.wait(), timeout=plan.timeout_s)
             async with rnd.lock:

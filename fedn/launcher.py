@@ -206,6 +206,16 @@ class LocalFederation:
         self._on_event(f"reducer   pid {self.reducer.pid:<7} {self.reducer_url}")
         self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
 
+    def restart_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
+        """Start the reducer again with the same port and stores (after it died or was killed)."""
+        if self.reducer is None:
+            raise RuntimeError("the reducer was never started")
+        self.reducer.stop()
+        self.reducer = ManagedProcess("reducer", self.reducer.argv, self.reducer.log_path)
+        self.reducer.start(self._env())
+        self._on_event(f"reducer   pid {self.reducer.pid:<7} restarted at {self.reducer_url}")
+        self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
+
     def start_combiner(self, index: int) -> ManagedProcess:
         name = f"combiner-{index}"
         port = free_port(self.spec.host)

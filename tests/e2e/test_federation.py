@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -87,4 +88,39 @@ def test_a_dead_combiner_goes_offline_and_its_clients_move(federation: LocalFede
     assert session.status == SessionStatus.DONE, session.error
     rounds = api.list_rounds(session.id)
     assert all(r.combiners == ["combiner-1"] and r.num_updates == 4 for r in rounds)
+    api.close()
+
+
+def test_a_killed_reducer_resumes_its_session_and_loses_nothing(federation: LocalFederation):
+    from examples.digits import DigitsClient
+
+    api = federation.api()
+    seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+    # Enough local epochs that a round takes a while, so the kill lands mid-session.
+    session = api.start_session(
+        rounds=4, min_clients=4, round_timeout_s=120.0, model_id=seed.id, config={"epochs": 150}
+    )
+    for _ in range(1200):
+        if api.get_session(session.id).rounds_done >= 1:
+            break
+        time.sleep(0.1)
+    assert api.get_session(session.id).rounds_done >= 1
+    federation.reducer.signal(signal.SIGKILL)
+    federation.reducer.popen.wait(30)
+    api.close()
+
+    federation.restart_reducer()
+    api = federation.api()
+    session = wait_for_session(api, session.id, poll_s=0.2, timeout_s=480)
+    assert session.status == SessionStatus.DONE, session.error
+    rounds = api.list_rounds(session.id)
+    assert [r.index for r in rounds] == [1, 2, 3, 4]
+    assert all(r.status == RoundStatus.DONE and r.num_updates == 4 for r in rounds)
+    # The chain of global models is unbroken and every model is still stored.
+    assert rounds[0].model_in == seed.id
+    for before, after in itertools.pairwise(rounds):
+        assert after.model_in == before.model_out
+    for r in rounds:
+        assert decode_model(api.download_model(r.model_out))
+    assert session.model_id == rounds[-1].model_out
     api.close()

@@ -281,12 +281,12 @@ def test_round_state_errors(combiner, stub, global_model, model_store):
     with pytest.raises(grpc.RpcError) as exc:
         a.upload(task.round_id, _shifted(arrays, 100.0))
     assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    with pytest.raises(grpc.RpcError) as exc:
-        stub.RunRound(wire.round_plan_to_proto(_plan(model_id, round_id="r2")), timeout=10)
-    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    rejoin, joined = _start_round(stub, _plan(model_id, timeout_s=20.0))  # a restarted reducer asks again
     b.upload(task.round_id, arrays)
     thread.join(30)
+    rejoin.join(30)
     assert holder["result"].num_updates == 2
+    assert joined["result"] == holder["result"]
     partial = decode_model(model_store.get(holder["result"].partial_key))
     np.testing.assert_allclose(partial["fc.weight"], arrays["fc.weight"], rtol=1e-7)  # the duplicate changed nothing
     with pytest.raises(grpc.RpcError) as exc:
@@ -294,3 +294,22 @@ def test_round_state_errors(combiner, stub, global_model, model_store):
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "closed" in exc.value.details()
     for c in (a, b, outsider):
         c.close()
+
+
+def test_a_new_round_supersedes_an_abandoned_one(combiner, stub, global_model):
+    model_id, arrays = global_model
+    silent = FakeClient(stub, "silent")
+    _wait_connected(combiner, 1)
+    old, old_holder = _start_round(stub, _plan(model_id, timeout_s=60.0, round_id="abandoned"))
+    silent.wait_task()
+    silent.train_task.clear()
+    new, new_holder = _start_round(stub, _plan(model_id, timeout_s=20.0, round_id="fresh"))
+    old.join(30)
+    assert old_holder["result"].num_updates == 0  # returned long before its 60 s deadline
+    silent.wait_task()
+    task = next(t for t in reversed(silent.tasks) if t.kind == "train")
+    assert task.round_id == "fresh"
+    silent.upload("fresh", arrays)
+    new.join(30)
+    assert new_holder["result"].num_updates == 1
+    silent.close()
