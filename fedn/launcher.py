@@ -110,6 +110,12 @@ class FederationSpec:
     combiner_heartbeat_s: float = 1.0
     combiner_timeout_s: float = 6.0
     client_heartbeat_timeout_s: float = 5.0
+    # Where each process runs, by name ("reducer", "combiner-0", "client-3"): a command prefix (e.g.
+    # ["ip", "netns", "exec", "host-b"]) and the address it binds. Default: this host, ``host``.
+    placement: Callable[[str], tuple[list[str], str]] | None = None
+
+    def place(self, name: str) -> tuple[list[str], str]:
+        return self.placement(name) if self.placement else ([], self.host)
 
 
 class LocalFederation:
@@ -152,8 +158,9 @@ class LocalFederation:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
         return env
 
-    def _fedn(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "fedn", "--log-level", self.spec.log_level, *args]
+    def _fedn(self, name: str, *args: str) -> list[str]:
+        prefix, _ = self.spec.place(name)
+        return [*prefix, sys.executable, "-m", "fedn", "--log-level", self.spec.log_level, *args]
 
     def start(self, *, wait_timeout_s: float = 120.0) -> None:
         """Start the reducer and the combiners and wait until they are up. Clients start separately."""
@@ -182,15 +189,17 @@ class LocalFederation:
         return f"sqlite:///{self.workdir / 'state.db'}"  # workdir is absolute: sqlite:////abs/state.db
 
     def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
-        port = free_port(self.spec.host)
-        self.reducer_url = f"http://{self.spec.host}:{port}"
+        _, host = self.spec.place("reducer")
+        port = free_port()
+        self.reducer_url = f"http://{host}:{port}"
         self.reducer = ManagedProcess(
             "reducer",
             self._fedn(
                 "reducer",
+                "reducer",
                 "start",
                 "--host",
-                self.spec.host,
+                host,
                 "--port",
                 str(port),
                 "--state",
@@ -218,16 +227,18 @@ class LocalFederation:
 
     def start_combiner(self, index: int) -> ManagedProcess:
         name = f"combiner-{index}"
-        port = free_port(self.spec.host)
+        _, host = self.spec.place(name)
+        port = free_port()
         proc = ManagedProcess(
             name,
             self._fedn(
+                name,
                 "combiner",
                 "start",
                 "--name",
                 name,
                 "--host",
-                self.spec.host,
+                host,
                 "--port",
                 str(port),
                 "--reducer",
@@ -241,12 +252,13 @@ class LocalFederation:
         )
         proc.start(self._env())
         self.combiners.append(proc)
-        self._on_event(f"{name} pid {proc.pid:<7} {self.spec.host}:{port}")
+        self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}")
         return proc
 
     def start_client(self, index: int, extra_args: Sequence[str] = ()) -> ManagedProcess:
         name = f"client-{index}"
         argv = self._fedn(
+            name,
             "client",
             "start",
             "--reducer",
