@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["skip_reason", "network_hosts"]
+__all__ = ["network_hosts", "skip_reason"]
 
 
 def skip_reason() -> str | None:

@@ -10,7 +10,7 @@ from fedn.cli.sessions import wait_for_session
 from fedn.codec import encode_model
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
-from tests.e2e.netns import skip_reason, network_hosts
+from tests.e2e.netns import network_hosts, skip_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
