@@ -21,7 +21,6 @@ from pathlib import Path
 
 from fedn.api_client import ReducerAPI
 from fedn.errors import FednError, Unavailable
-from fedn.records import NodeStatus
 
 __all__ = ["FederationSpec", "LocalFederation", "ManagedProcess", "free_port"]
 
@@ -320,11 +319,11 @@ class LocalFederation:
 
     def online_combiners(self) -> int:
         with self.api() as api:
-            return sum(c.status == NodeStatus.ONLINE for c in api.list_combiners())
+            return int(api.health()["combiners_online"])
 
     def online_clients(self) -> int:
         with self.api() as api:
-            return sum(c.status == NodeStatus.ONLINE for c in api.list_clients())
+            return int(api.health()["clients_online"])
 
     def wait_for_combiners(self, count: int, *, timeout_s: float = 60.0) -> None:
         self._wait(lambda: self.online_combiners() >= count, f"{count} combiners to register", None, timeout_s)
