@@ -63,6 +63,10 @@ class Session(BaseModel):
     status: SessionStatus = SessionStatus.PENDING
     rounds: int
     aggregator: str = "fedavg"
+    strategy: str = "fedavg"  # server optimizer applied by the reducer
+    strategy_config: dict[str, ConfigScalar] = Field(default_factory=dict)
+    strategy_state_key: str | None = None  # model-store key of the optimizer's moments after rounds_done
+    strategy_step: int = 0
     round_timeout_s: float = 60.0
     min_clients: int = 1
     config: dict[str, ConfigScalar] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 import fedn
 from fedn.aggregation import get_aggregator
+from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.codec import check_finite, decode_model
 from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
 from fedn.models import save_model
@@ -154,6 +155,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
     def create_session():
         req = parse(SessionRequest, _body())
         get_aggregator(req.aggregator)
+        make_server_optimizer(req.strategy, req.strategy_config)  # refuse a bad strategy before anything runs
         if req.model_id is not None:
             seed = ctx.state.get_model(req.model_id)
         else:
@@ -164,6 +166,8 @@ def create_api(ctx: ApiContext) -> Blueprint:
         session = Session(
             rounds=req.rounds,
             aggregator=req.aggregator,
+            strategy=req.strategy,
+            strategy_config=req.strategy_config,
             round_timeout_s=req.round_timeout_s,
             min_clients=req.min_clients,
             config=req.config,

@@ -8,6 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from fedn.aggregation import Partial, cast_like, merge_metric_summaries, merge_partials
+from fedn.aggregation.server_optimizers import make_server_optimizer
+from fedn.codec import encode_model
 from fedn.errors import FednError, StoreError
 from fedn.models import load_model, model_key, save_model
 from fedn.records import (
@@ -183,13 +185,18 @@ class Controller:
             round_.id,
             ", ".join(c.id for c in combiners),
         )
+        optimizer = make_server_optimizer(session.strategy, session.strategy_config)
+        config = dict(session.config)
+        eta_l = getattr(optimizer.config, "eta_l", None)
+        if eta_l is not None:
+            config["lr"] = eta_l  # the strategy's client learning rate
         plan = RoundPlan(
             round_id=round_.id,
             session_id=session.id,
             round_index=round_.index,
             model_id=session.model_id,
             aggregator=session.aggregator,
-            config=session.config,
+            config=config,
             timeout_s=session.round_timeout_s,
         )
         results: list[RoundResult] = []
@@ -245,9 +252,16 @@ class Controller:
 
         merged = merge_partials(partials)
         previous = load_model(self._models, model_key(session.model_id))
+        if session.strategy_state_key:
+            optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
+        new_global = optimizer.step(previous, merged.arrays)
+        state_key = session.strategy_state_key
+        if optimizer.moments:  # stored before the round is marked done, so a restart continues from it
+            state_key = f"sessions/{session.id}/strategy-state-{round_.index}.safetensors"
+            self._models.put(state_key, encode_model(optimizer.state_arrays()))
         record = save_model(
             self._models,
-            cast_like(merged.arrays, previous),
+            cast_like(new_global, previous),
             session_id=session.id,
             round_id=round_.id,
             parent_id=session.model_id,
@@ -263,7 +277,15 @@ class Controller:
             }
         )
         self._state.put_round(round_)
-        session = session.model_copy(update={"model_id": record.id, "rounds_done": round_.index, "updated_at": now()})
+        session = session.model_copy(
+            update={
+                "model_id": record.id,
+                "rounds_done": round_.index,
+                "updated_at": now(),
+                "strategy_state_key": state_key,
+                "strategy_step": optimizer.step_count,
+            }
+        )
         self._state.put_session(session)
         loss = round_.metrics.get("train_loss")
         logger.info(

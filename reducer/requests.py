@@ -22,6 +22,10 @@ class _Request(BaseModel):
 class SessionRequest(_Request):
     rounds: int = Field(ge=1, le=100_000, description="number of rounds")
     aggregator: str = Field("fedavg", description="aggregation rule run at each combiner")
+    strategy: str = Field("fedavg", description="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi")
+    strategy_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
+        default_factory=dict, description='the strategy\'s parameters, e.g. {"eta": 0.01}'
+    )
     round_timeout_s: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a round may take")
     min_clients: int = Field(1, ge=1, description="updates a round needs to succeed")
     config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(

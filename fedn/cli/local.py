@@ -9,13 +9,13 @@ held-out data, and stops everything it started.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import time
 from types import FrameType
 
+from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.cli.models import load_object, parse_client_args
-from fedn.cli.sessions import wait_for_session
+from fedn.cli.sessions import parse_json_object, wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
@@ -48,6 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=4, help="number of clients [default 4]")
     p.add_argument("--rounds", type=int, default=5, help="training rounds [default 5]")
     p.add_argument("--config", default="{}", help="JSON object passed to every train call [default {}]")
+    p.add_argument(
+        "--strategy",
+        default="fedavg",
+        help="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi [default fedavg]",
+    )
+    p.add_argument("--strategy-config", default="{}", help="JSON object of the strategy's parameters")
     p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
     p.add_argument(
         "--min-clients", type=int, default=None, help="updates a round needs [default: half the clients, at least 1]"
@@ -72,10 +78,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def run_local(args: argparse.Namespace) -> int:
     if args.combiners < 1 or args.clients < 1 or args.rounds < 1:
         raise InvalidArgument("--combiners, --clients and --rounds must be at least 1")
-    try:
-        config = json.loads(args.config)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"--config is not valid JSON: {exc}") from None
+    config = parse_json_object(args.config, "--config")
+    strategy_config = parse_json_object(args.strategy_config, "--strategy-config")
+    make_server_optimizer(args.strategy, strategy_config)  # a bad strategy fails before any process starts
     cls = load_object(args.client)
     client_kwargs = parse_client_args(args.client_arg)
     evaluator = None
@@ -113,8 +118,14 @@ def run_local(args: argparse.Namespace) -> int:
                 min_clients=min_clients,
                 config=config,
                 model_id=seed.id,
+                strategy=args.strategy,
+                strategy_config=strategy_config,
             )
-            print(f"session {session.id}: {args.rounds} rounds, min {min_clients} updates per round", flush=True)
+            print(
+                f"session {session.id}: {args.rounds} rounds, strategy {args.strategy}, "
+                f"min {min_clients} updates per round",
+                flush=True,
+            )
             if evaluator is not None:
                 accuracy = _evaluate(evaluator, api.download_model(seed.id))
                 print(

@@ -12,7 +12,7 @@ from fedn.api_client import ReducerAPI
 from fedn.errors import InvalidArgument
 from fedn.records import Round, RoundStatus, Session, SessionStatus
 
-__all__ = ["format_round", "register", "wait_for_session"]
+__all__ = ["format_round", "parse_json_object", "register", "wait_for_session"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,6 +23,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--reducer", default=DEFAULT_REDUCER, help=f"reducer URL [default {DEFAULT_REDUCER}]")
     start.add_argument("--rounds", type=int, default=5, help="number of rounds [default 5]")
     start.add_argument("--aggregator", default="fedavg", help="aggregation rule at each combiner [default fedavg]")
+    start.add_argument(
+        "--strategy",
+        default="fedavg",
+        help="server optimizer at the reducer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi [default fedavg]",
+    )
+    start.add_argument(
+        "--strategy-config",
+        default="{}",
+        help='JSON object of the strategy\'s parameters, e.g. \'{"eta": 0.01, "beta1": 0.9}\'',
+    )
     start.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
     start.add_argument("--min-clients", type=int, default=1, help="updates a round needs to succeed [default 1]")
     start.add_argument("--model", default=None, help="seed model id [default: the newest uploaded model]")
@@ -42,13 +52,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=_list)
 
 
-def _parse_config(text: str) -> dict:
+def parse_json_object(text: str, flag: str) -> dict:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"--config is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"{flag} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
-        raise InvalidArgument("--config must be a JSON object")
+        raise InvalidArgument(f"{flag} must be a JSON object")
     return config
 
 
@@ -56,9 +66,11 @@ def _start(args: argparse.Namespace) -> int:
     params = {
         "rounds": args.rounds,
         "aggregator": args.aggregator,
+        "strategy": args.strategy,
+        "strategy_config": parse_json_object(args.strategy_config, "--strategy-config"),
         "round_timeout_s": args.round_timeout,
         "min_clients": args.min_clients,
-        "config": _parse_config(args.config),
+        "config": parse_json_object(args.config, "--config"),
     }
     if args.model:
         params["model_id"] = args.model

@@ -109,6 +109,10 @@ def test_sessions_and_rounds(http):
         {"rounds": 2, "config": {"epochs": [1, 2]}},
         {"rounds": 2, "config": "epochs=1"},
         {"rounds": 2, "surprise": True},
+        {"rounds": 2, "strategy": "fedmagic"},
+        {"rounds": 2, "strategy": "fedadam", "strategy_config": {"eta": -1}},
+        {"rounds": 2, "strategy": "fedyogi", "strategy_config": {"beta2": 1.0}},
+        {"rounds": 2, "strategy": "fedadam", "strategy_config": {"not_a_parameter": 1}},
         {},
     ],
 )

@@ -207,3 +207,26 @@ def test_registry_assigns_least_loaded_counting_pending(stores):
     registry.heartbeat("a", ["x1", "x2", "x3"])
     picks = [registry.assign(f"n{i}")["combiner_id"] for i in range(4)]
     assert picks == ["b", "b", "b", "a"]
+
+
+def test_a_server_optimizer_steps_on_the_merged_model_and_keeps_its_state(stores):
+    import math
+
+    state, models = stores
+    controller, gateway, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": (4.0, 30.0)}, rounds=2)
+    config = {"eta": 0.5, "beta1": 0.9, "beta2": 0.99, "tau": 0.1, "eta_l": 0.02}
+    session = session.model_copy(update={"strategy": "fedadam", "strategy_config": config})
+    state.put_session(session)
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE and final.strategy_step == 2 and final.strategy_state_key
+    # by hand, every coordinate alike: Δ = 3.25 each round (the merged offset)
+    x, m, v = 0.0, 0.0, 0.1**2
+    for _ in range(2):
+        m = 0.9 * m + 0.1 * 3.25
+        v = 0.99 * v + 0.01 * 3.25**2
+        x = x + 0.5 * m / (math.sqrt(v) + 0.1)
+    got = decode_model(models.get(model_key(final.model_id)))["w"]
+    np.testing.assert_allclose(got, np.full(4, x, np.float32), rtol=1e-6)
+    assert all(plan.config["lr"] == 0.02 for _, plan in gateway.plans)  # eta_l reaches the clients
+    moments = decode_model(models.get(final.strategy_state_key))
+    assert set(moments) == {"m/w", "v/w"}

@@ -1,0 +1,172 @@
+"""Server optimizers applied by the reducer to the merged pseudo-gradient (Reddi et al., ICLR 2021).
+
+With ``x`` the global model and ``merged`` the weighted mean of the clients' models, the
+pseudo-gradient is ``Δ = merged - x``. Algorithm 2 of "Adaptive Federated Optimization":
+
+    m ← β1·m + (1 - β1)·Δ
+    v ← v + Δ²                               (FedAdagrad)
+    v ← β2·v + (1 - β2)·Δ²                   (FedAdam)
+    v ← v - (1 - β2)·Δ²·sign(v - Δ²)         (FedYogi)
+    x ← x + η·m / (√v + τ)
+
+with ``m`` starting at 0 and ``v`` at τ². FedAvgM is server momentum ``m ← β·m + Δ; x ← x + η·m``;
+FedAvg is ``x ← merged``. Adam and Yogi can divide ``m`` and ``v`` by ``1 - β^t`` (bias correction,
+off by default as in the paper). Only floating-point tensors are optimized; others take the merged
+value. State (``m``, ``v``, step count) is explicit so the reducer can store it with the session.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedn.codec import NamedArrays
+from fedn.errors import InvalidArgument
+
+__all__ = [
+    "SERVER_OPTIMIZERS",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedYogi",
+    "ServerOptimizer",
+    "make_server_optimizer",
+]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerOptimizer:
+    """Base: holds its state in ``moments`` (name -> arrays) and ``step_count``."""
+
+    name = "fedavg"
+    Config: type[_Config] = _Config
+
+    def __init__(self, config: _Config | None = None) -> None:
+        self.config = config or self.Config()
+        self.step_count = 0
+        self.moments: dict[str, NamedArrays] = {}
+
+    def step(self, global_: Mapping[str, np.ndarray], merged: Mapping[str, np.ndarray]) -> NamedArrays:
+        """The next global model (float64 for float tensors) from the current one and the merged mean."""
+        self.step_count += 1
+        out: NamedArrays = {}
+        for name, m in merged.items():
+            x = np.asarray(global_[name])
+            if x.dtype.kind != "f":
+                out[name] = np.asarray(m)
+                continue
+            x64 = x.astype(np.float64)
+            out[name] = self._update(name, x64, np.asarray(m, dtype=np.float64) - x64)
+        return out
+
+    def _update(self, name: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return x + delta
+
+    def _moment(self, kind: str, name: str, like: np.ndarray, initial: float) -> np.ndarray:
+        store = self.moments.setdefault(kind, {})
+        if name not in store:
+            store[name] = np.full(like.shape, initial, dtype=np.float64)
+        return store[name]
+
+    # persistence: moments flattened to "kind/name" keys, as a safetensors blob would hold them
+    def state_arrays(self) -> NamedArrays:
+        return {f"{kind}/{name}": a for kind, arrays in self.moments.items() for name, a in arrays.items()}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
+        self.moments = {}
+        for key, a in arrays.items():
+            kind, _, name = key.partition("/")
+            self.moments.setdefault(kind, {})[name] = np.array(a, dtype=np.float64)
+        self.step_count = step_count
+
+
+class FedAvg(ServerOptimizer):
+    name = "fedavg"
+
+
+class FedAvgM(ServerOptimizer):
+    name = "fedavgm"
+
+    class Config(_Config):
+        eta: float = Field(1.0, gt=0, description="server learning rate")
+        momentum: float = Field(0.9, ge=0, lt=1, description="server momentum β")
+
+    def _update(self, name, x, delta):
+        m = self._moment("m", name, x, 0.0)
+        m *= self.config.momentum
+        m += delta
+        return x + self.config.eta * m
+
+
+class _Adaptive(ServerOptimizer, ABC):
+    class Config(_Config):
+        eta: float = Field(0.1, gt=0, description="server learning rate η")
+        eta_l: float | None = Field(None, gt=0, description="client learning rate η_l, sent to clients as lr")
+        beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay β1")
+        beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay β2 (Adam, Yogi)")
+        tau: float = Field(1e-3, gt=0, description="adaptivity τ; v starts at τ²")
+        bias_correction: bool = Field(False, description="divide m and v by 1 - β^t (Adam, Yogi)")
+
+    @abstractmethod
+    def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> None:
+        """Update ``v`` in place from the squared pseudo-gradient."""
+
+    def _update(self, name, x, delta):
+        c = self.config
+        m = self._moment("m", name, x, 0.0)
+        v = self._moment("v", name, x, c.tau**2)
+        m *= c.beta1
+        m += (1 - c.beta1) * delta
+        self._second_moment(v, delta * delta)
+        m_hat, v_hat = m, v
+        if c.bias_correction and self.name != "fedadagrad":
+            m_hat = m / (1 - c.beta1**self.step_count)
+            v_hat = v / (1 - c.beta2**self.step_count)
+        return x + c.eta * m_hat / (np.sqrt(v_hat) + c.tau)
+
+
+class FedAdagrad(_Adaptive):
+    name = "fedadagrad"
+
+    def _second_moment(self, v, delta_sq):
+        v += delta_sq
+
+
+class FedAdam(_Adaptive):
+    name = "fedadam"
+
+    def _second_moment(self, v, delta_sq):
+        v *= self.config.beta2
+        v += (1 - self.config.beta2) * delta_sq
+
+
+class FedYogi(_Adaptive):
+    name = "fedyogi"
+
+    def _second_moment(self, v, delta_sq):
+        v -= (1 - self.config.beta2) * delta_sq * np.sign(v - delta_sq)
+
+
+SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
+    cls.name: cls for cls in (FedAvg, FedAvgM, FedAdagrad, FedAdam, FedYogi)
+}
+
+
+def make_server_optimizer(name: str, config: Mapping[str, object] | None = None) -> ServerOptimizer:
+    """The optimizer ``name`` with ``config`` validated; InvalidArgument says what is wrong."""
+    try:
+        cls = SERVER_OPTIMIZERS[name]
+    except KeyError:
+        raise InvalidArgument(f"unknown strategy {name!r}; known: {', '.join(sorted(SERVER_OPTIMIZERS))}") from None
+    try:
+        return cls(cls.Config.model_validate(dict(config or {})))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(f"invalid config for strategy {name!r}: {problems}") from None

@@ -1,0 +1,97 @@
+"""Server optimizers against Reddi et al. Algorithm 2, computed by hand for several steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedn.aggregation.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer
+from fedn.errors import InvalidArgument
+
+# One scalar parameter; each step the clients' mean moves by these pseudo-gradients.
+DELTAS = [0.5, -0.2, 0.3, 0.1]
+
+
+def _run(name: str, config: dict) -> list[float]:
+    opt = make_server_optimizer(name, config)
+    x, out = 1.0, []
+    for d in DELTAS:
+        new = opt.step({"w": np.array([x], np.float64), "n": np.array(7)}, {"w": np.array([x + d]), "n": np.array(8)})
+        assert int(new["n"]) == 8  # non-float tensors take the merged value
+        x = float(new["w"][0])
+        out.append(x)
+    return out
+
+
+def _by_hand(kind: str, eta: float, b1: float, b2: float, tau: float, bias: bool = False) -> list[float]:
+    x, m, v, out = 1.0, 0.0, tau**2, []
+    for t, d in enumerate(DELTAS, start=1):
+        m = b1 * m + (1 - b1) * d
+        if kind == "adagrad":
+            v = v + d * d
+        elif kind == "adam":
+            v = b2 * v + (1 - b2) * d * d
+        else:
+            v = v - (1 - b2) * d * d * math.copysign(1.0, v - d * d)
+        mh, vh = (m / (1 - b1**t), v / (1 - b2**t)) if bias else (m, v)
+        x = x + eta * mh / (math.sqrt(vh) + tau)
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "bias"), [("adagrad", False), ("adam", False), ("adam", True), ("yogi", False), ("yogi", True)]
+)
+def test_adaptive_optimizers_match_the_paper(kind, bias):
+    config = {"eta": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 0.01, "bias_correction": bias}
+    got = _run(f"fed{kind}", config)
+    np.testing.assert_allclose(got, _by_hand(kind, 0.05, 0.8, 0.95, 0.01, bias), rtol=1e-12)
+
+
+def test_fedavgm_matches_by_hand_and_equals_fedavg_without_momentum():
+    x, m, want = 1.0, 0.0, []
+    for d in DELTAS:
+        m = 0.7 * m + d
+        x = x + 0.5 * m
+        want.append(x)
+    np.testing.assert_allclose(_run("fedavgm", {"eta": 0.5, "momentum": 0.7}), want, rtol=1e-12)
+    np.testing.assert_allclose(_run("fedavgm", {"eta": 1.0, "momentum": 0.0}), _run("fedavg", {}), rtol=1e-12)
+    np.testing.assert_allclose(_run("fedavg", {}), np.cumsum([1.0, *DELTAS])[1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_OPTIMIZERS))
+def test_saved_state_continues_exactly(name):
+    rng = np.random.default_rng(0)
+    models = [{"w": rng.standard_normal((3, 2))} for _ in range(5)]
+    straight = make_server_optimizer(name)
+    x = {"w": np.zeros((3, 2))}
+    for m in models:
+        x = straight.step(x, m)
+    resumed = make_server_optimizer(name)
+    y = {"w": np.zeros((3, 2))}
+    for m in models[:2]:
+        y = resumed.step(y, m)
+    again = make_server_optimizer(name)
+    again.load_state(resumed.state_arrays(), resumed.step_count)
+    for m in models[2:]:
+        y = again.step(y, m)
+    np.testing.assert_array_equal(x["w"], y["w"])
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "match"),
+    [
+        ("fedmagic", {}, "unknown strategy"),
+        ("fedadam", {"eta": -0.1}, "eta"),
+        ("fedadam", {"beta1": 1.0}, "beta1"),
+        ("fedyogi", {"beta2": -0.5}, "beta2"),
+        ("fedadagrad", {"tau": 0}, "tau"),
+        ("fedavgm", {"momentum": 1.5}, "momentum"),
+        ("fedadam", {"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
+def test_bad_strategy_configs_are_refused(name, config, match):
+    with pytest.raises(InvalidArgument, match=match):
+        make_server_optimizer(name, config)
