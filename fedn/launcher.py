@@ -104,6 +104,8 @@ class FederationSpec:
     num_combiners: int = 2
     num_clients: int = 4
     workdir: Path | None = None  # None: a temporary directory, removed at stop
+    state_url: str | None = None  # None: SQLite in the work directory
+    models_url: str | None = None  # None: a directory in the work directory
     host: str = "127.0.0.1"
     log_level: str = "INFO"
     combiner_heartbeat_s: float = 1.0
@@ -157,6 +159,10 @@ class LocalFederation:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
         return env
 
+    def _reducer_env(self) -> dict[str, str]:
+        # Store URLs may hold passwords: the environment keeps them out of `ps`.
+        return {**self._env(), "FEDN_REDUCER_STATE": self.state_url, "FEDN_REDUCER_MODELS": self.models_url}
+
     def _fedn(self, name: str, *args: str) -> list[str]:
         prefix, _ = self.spec.place(name)
         return [*prefix, sys.executable, "-m", "fedn", "--log-level", self.spec.log_level, *args]
@@ -181,11 +187,11 @@ class LocalFederation:
 
     @property
     def models_url(self) -> str:
-        return (self.workdir / "models").as_uri()
+        return self.spec.models_url or (self.workdir / "models").as_uri()
 
     @property
     def state_url(self) -> str:
-        return f"sqlite:///{self.workdir / 'state.db'}"  # workdir is absolute: sqlite:////abs/state.db
+        return self.spec.state_url or f"sqlite:///{self.workdir / 'state.db'}"  # sqlite:////abs/state.db
 
     def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
         _, host = self.spec.place("reducer")
@@ -201,16 +207,12 @@ class LocalFederation:
                 host,
                 "--port",
                 str(port),
-                "--state",
-                self.state_url,
-                "--models",
-                self.models_url,
                 "--combiner-timeout-s",
                 str(self.spec.combiner_timeout_s),
             ),
             self.workdir / "logs" / "reducer.log",
         )
-        self.reducer.start(self._env())
+        self.reducer.start(self._reducer_env())
         self._on_event(f"reducer   pid {self.reducer.pid:<7} {self.reducer_url}")
         self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
 
@@ -220,7 +222,7 @@ class LocalFederation:
             raise RuntimeError("the reducer was never started")
         self.reducer.stop()
         self.reducer = ManagedProcess("reducer", self.reducer.argv, self.reducer.log_path)
-        self.reducer.start(self._env())
+        self.reducer.start(self._reducer_env())
         self._on_event(f"reducer   pid {self.reducer.pid:<7} restarted at {self.reducer_url}")
         self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
 
@@ -242,14 +244,12 @@ class LocalFederation:
                 str(port),
                 "--reducer",
                 self.reducer_url,
-                "--models",
-                self.models_url,
                 "--heartbeat-interval-s",
                 str(self.spec.combiner_heartbeat_s),
             ),
             self.workdir / "logs" / f"{name}.log",
         )
-        proc.start(self._env())
+        proc.start({**self._env(), "FEDN_COMBINER_MODELS": self.models_url})
         self.combiners.append(proc)
         self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}")
         return proc
