@@ -186,10 +186,7 @@ class Controller:
             ", ".join(c.id for c in combiners),
         )
         optimizer = make_server_optimizer(session.strategy, session.strategy_config)
-        config = dict(session.config)
-        eta_l = getattr(optimizer.config, "eta_l", None)
-        if eta_l is not None:
-            config["lr"] = eta_l  # the strategy's client learning rate
+        config = {**session.config, **optimizer.client_config()}
         plan = RoundPlan(
             round_id=round_.id,
             session_id=session.id,

@@ -32,6 +32,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedProx",
     "FedYogi",
     "ServerOptimizer",
     "make_server_optimizer",
@@ -69,6 +70,11 @@ class ServerOptimizer:
     def _update(self, name: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         return x + delta
 
+    def client_config(self) -> dict[str, float]:
+        """Round-config entries this strategy sends to every client's ``train`` (e.g. ``lr``, ``mu``)."""
+        eta_l = getattr(self.config, "eta_l", None)
+        return {} if eta_l is None else {"lr": eta_l}
+
     def _moment(self, kind: str, name: str, like: np.ndarray, initial: float) -> np.ndarray:
         store = self.moments.setdefault(kind, {})
         if name not in store:
@@ -89,6 +95,21 @@ class ServerOptimizer:
 
 class FedAvg(ServerOptimizer):
     name = "fedavg"
+
+
+class FedProx(ServerOptimizer):
+    """FedAvg at the server; clients add ``mu/2·||w - w_global||²`` to their loss (Li et al., MLSys 2020).
+
+    ``mu`` reaches clients as the round-config key ``mu``; a client that ignores it still trains.
+    """
+
+    name = "fedprox"
+
+    class Config(_Config):
+        mu: float = Field(0.01, ge=0, description="proximal term weight μ")
+
+    def client_config(self) -> dict[str, float]:
+        return {"mu": self.config.mu}
 
 
 class FedAvgM(ServerOptimizer):
@@ -155,7 +176,7 @@ class FedYogi(_Adaptive):
 
 
 SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
-    cls.name: cls for cls in (FedAvg, FedAvgM, FedAdagrad, FedAdam, FedYogi)
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdagrad, FedAdam, FedYogi)
 }
 
 

@@ -95,3 +95,12 @@ def test_saved_state_continues_exactly(name):
 def test_bad_strategy_configs_are_refused(name, config, match):
     with pytest.raises(InvalidArgument, match=match):
         make_server_optimizer(name, config)
+
+
+def test_fedprox_averages_like_fedavg_and_sends_mu_to_clients():
+    np.testing.assert_allclose(_run("fedprox", {"mu": 0.1}), _run("fedavg", {}), rtol=1e-12)
+    assert make_server_optimizer("fedprox", {"mu": 0.1}).client_config() == {"mu": 0.1}
+    assert make_server_optimizer("fedadam", {"eta_l": 0.05}).client_config() == {"lr": 0.05}
+    assert make_server_optimizer("fedavg").client_config() == {}
+    with pytest.raises(InvalidArgument, match="mu"):
+        make_server_optimizer("fedprox", {"mu": -1})
