@@ -185,7 +185,7 @@ class RoundService:
         model = await self.get_model(plan.model_id)
         selected = self.connected_client_ids()
         if plan.max_clients and len(selected) > plan.max_clients:
-            selected = sorted(random.Random(plan.round_id).sample(selected, plan.max_clients))
+            selected = sorted(random.Random(plan.sample_seed).sample(selected, plan.max_clients))
         rnd = _ActiveRound(plan, model.manifest, aggregator_cls(model.manifest), set(selected), self._clock())
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")

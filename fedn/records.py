@@ -69,6 +69,8 @@ class Session(BaseModel):
     strategy_step: int = 0
     round_timeout_s: float = 60.0
     min_clients: int = 1
+    fraction: float = 1.0  # share of connected clients asked to train each round
+    seed: int = 0  # makes client sampling reproducible
     config: dict[str, ConfigScalar] = Field(default_factory=dict)
     seed_model_id: str
     model_id: str  # the current global model
@@ -159,6 +161,7 @@ class RoundPlan(BaseModel):
     config: dict[str, ConfigScalar] = Field(default_factory=dict)
     timeout_s: float = 60.0
     max_clients: int = 0  # 0 = every connected client
+    sample_seed: int = 0  # picks which max_clients clients, reproducibly
 
 
 class RoundResult(BaseModel):

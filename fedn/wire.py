@@ -163,6 +163,7 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         aggregator=plan.aggregator,
         timeout_s=plan.timeout_s,
         max_clients=plan.max_clients,
+        sample_seed=plan.sample_seed,
     )
     config_to_proto(plan.config, msg.config)
     return msg
@@ -178,6 +179,7 @@ def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
         config=config_from_proto(msg.config),
         timeout_s=msg.timeout_s,
         max_clients=msg.max_clients,
+        sample_seed=msg.sample_seed,
     )
 
 

@@ -170,6 +170,8 @@ def create_api(ctx: ApiContext) -> Blueprint:
             strategy_config=req.strategy_config,
             round_timeout_s=req.round_timeout_s,
             min_clients=req.min_clients,
+            fraction=req.fraction,
+            seed=req.seed,
             config=req.config,
             seed_model_id=seed.id,
             model_id=seed.id,

@@ -22,6 +22,7 @@ from fedn.records import (
     SessionStatus,
     now,
 )
+from fedn.sampling import allocate_sample, sample_seed, sample_size
 from fedn.store.base import ModelStore, StateStore
 from reducer.gateway import CombinerGateway
 from reducer.registry import CombinerRegistry
@@ -169,6 +170,11 @@ class Controller:
             return self._fail(session, round_, f"only {seen} clients connected, min_clients is {session.min_clients}")
 
         combiners = [c for c in self._registry.live() if c.num_clients > 0]
+        shares: dict[str, int] = {}  # 0 = every client of that combiner
+        if session.fraction < 1.0:
+            counts = {c.id: c.num_clients for c in combiners}
+            shares = allocate_sample(counts, sample_size(sum(counts.values()), session.fraction, session.min_clients))
+            combiners = [c for c in combiners if shares[c.id] > 0]
         started = time.monotonic()
         round_ = round_.model_copy(
             update={
@@ -195,12 +201,18 @@ class Controller:
             aggregator=session.aggregator,
             config=config,
             timeout_s=session.round_timeout_s,
+            sample_seed=sample_seed(session.seed, round_.index),
         )
         results: list[RoundResult] = []
         failures: list[ClientFailureRecord] = []
         with ThreadPoolExecutor(max_workers=max(1, len(combiners)), thread_name_prefix="run-round") as pool:
             futures = {
-                c.id: pool.submit(self._gateway.run_round, c, plan, session.round_timeout_s + self._rpc_grace_s)
+                c.id: pool.submit(
+                    self._gateway.run_round,
+                    c,
+                    plan.model_copy(update={"max_clients": shares.get(c.id, 0)}),
+                    session.round_timeout_s + self._rpc_grace_s,
+                )
                 for c in combiners
             }
             for combiner_id, future in futures.items():

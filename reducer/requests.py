@@ -28,6 +28,8 @@ class SessionRequest(_Request):
     )
     round_timeout_s: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a round may take")
     min_clients: int = Field(1, ge=1, description="updates a round needs to succeed")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of connected clients asked to train each round")
+    seed: int = Field(0, ge=0, description="makes client sampling reproducible")
     config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
         default_factory=dict, description="sent to every client's train()"
     )

@@ -54,6 +54,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi [default fedavg]",
     )
     p.add_argument("--strategy-config", default="{}", help="JSON object of the strategy's parameters")
+    p.add_argument(
+        "--fraction", type=float, default=1.0, help="share of clients asked to train each round [default 1.0]"
+    )
+    p.add_argument("--seed", type=int, default=0, help="makes client sampling reproducible [default 0]")
     p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
     p.add_argument(
         "--min-clients", type=int, default=None, help="updates a round needs [default: half the clients, at least 1]"
@@ -120,6 +124,8 @@ def run_local(args: argparse.Namespace) -> int:
                 model_id=seed.id,
                 strategy=args.strategy,
                 strategy_config=strategy_config,
+                fraction=args.fraction,
+                seed=args.seed,
             )
             print(
                 f"session {session.id}: {args.rounds} rounds, strategy {args.strategy}, "

@@ -35,6 +35,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     start.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
     start.add_argument("--min-clients", type=int, default=1, help="updates a round needs to succeed [default 1]")
+    start.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="share of connected clients asked to train each round, spread over combiners by "
+        "their client counts [default 1.0]",
+    )
+    start.add_argument("--seed", type=int, default=0, help="makes client sampling reproducible [default 0]")
     start.add_argument("--model", default=None, help="seed model id [default: the newest uploaded model]")
     start.add_argument(
         "--config", default="{}", help="JSON object sent to every client's train, e.g. '{\"epochs\": 2}'"
@@ -70,6 +78,8 @@ def _start(args: argparse.Namespace) -> int:
         "strategy_config": parse_json_object(args.strategy_config, "--strategy-config"),
         "round_timeout_s": args.round_timeout,
         "min_clients": args.min_clients,
+        "fraction": args.fraction,
+        "seed": args.seed,
         "config": parse_json_object(args.config, "--config"),
     }
     if args.model:

@@ -153,7 +153,7 @@ class ReportFailureResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients")
+    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class RoundPlan(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SEED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     session_id: str
     round_index: int
@@ -177,7 +178,8 @@ class RoundPlan(_message.Message):
     config: _containers.MessageMap[str, ConfigValue]
     timeout_s: float
     max_clients: int
-    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ...) -> None: ...
+    sample_seed: int
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ...) -> None: ...
 
 class ClientFailure(_message.Message):
     __slots__ = ("client_id", "error")

@@ -313,3 +313,23 @@ def test_a_new_round_supersedes_an_abandoned_one(combiner, stub, global_model):
     new.join(30)
     assert new_holder["result"].num_updates == 1
     silent.close()
+
+
+def test_max_clients_picks_the_same_clients_for_the_same_seed(combiner, stub, global_model):
+    model_id, _ = global_model
+    clients = [FakeClient(stub, f"s{i}") for i in range(5)]
+    _wait_connected(combiner, 5)
+    picked = []
+    for round_id, seed in (("q1", 42), ("q2", 42), ("q3", 7)):
+        for c in clients:
+            c.tasks.clear()
+            c.train_task.clear()
+        plan = _plan(model_id, timeout_s=0.5, round_id=round_id).model_copy(
+            update={"max_clients": 2, "sample_seed": seed}
+        )
+        result = wire.round_result_from_proto(stub.RunRound(wire.round_plan_to_proto(plan), timeout=30))
+        assert result.num_selected == 2
+        picked.append({f.client_id for f in result.failures})
+    assert picked[0] == picked[1]
+    for c in clients:
+        c.close()

@@ -230,3 +230,16 @@ def test_a_server_optimizer_steps_on_the_merged_model_and_keeps_its_state(stores
     assert all(plan.config["lr"] == 0.02 for _, plan in gateway.plans)  # eta_l reaches the clients
     moments = decode_model(models.get(final.strategy_state_key))
     assert set(moments) == {"m/w", "v/w"}
+
+
+def test_fraction_samples_across_combiners_in_proportion(stores):
+    controller, gateway, session, registry, _ = _setup(
+        stores, {"a": (1.0, 10.0), "b": (2.0, 10.0)}, min_clients=1, rounds=2
+    )
+    registry.heartbeat("a", ["a1", "a2", "a3", "a4", "a5", "a6"])
+    session = session.model_copy(update={"fraction": 0.5, "seed": 11})
+    controller.run_session(session)
+    plans = {(cid, p.round_index): p for cid, p in gateway.plans}
+    # 6 + 2 clients, half of them: 3 from a, 1 from b; the seed is per round and reproducible
+    assert plans[("a", 1)].max_clients == 3 and plans[("b", 1)].max_clients == 1
+    assert plans[("a", 1)].sample_seed == plans[("b", 1)].sample_seed != plans[("a", 2)].sample_seed
