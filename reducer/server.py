@@ -9,6 +9,7 @@ from waitress.server import create_server
 
 from fedn.records import NodeStatus
 from fedn.store import open_model_store, open_state_store
+from fedn.store.redact import redact_url
 from reducer.api import ApiContext
 from reducer.app import create_app
 from reducer.controller import Controller
@@ -55,8 +56,8 @@ class ReducerServer:
         logger.info(
             "reducer listening on %s (state %s, models %s, %s)",
             self.url,
-            _redact(s.state),
-            _redact(s.models),
+            redact_url(s.state),
+            redact_url(s.models),
             f"{sum(c.status == NodeStatus.ONLINE for c in state.list_combiners())} combiners online",
         )
 
@@ -73,13 +74,3 @@ class ReducerServer:
         for store in self._stores:
             store.close()
         logger.info("reducer stopped")
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a store URL before it reaches a log line."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -3,8 +3,8 @@
 =====================  ===========================================
 ``sqlite:///rel.db``   embedded state; ``sqlite:////abs/path.db`` absolute, ``sqlite://:memory:``
 ``file:///abs/dir``    embedded model store, a local directory (``file://rel/dir`` is relative)
-``mongodb://...``      MongoDB state (production backends issue)
-``s3://`` ``minio://`` MinIO / S3 models (production backends issue)
+``mongodb://u:p@h/db`` MongoDB state (database defaults to ``fedn``)
+``s3://`` ``minio://`` MinIO / S3 models: ``s3://ACCESS:SECRET@host:port/bucket[?secure=true]``
 =====================  ===========================================
 """
 
@@ -15,9 +15,20 @@ from urllib.parse import unquote, urlparse
 from fedn.errors import InvalidArgument
 from fedn.store.base import ModelStore, StateStore
 from fedn.store.local import LocalModelStore
+from fedn.store.mongodb import MongoStateStore
+from fedn.store.s3 import S3ModelStore
 from fedn.store.sqlite import SQLiteStateStore
 
-__all__ = ["LocalModelStore", "ModelStore", "SQLiteStateStore", "StateStore", "open_model_store", "open_state_store"]
+__all__ = [
+    "LocalModelStore",
+    "ModelStore",
+    "MongoStateStore",
+    "S3ModelStore",
+    "SQLiteStateStore",
+    "StateStore",
+    "open_model_store",
+    "open_state_store",
+]
 
 
 def _sqlite_path(url: str) -> str:
@@ -39,7 +50,9 @@ def open_state_store(url: str) -> StateStore:
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         return SQLiteStateStore(_sqlite_path(url))
-    raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path)")
+    if scheme in ("mongodb", "mongodb+srv"):
+        return MongoStateStore(url)
+    raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path or mongodb://...)")
 
 
 def open_model_store(url: str) -> ModelStore:
@@ -47,4 +60,6 @@ def open_model_store(url: str) -> ModelStore:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalModelStore(_file_path(url))
-    raise InvalidArgument(f"unsupported model store URL scheme {parsed.scheme!r} (use file:///dir)")
+    if parsed.scheme in ("s3", "minio"):
+        return S3ModelStore(url)
+    raise InvalidArgument(f"unsupported model store URL scheme {parsed.scheme!r} (use file:///dir or s3://...)")

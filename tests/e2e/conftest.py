@@ -19,9 +19,15 @@ def accuracy_of(blob: bytes) -> float:
     return DigitsClient(split="test").evaluate(params, {})[2]["accuracy"]
 
 
-@pytest.fixture
-def federation(tmp_path: Path):
-    fed = LocalFederation(FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed"))
+@pytest.fixture(params=["embedded", "mongo+minio"])
+def federation(request, tmp_path: Path):
+    """The same federation on the embedded stores and on MongoDB + S3 (SecantusDB + nanio)."""
+    urls = {}
+    if request.param == "mongo+minio":
+        urls = {"state_url": request.getfixturevalue("mongo_url"), "models_url": request.getfixturevalue("s3_url")}
+    fed = LocalFederation(
+        FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed", **urls)
+    )
     fed.start()
     try:
         fed.start_clients()

@@ -115,6 +115,16 @@ def test_errors_are_one_line(reducer_url, capsys, argv, message):
     assert "Traceback" not in err
 
 
+def test_reducer_with_an_unreachable_mongo_exits_with_one_redacted_line(capsys):
+    code, _, err = _run(
+        capsys, "reducer", "start", "--port", "0", "--state", f"mongodb://fedn:hunter2@127.0.0.1:{free_port()}/fedn"
+    )
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "fedn:***@127.0.0.1" in lines[0]
+    assert "hunter2" not in err and "Traceback" not in err
+
+
 def test_unreachable_reducer_is_a_clear_error(capsys):
     code, _, err = _run(capsys, "model", "list", "--reducer", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and "unreachable" in err

@@ -1,0 +1,36 @@
+"""Session-wide test servers: started once, on demand, stopped at the end of the run."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from tests.store_servers import mongo_server, s3_server
+
+
+@pytest.fixture(scope="session")
+def mongo_base_url(tmp_path_factory) -> Iterator[str]:
+    with mongo_server(tmp_path_factory.mktemp("mongo")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[tuple[str, str, str]]:
+    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def mongo_url(mongo_base_url: str) -> str:
+    """A fresh database on the shared server for each test."""
+    return mongo_base_url.replace("/fedn?", f"/t{secrets.token_hex(6)}?")
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: tuple[str, str, str]) -> str:
+    """A fresh bucket on the shared server for each test."""
+    endpoint, access, secret = s3_endpoint
+    return f"s3://{quote(access, safe='')}:{quote(secret, safe='')}@{endpoint}/t{secrets.token_hex(6)}"

@@ -1,0 +1,108 @@
+"""Real MongoDB-wire (SecantusDB) and S3 (nanio) servers for tests, on 127.0.0.1 and free ports.
+
+Test-only: neither is a runtime dependency. Every process started here is stopped by its context
+manager, also when start-up fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedn.launcher import free_port
+
+__all__ = ["mongo_server", "s3_server"]
+
+_BIN = Path(sys.executable).parent
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"test server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"test server not listening on {port} after {timeout_s:.0f}s:\n{log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+
+
+@contextmanager
+def _process(argv: list[str], log: Path, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        )
+    try:
+        _wait_for_port(port, proc, log)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def mongo_server(workdir: Path) -> Iterator[str]:
+    """SecantusDB with authentication on; yields ``mongodb://user:password@127.0.0.1:port/fedn?authSource=admin``."""
+    import pymongo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, user, password = free_port(), "fedn", secrets.token_urlsafe(12)
+    argv = [
+        str(_BIN / "secantusd-py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(workdir / "data"),
+        "--log-level",
+        "WARNING",
+    ]
+    # Users are provisioned without auth, then the server restarts with --auth (SecantusDB's way).
+    with _process(argv, workdir / "mongo.log", port):
+        client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=10_000)
+        client.admin.command("createUser", user, pwd=password, roles=["root"])
+        client.close()
+    with _process([*argv, "--auth"], workdir / "mongo.log", port):
+        yield f"mongodb://{user}:{password}@127.0.0.1:{port}/fedn?authSource=admin"
+
+
+@contextmanager
+def s3_server(workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """nanio, which checks SigV4 signatures; yields ``(endpoint, access_key, secret_key)``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, access, secret = free_port(), "fedn" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    argv = [
+        str(_BIN / "nanio"),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(workdir / "data"),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    with _process(argv, workdir / "s3.log", port, env={"NANIO_ACCESS_KEY": access, "NANIO_SECRET_KEY": secret}):
+        yield f"127.0.0.1:{port}", access, secret
