@@ -43,12 +43,16 @@ class Controller:
         gateway: CombinerGateway,
         *,
         rpc_grace_s: float = 15.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self._state = state
         self._models = models
         self._registry = registry
         self._gateway = gateway
         self._rpc_grace_s = rpc_grace_s
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,25 +76,28 @@ class Controller:
     # -- the loop ----------------------------------------------------------
 
     def _loop(self) -> None:
+        outages = 0
         while not self._stop.is_set():
+            session = None
             try:
                 session = self._next_session()
                 if session is None:
+                    outages = 0
                     self._wake.wait(1.0)
                     self._wake.clear()
                     continue
-            except StoreError as exc:  # the state store is away: back off, try again
-                logger.error("controller: %s; retrying in 2s", exc.message)
-                self._stop.wait(2.0)
-                continue
-            try:
                 self.run_session(session)
-            except StoreError as exc:  # an outage mid-session: nothing unstored was marked done; resume
-                logger.error("controller: session %s: %s; retrying in 2s", session.id, exc.message)
-                self._stop.wait(2.0)
+                outages = 0
+            except StoreError as exc:  # the store is away: nothing unstored was marked done; resume later
+                delay = min(self._max_backoff_s, self._backoff_s * 2**outages)
+                outages += 1
+                where = f"session {session.id}: " if session else ""
+                logger.error("controller: %s%s; retrying in %.1fs", where, exc.message, delay)
+                self._stop.wait(delay)
             except Exception as exc:  # a bug or bad data must not loop: fail the session with the reason
-                logger.exception("controller: session %s failed unexpectedly", session.id)
-                self._fail_session(session.id, f"{type(exc).__name__}: {exc}")
+                logger.exception("controller: session %s failed unexpectedly", session.id if session else "?")
+                if session is not None:
+                    self._fail_session(session.id, f"{type(exc).__name__}: {exc}")
 
     def _fail_session(self, session_id: str, error: str) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -243,3 +244,52 @@ def test_fraction_samples_across_combiners_in_proportion(stores):
     # 6 + 2 clients, half of them: 3 from a, 1 from b; the seed is per round and reproducible
     assert plans[("a", 1)].max_clients == 3 and plans[("b", 1)].max_clients == 1
     assert plans[("a", 1)].sample_seed == plans[("b", 1)].sample_seed != plans[("a", 2)].sample_seed
+
+
+class FlakyState:
+    """Wraps a state store; ``put_round`` and ``put_session`` fail while ``down`` is set."""
+
+    def __init__(self, inner, fail_after: int) -> None:
+        self._inner, self.fail_after, self.failures = inner, fail_after, 0
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _maybe_fail(self):
+        from fedn.errors import StoreError
+
+        self.writes += 1
+        if self.writes > self.fail_after and self.failures < 3:
+            self.failures += 1
+            raise StoreError("connection to the state store lost")
+
+    def put_round(self, r):
+        self._maybe_fail()
+        self._inner.put_round(r)
+
+    def put_session(self, s):
+        self._maybe_fail()
+        self._inner.put_session(s)
+
+
+def test_a_store_outage_mid_session_is_retried_and_nothing_unstored_is_done(stores, caplog):
+    state, models = stores
+    _, gateway, session, registry, _ = _setup(stores, {"a": (1.0, 10.0)}, rounds=3)
+    flaky = FlakyState(state, fail_after=4)
+    controller = Controller(flaky, models, registry, gateway, rpc_grace_s=1.0, backoff_s=0.01, max_backoff_s=0.05)
+    controller.start()
+    try:
+        for _ in range(400):
+            if state.get_session(session.id).status == SessionStatus.DONE:
+                break
+            threading.Event().wait(0.02)
+    finally:
+        controller.stop()
+    final = state.get_session(session.id)
+    assert final.status == SessionStatus.DONE and flaky.failures == 3
+    rounds = state.list_rounds(session.id)
+    assert [r.index for r in rounds] == [1, 2, 3] and all(r.status == RoundStatus.DONE for r in rounds)
+    for before, after in itertools.pairwise(rounds):
+        assert after.model_in == before.model_out
+    assert "retrying in" in caplog.text
