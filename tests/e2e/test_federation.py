@@ -124,3 +124,40 @@ def test_a_killed_reducer_resumes_its_session_and_loses_nothing(federation: Loca
         assert decode_model(api.download_model(r.model_out))
     assert session.model_id == rounds[-1].model_out
     api.close()
+
+
+def test_a_combiner_killed_mid_round(federation: LocalFederation):
+    from examples.digits import DigitsClient
+
+    api = federation.api()
+    seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+    session = api.start_session(
+        rounds=3, min_clients=2, round_timeout_s=120.0, model_id=seed.id, config={"epochs": 150}
+    )
+    for _ in range(1200):
+        rounds = api.list_rounds(session.id)
+        if rounds and rounds[0].status == RoundStatus.RUNNING:
+            break
+        time.sleep(0.05)
+    federation.combiners[0].signal(signal.SIGKILL)
+    session = wait_for_session(api, session.id, poll_s=0.2, timeout_s=360)
+    assert session.status == SessionStatus.DONE, session.error
+    rounds = api.list_rounds(session.id)
+    hit = [r for r in rounds if any(f.combiner_id == "combiner-0" and not f.client_id for f in r.failures)]
+    assert hit, "no round recorded the dead combiner"
+    assert hit[0].status == RoundStatus.DONE and hit[0].num_updates >= 2  # finished on combiner-1's partial
+    for r in rounds:
+        assert decode_model(api.download_model(r.model_out))  # every result was stored
+
+    # The dead combiner is shown offline and its clients move to the live one for what comes next.
+    for _ in range(600):
+        combiners = {c.id: c for c in api.list_combiners()}
+        if combiners["combiner-0"].status == "offline" and combiners["combiner-1"].num_clients == 4:
+            break
+        time.sleep(0.1)
+    assert combiners["combiner-0"].status == "offline" and combiners["combiner-1"].num_clients == 4
+    more = api.start_session(rounds=1, min_clients=4, round_timeout_s=120.0)
+    more = wait_for_session(api, more.id, poll_s=0.2, timeout_s=240)
+    assert more.status == SessionStatus.DONE, more.error
+    assert api.list_rounds(more.id)[0].combiners == ["combiner-1"]
+    api.close()
