@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,13 +23,13 @@ __all__ = ["mongo_server", "s3_server"]
 _BIN = Path(sys.executable).parent
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
+def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"test server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.1)
@@ -47,29 +47,35 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _process(argv: list[str], log: Path, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def _process(
+    argv: list[str], log: Path, host: str, port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
         )
     try:
-        _wait_for_port(port, proc, log)
+        _wait_for_port(host, port, proc, log)
         yield proc
     finally:
         _stop(proc)
 
 
 @contextmanager
-def mongo_server(workdir: Path) -> Iterator[str]:
-    """SecantusDB with authentication on; yields ``mongodb://user:password@127.0.0.1:port/fedn?authSource=admin``."""
+def mongo_server(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[str]:
+    """SecantusDB with authentication on; yields ``mongodb://user:password@host:port/fedn?authSource=admin``.
+
+    ``prefix`` runs it elsewhere, e.g. ``["ip", "netns", "exec", ns]`` with that namespace's ``host``.
+    """
     import pymongo
 
     workdir.mkdir(parents=True, exist_ok=True)
     port, user, password = free_port(), "fedn", secrets.token_urlsafe(12)
     argv = [
+        *prefix,
         str(_BIN / "secantusd-py"),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--storage-path",
@@ -78,24 +84,25 @@ def mongo_server(workdir: Path) -> Iterator[str]:
         "WARNING",
     ]
     # Users are provisioned without auth, then the server restarts with --auth (SecantusDB's way).
-    with _process(argv, workdir / "mongo.log", port):
-        client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=10_000)
+    with _process(argv, workdir / "mongo.log", host, port):
+        client = pymongo.MongoClient(f"mongodb://{host}:{port}", serverSelectionTimeoutMS=10_000)
         client.admin.command("createUser", user, pwd=password, roles=["root"])
         client.close()
-    with _process([*argv, "--auth"], workdir / "mongo.log", port):
-        yield f"mongodb://{user}:{password}@127.0.0.1:{port}/fedn?authSource=admin"
+    with _process([*argv, "--auth"], workdir / "mongo.log", host, port):
+        yield f"mongodb://{user}:{password}@{host}:{port}/fedn?authSource=admin"
 
 
 @contextmanager
-def s3_server(workdir: Path) -> Iterator[tuple[str, str, str]]:
+def s3_server(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[tuple[str, str, str]]:
     """nanio, which checks SigV4 signatures; yields ``(endpoint, access_key, secret_key)``."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, access, secret = free_port(), "fedn" + secrets.token_hex(4), secrets.token_urlsafe(24)
     argv = [
+        *prefix,
         str(_BIN / "nanio"),
         "serve",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--data-dir",
@@ -104,5 +111,6 @@ def s3_server(workdir: Path) -> Iterator[tuple[str, str, str]]:
         "warning",
         "--no-access-log",
     ]
-    with _process(argv, workdir / "s3.log", port, env={"NANIO_ACCESS_KEY": access, "NANIO_SECRET_KEY": secret}):
-        yield f"127.0.0.1:{port}", access, secret
+    env = {"NANIO_ACCESS_KEY": access, "NANIO_SECRET_KEY": secret}
+    with _process(argv, workdir / "s3.log", host, port, env=env):
+        yield f"{host}:{port}", access, secret
