@@ -97,12 +97,14 @@ class RoundService:
         *,
         max_update_bytes: int = 1 << 30,
         max_concurrent_uploads: int = 8,
+        max_concurrent_downloads: int = 16,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.combiner_id = combiner_id
         self._models = models
         self._max_update_bytes = max_update_bytes
         self._upload_slots = asyncio.Semaphore(max_concurrent_uploads)
+        self.download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self._clock = clock
         self._clients: dict[str, ClientConnection] = {}
         self._cache: OrderedDict[str, CachedModel] = OrderedDict()

@@ -42,7 +42,11 @@ class CombinerServer:
     async def start(self) -> None:
         s = self.settings
         self.rounds = RoundService(
-            s.name, self._models, max_update_bytes=s.max_update_bytes, max_concurrent_uploads=s.max_concurrent_uploads
+            s.name,
+            self._models,
+            max_update_bytes=s.max_update_bytes,
+            max_concurrent_uploads=s.max_concurrent_uploads,
+            max_concurrent_downloads=s.max_concurrent_downloads,
         )
         message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(
@@ -55,6 +59,7 @@ class CombinerServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.max_pending_requests", 20_000),
                 ("grpc.so_reuseport", 0),
+                ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
             ]
         )
         pb_grpc.add_CombinerServicer_to_server(

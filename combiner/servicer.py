@@ -73,9 +73,11 @@ class CombinerServicer(pb_grpc.CombinerServicer):
             logger.info("DownloadModel refused for client %s: %s", request.client_id, exc.message)
             await context.abort(exc.grpc_status, exc.message)
         header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, len(model.payload))
-        yield pb.ModelChunk(header=wire.model_header_to_proto(header))
-        for chunk in iter_chunks(model.payload, self._chunk_bytes):
-            yield pb.ModelChunk(data=chunk)
+        # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
+        async with self._rounds.download_slots:
+            yield pb.ModelChunk(header=wire.model_header_to_proto(header))
+            for chunk in iter_chunks(model.payload, self._chunk_bytes):
+                yield pb.ModelChunk(data=chunk)
 
     @_map_errors
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:

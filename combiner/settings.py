@@ -21,4 +21,10 @@ class CombinerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(2.0, gt=0, description="seconds between heartbeats (reducer and clients)")
     max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
     max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
+    max_concurrent_downloads: int = Field(16, ge=1, description="model downloads streamed at once; bounds memory")
+    http2_bdp_probe: bool = Field(
+        False,
+        description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "
+        "slow links, but every waiting stream may then buffer megabytes, so memory grows with clients",
+    )
     chunk_bytes: int = Field(1 << 20, ge=1024, description="size of model chunks sent to clients")
