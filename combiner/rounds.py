@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from fedn.aggregation import MetricsAccumulator, WeightedMean, get_aggregator
+from fedn.aggregation import MetricsAccumulator, WeightedMean, aggregator_config, make_aggregator
 from fedn.chunking import ChunkAssembler
 from fedn.codec import (
     NamedArrays,
@@ -183,12 +183,13 @@ class RoundService:
                     await asyncio.shield(current.task)
         if plan.timeout_s <= 0:
             raise InvalidArgument("round timeout must be positive")
-        aggregator_cls = get_aggregator(plan.aggregator)
+        aggregator_config(plan.aggregator, plan.aggregator_config)  # refuse a bad rule before clients train
         model = await self.get_model(plan.model_id)
         selected = self.connected_client_ids()
         if plan.max_clients and len(selected) > plan.max_clients:
             selected = sorted(random.Random(plan.sample_seed).sample(selected, plan.max_clients))
-        rnd = _ActiveRound(plan, model.manifest, aggregator_cls(model.manifest), set(selected), self._clock())
+        aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
+        rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self._clock())
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)

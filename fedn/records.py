@@ -63,6 +63,7 @@ class Session(BaseModel):
     status: SessionStatus = SessionStatus.PENDING
     rounds: int
     aggregator: str = "fedavg"
+    aggregator_config: dict[str, ConfigScalar] = Field(default_factory=dict)
     strategy: str = "fedavg"  # server optimizer applied by the reducer
     strategy_config: dict[str, ConfigScalar] = Field(default_factory=dict)
     strategy_state_key: str | None = None  # model-store key of the optimizer's moments after rounds_done
@@ -162,6 +163,7 @@ class RoundPlan(BaseModel):
     timeout_s: float = 60.0
     max_clients: int = 0  # 0 = every connected client
     sample_seed: int = 0  # picks which max_clients clients, reproducibly
+    aggregator_config: dict[str, ConfigScalar] = Field(default_factory=dict)
 
 
 class RoundResult(BaseModel):

@@ -166,6 +166,7 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         sample_seed=plan.sample_seed,
     )
     config_to_proto(plan.config, msg.config)
+    config_to_proto(plan.aggregator_config, msg.aggregator_config)
     return msg
 
 
@@ -180,6 +181,7 @@ def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
         timeout_s=msg.timeout_s,
         max_clients=msg.max_clients,
         sample_seed=msg.sample_seed,
+        aggregator_config=config_from_proto(msg.aggregator_config),
     )
 
 

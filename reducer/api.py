@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import fedn
-from fedn.aggregation import get_aggregator
+from fedn.aggregation import aggregator_config
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.codec import check_finite, decode_model
 from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
@@ -154,7 +154,9 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.post("/sessions")
     def create_session():
         req = parse(SessionRequest, _body())
-        get_aggregator(req.aggregator)
+        rule = aggregator_config(req.aggregator, req.aggregator_config)
+        if req.aggregator == "krum" and req.min_clients < 2 * rule.f + 3:
+            raise InvalidArgument(f"krum with f={rule.f} needs min_clients >= {2 * rule.f + 3}")
         make_server_optimizer(req.strategy, req.strategy_config)  # refuse a bad strategy before anything runs
         if req.model_id is not None:
             seed = ctx.state.get_model(req.model_id)
@@ -166,6 +168,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
         session = Session(
             rounds=req.rounds,
             aggregator=req.aggregator,
+            aggregator_config=req.aggregator_config,
             strategy=req.strategy,
             strategy_config=req.strategy_config,
             round_timeout_s=req.round_timeout_s,

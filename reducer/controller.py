@@ -206,6 +206,7 @@ class Controller:
             round_index=round_.index,
             model_id=session.model_id,
             aggregator=session.aggregator,
+            aggregator_config=session.aggregator_config,
             config=config,
             timeout_s=session.round_timeout_s,
             sample_seed=sample_seed(session.seed, round_.index),

@@ -21,7 +21,10 @@ class _Request(BaseModel):
 
 class SessionRequest(_Request):
     rounds: int = Field(ge=1, le=100_000, description="number of rounds")
-    aggregator: str = Field("fedavg", description="aggregation rule run at each combiner")
+    aggregator: str = Field("fedavg", description="rule at each combiner: fedavg, median, trimmed_mean, krum")
+    aggregator_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
+        default_factory=dict, description='the aggregator\'s parameters, e.g. {"beta": 0.2}'
+    )
     strategy: str = Field("fedavg", description="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi")
     strategy_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
         default_factory=dict, description='the strategy\'s parameters, e.g. {"eta": 0.01}'

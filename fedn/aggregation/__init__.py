@@ -2,37 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from fedn.aggregation.metrics import MetricsAccumulator, merge_metric_summaries
+from fedn.aggregation.robust import CoordinateMedian, Krum, TrimmedMean
 from fedn.aggregation.weighted_mean import Partial, WeightedMean, merge_partials
-from fedn.codec import NamedArrays
+from fedn.codec import NamedArrays, TensorSpec
 from fedn.errors import InvalidArgument
 
 __all__ = [
     "AGGREGATORS",
+    "CoordinateMedian",
+    "Krum",
     "MetricsAccumulator",
     "Partial",
+    "TrimmedMean",
     "WeightedMean",
+    "aggregator_config",
     "cast_like",
     "get_aggregator",
+    "make_aggregator",
     "merge_metric_summaries",
     "merge_partials",
 ]
 
-# name -> aggregator class run at each combiner; more arrive with the strategies issue.
-AGGREGATORS: dict[str, type[WeightedMean]] = {"fedavg": WeightedMean}
+# name -> aggregation rule run at each combiner. Each takes (manifest, config) and offers
+# validate/add/partial; Config is a pydantic model of its parameters.
+AGGREGATORS: dict[str, type] = {
+    "fedavg": WeightedMean,
+    "median": CoordinateMedian,
+    "trimmed_mean": TrimmedMean,
+    "krum": Krum,
+}
 
 
-def get_aggregator(name: str) -> type[WeightedMean]:
+def get_aggregator(name: str) -> type:
     """The aggregator class registered as ``name``; InvalidArgument names the known ones."""
     try:
         return AGGREGATORS[name]
     except KeyError:
         known = ", ".join(sorted(AGGREGATORS))
         raise InvalidArgument(f"unknown aggregator {name!r}; known: {known}") from None
+
+
+def aggregator_config(name: str, config: Mapping[str, object] | None = None) -> BaseModel:
+    """``config`` validated for aggregator ``name``; InvalidArgument says what is wrong."""
+    cls = get_aggregator(name)
+    try:
+        return cls.Config.model_validate(dict(config or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(f"invalid config for aggregator {name!r}: {problems}") from None
+
+
+def make_aggregator(name: str, manifest: Sequence[TensorSpec], config: Mapping[str, object] | None = None):
+    """A fresh aggregator for one round at one combiner."""
+    return get_aggregator(name)(manifest, aggregator_config(name, config))
 
 
 def cast_like(arrays: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) -> NamedArrays:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from fedn.codec import NamedArrays, TensorSpec, check_finite, check_manifest, manifest_of
 from fedn.errors import InvalidArgument
@@ -39,7 +40,13 @@ class WeightedMean:
     matter how many updates are added.
     """
 
-    def __init__(self, manifest: Sequence[TensorSpec]) -> None:
+    class Config(BaseModel):
+        """FedAvg has no parameters."""
+
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, manifest: Sequence[TensorSpec], config: BaseModel | None = None) -> None:
+        self.config = config or self.Config()
         self._manifest = list(manifest)
         self._sums = {spec.name: np.zeros(spec.shape, dtype=np.float64) for spec in self._manifest}
         largest = max((spec.size for spec in self._manifest), default=0)

@@ -13,6 +13,7 @@ import signal
 import time
 from types import FrameType
 
+from fedn.aggregation import aggregator_config
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.cli.models import load_object, parse_client_args
 from fedn.cli.sessions import parse_json_object, wait_for_session
@@ -84,6 +85,8 @@ def run_local(args: argparse.Namespace) -> int:
         raise InvalidArgument("--combiners, --clients and --rounds must be at least 1")
     config = parse_json_object(args.config, "--config")
     strategy_config = parse_json_object(args.strategy_config, "--strategy-config")
+    aggregator_params = parse_json_object(args.aggregator_config, "--aggregator-config")
+    aggregator_config(args.aggregator, aggregator_params)
     make_server_optimizer(args.strategy, strategy_config)  # a bad strategy fails before any process starts
     cls = load_object(args.client)
     client_kwargs = parse_client_args(args.client_arg)
@@ -122,6 +125,8 @@ def run_local(args: argparse.Namespace) -> int:
                 min_clients=min_clients,
                 config=config,
                 model_id=seed.id,
+                aggregator=args.aggregator,
+                aggregator_config=aggregator_params,
                 strategy=args.strategy,
                 strategy_config=strategy_config,
                 fraction=args.fraction,

@@ -22,7 +22,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     start = sub.add_parser("start", help="start a training session on the reducer")
     start.add_argument("--reducer", default=DEFAULT_REDUCER, help=f"reducer URL [default {DEFAULT_REDUCER}]")
     start.add_argument("--rounds", type=int, default=5, help="number of rounds [default 5]")
-    start.add_argument("--aggregator", default="fedavg", help="aggregation rule at each combiner [default fedavg]")
+    start.add_argument(
+        "--aggregator",
+        default="fedavg",
+        help="rule at each combiner: fedavg, median, trimmed_mean, krum [default fedavg]",
+    )
+    start.add_argument(
+        "--aggregator-config",
+        default="{}",
+        help="JSON object of the aggregator's parameters, e.g. '{\"beta\": 0.2}' for trimmed_mean",
+    )
     start.add_argument(
         "--strategy",
         default="fedavg",
@@ -74,6 +83,7 @@ def _start(args: argparse.Namespace) -> int:
     params = {
         "rounds": args.rounds,
         "aggregator": args.aggregator,
+        "aggregator_config": parse_json_object(args.aggregator_config, "--aggregator-config"),
         "strategy": args.strategy,
         "strategy_config": parse_json_object(args.strategy_config, "--strategy-config"),
         "round_timeout_s": args.round_timeout,

@@ -153,8 +153,15 @@ class ReportFailureResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed")
+    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config")
     class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ConfigValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ConfigValue, _Mapping]] = ...) -> None: ...
+    class AggregatorConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +177,7 @@ class RoundPlan(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_SEED_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_CONFIG_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     session_id: str
     round_index: int
@@ -179,7 +187,8 @@ class RoundPlan(_message.Message):
     timeout_s: float
     max_clients: int
     sample_seed: int
-    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ...) -> None: ...
+    aggregator_config: _containers.MessageMap[str, ConfigValue]
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ..., aggregator_config: _Optional[_Mapping[str, ConfigValue]] = ...) -> None: ...
 
 class ClientFailure(_message.Message):
     __slots__ = ("client_id", "error")

@@ -333,3 +333,20 @@ def test_max_clients_picks_the_same_clients_for_the_same_seed(combiner, stub, gl
     assert picked[0] == picked[1]
     for c in clients:
         c.close()
+
+
+def test_a_median_round_over_grpc(combiner, stub, global_model, model_store):
+    model_id, arrays = global_model
+    clients = [FakeClient(stub, f"m{i}") for i in range(3)]
+    _wait_connected(combiner, 3)
+    plan = _plan(model_id).model_copy(update={"aggregator": "median"})
+    thread, holder = _start_round(stub, plan)
+    shifts = [1.0, 2.0, 1000.0]  # one outlier
+    for client, shift in zip(clients, shifts, strict=True):
+        task = client.wait_task()
+        client.upload(task.round_id, _shifted(arrays, shift))
+    thread.join(30)
+    partial = decode_model(model_store.get(holder["result"].partial_key))
+    np.testing.assert_allclose(partial["fc.weight"], arrays["fc.weight"] + 2.0, rtol=1e-5)
+    for c in clients:
+        c.close()

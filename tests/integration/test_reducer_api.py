@@ -110,6 +110,8 @@ def test_sessions_and_rounds(http):
         {"rounds": 2, "config": "epochs=1"},
         {"rounds": 2, "surprise": True},
         {"rounds": 2, "strategy": "fedmagic"},
+        {"rounds": 2, "aggregator": "trimmed_mean", "aggregator_config": {"beta": 0.7}},
+        {"rounds": 2, "aggregator": "krum", "aggregator_config": {"f": 2}, "min_clients": 3},
         {"rounds": 2, "strategy": "fedadam", "strategy_config": {"eta": -1}},
         {"rounds": 2, "strategy": "fedyogi", "strategy_config": {"beta2": 1.0}},
         {"rounds": 2, "strategy": "fedadam", "strategy_config": {"not_a_parameter": 1}},

@@ -1,0 +1,89 @@
+"""Robust rules under attack: with a share of updates replaced by large or sign-flipped vectors,
+median, trimmed mean and Krum stay near the honest mean while FedAvg does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedn.aggregation import aggregator_config, make_aggregator
+from fedn.codec import manifest_of
+from fedn.errors import InvalidArgument, PayloadTooLarge
+
+SHAPES = {"w": (20, 5), "b": (5,)}
+MANIFEST = manifest_of({k: np.zeros(s, np.float32) for k, s in SHAPES.items()})
+
+
+def _honest(rng, n):
+    center = {k: np.ones(s, np.float32) for k, s in SHAPES.items()}
+    return [
+        {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in center.items()} for _ in range(n)
+    ], center
+
+
+def _attack(kind, honest_update):
+    if kind == "large":
+        return {k: np.full_like(v, 1e4) for k, v in honest_update.items()}
+    return {k: -10.0 * v for k, v in honest_update.items()}  # sign flip, amplified
+
+
+def _error(partial, center) -> float:
+    return max(float(np.abs(partial.arrays[k] - center[k]).max()) for k in center)
+
+
+@pytest.mark.parametrize("attack", ["large", "sign_flip"])
+@pytest.mark.parametrize(
+    ("rule", "config"),
+    [("median", {}), ("trimmed_mean", {"beta": 0.3}), ("krum", {"f": 3}), ("krum", {"f": 3, "m": 4})],
+)
+def test_robust_rules_resist_a_minority_while_fedavg_does_not(rule, config, attack):
+    rng = np.random.default_rng(0)
+    honest, center = _honest(rng, 7)
+    bad = [_attack(attack, honest[i]) for i in range(3)]  # 3 of 10 are Byzantine
+    updates = honest + bad
+    robust, fedavg = make_aggregator(rule, MANIFEST, config), make_aggregator("fedavg", MANIFEST)
+    for u in updates:
+        robust.add(u, 10.0)
+        fedavg.add(u, 10.0)
+    assert _error(robust.partial(), center) < 0.5
+    assert _error(fedavg.partial(), center) > 3.0
+    assert robust.partial().total_weight == 100.0 and robust.partial().count == 10
+
+
+def test_rules_equal_the_mean_on_identical_updates():
+    same = {k: np.full(s, 2.5, np.float32) for k, s in SHAPES.items()}
+    for rule, config in [("median", {}), ("trimmed_mean", {"beta": 0.2}), ("krum", {"f": 1, "m": 2})]:
+        agg = make_aggregator(rule, MANIFEST, config)
+        for _ in range(5):
+            agg.add(same, 1.0)
+        np.testing.assert_allclose(agg.partial().arrays["w"], 2.5)
+
+
+def test_buffer_limit_and_krum_minimum_are_clear_errors():
+    agg = make_aggregator("median", MANIFEST, {"max_updates": 2})
+    u = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    agg.add(u, 1.0)
+    agg.add(u, 1.0)
+    with pytest.raises(PayloadTooLarge, match="at most 2 updates"):
+        agg.add(u, 1.0)
+    krum = make_aggregator("krum", MANIFEST, {"f": 2})
+    for _ in range(6):
+        krum.add(u, 1.0)
+    with pytest.raises(InvalidArgument, match="at least 7"):
+        krum.partial()
+
+
+@pytest.mark.parametrize(
+    ("rule", "config", "match"),
+    [
+        ("trimmed_mean", {"beta": 0.5}, "beta"),
+        ("krum", {"f": -1}, "f"),
+        ("krum", {"m": 0}, "m"),
+        ("median", {"beta": 0.1}, "beta"),
+        ("fedavg", {"anything": 1}, "anything"),
+        ("nope", {}, "unknown"),
+    ],
+)
+def test_bad_aggregator_configs(rule, config, match):
+    with pytest.raises(InvalidArgument, match=match):
+        aggregator_config(rule, config)
