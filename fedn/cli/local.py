@@ -50,6 +50,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=5, help="training rounds [default 5]")
     p.add_argument("--config", default="{}", help="JSON object passed to every train call [default {}]")
     p.add_argument(
+        "--aggregator",
+        default="fedavg",
+        help="rule at each combiner: fedavg, median, trimmed_mean, krum [default fedavg]",
+    )
+    p.add_argument("--aggregator-config", default="{}", help="JSON object of the aggregator's parameters")
+    p.add_argument(
         "--strategy",
         default="fedavg",
         help="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi [default fedavg]",
