@@ -8,7 +8,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from fedn.errors import InvalidArgument
+from fedn.errors import validation_problem
 
 __all__ = ["add_settings_arguments", "settings_from_args"]
 
@@ -34,5 +34,4 @@ def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
     try:
         return cls(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgument(f"invalid settings: {problems}") from None
+        raise validation_problem(exc, "invalid settings") from None

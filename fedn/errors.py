@@ -19,6 +19,7 @@ errors in one place (a gRPC decorator, a Flask error handler)::
 from __future__ import annotations
 
 import grpc
+from pydantic import ValidationError
 
 __all__ = [
     "ChecksumMismatch",
@@ -32,6 +33,7 @@ __all__ = [
     "PayloadTooLarge",
     "StoreError",
     "Unavailable",
+    "validation_problem",
 ]
 
 
@@ -95,6 +97,12 @@ class Unavailable(FednError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
     http_status = 503
     title = "unavailable"
+
+
+def validation_problem(exc: ValidationError, context: str = "") -> InvalidArgument:
+    """One InvalidArgument listing every problem pydantic found, each as ``field: message``."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return InvalidArgument(f"{context}: {problems}" if context else problems)
 
 
 class StoreError(FednError):

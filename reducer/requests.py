@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from fedn.errors import InvalidArgument
+from fedn.errors import validation_problem
 
 __all__ = ["AssignRequest", "HeartbeatRequest", "Page", "RegisterCombinerRequest", "SessionRequest", "parse"]
 
@@ -66,5 +66,4 @@ def parse(cls: type[M], data: Mapping) -> M:
     try:
         return cls.model_validate(dict(data))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgument(problems) from None
+        raise validation_problem(exc) from None

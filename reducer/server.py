@@ -63,10 +63,16 @@ class ReducerServer:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            self._server.task_dispatcher.shutdown(timeout=5)
+            server = self._server
+
+            def close_all() -> None:  # runs in the server's own loop, so no select() sees a closed socket
+                for channel in list(server._map.values()):
+                    channel.close()
+
+            server.trigger.pull_trigger(close_all)
             if self._thread is not None:
                 self._thread.join(5)
+            server.task_dispatcher.shutdown(timeout=5)
         if self._gateway is not None:
             self._gateway.close()  # ends in-flight RunRound calls at once
         if self._controller is not None:

@@ -11,7 +11,7 @@ from fedn.aggregation.metrics import MetricsAccumulator, merge_metric_summaries
 from fedn.aggregation.robust import CoordinateMedian, Krum, TrimmedMean
 from fedn.aggregation.weighted_mean import Partial, WeightedMean, merge_partials
 from fedn.codec import NamedArrays, TensorSpec
-from fedn.errors import InvalidArgument
+from fedn.errors import InvalidArgument, validation_problem
 
 __all__ = [
     "AGGREGATORS",
@@ -54,8 +54,7 @@ def aggregator_config(name: str, config: Mapping[str, object] | None = None) -> 
     try:
         return cls.Config.model_validate(dict(config or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgument(f"invalid config for aggregator {name!r}: {problems}") from None
+        raise validation_problem(exc, f"invalid config for aggregator {name!r}") from None
 
 
 def make_aggregator(name: str, manifest: Sequence[TensorSpec], config: Mapping[str, object] | None = None):

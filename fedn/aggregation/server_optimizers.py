@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedn.codec import NamedArrays
-from fedn.errors import InvalidArgument
+from fedn.errors import InvalidArgument, validation_problem
 
 __all__ = [
     "SERVER_OPTIMIZERS",
@@ -189,5 +189,4 @@ def make_server_optimizer(name: str, config: Mapping[str, object] | None = None)
     try:
         return cls(cls.Config.model_validate(dict(config or {})))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidArgument(f"invalid config for strategy {name!r}: {problems}") from None
+        raise validation_problem(exc, f"invalid config for strategy {name!r}") from None
