@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib.metadata import entry_points
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -29,6 +32,8 @@ __all__ = [
     "merge_partials",
 ]
 
+logger = logging.getLogger(__name__)
+
 # name -> aggregation rule run at each combiner. Each takes (manifest, config) and offers
 # validate/add/partial; Config is a pydantic model of its parameters.
 AGGREGATORS: dict[str, type] = {
@@ -39,12 +44,35 @@ AGGREGATORS: dict[str, type] = {
 }
 
 
+def _plugins(group: str, table: dict[str, type]) -> dict[str, type]:
+    """Built-ins plus the classes other packages registered under entry-point ``group``.
+
+    Loaded once, on first use; a plug-in that fails to import is logged and left out, and a plug-in
+    may not replace a built-in name.
+    """
+    found = dict(table)
+    for ep in entry_points(group=group):
+        if ep.name in table:
+            logger.warning("plug-in %s=%s ignored: %r is a built-in name", ep.name, ep.value, ep.name)
+            continue
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:
+            logger.warning("plug-in %s=%s could not be loaded: %s", ep.name, ep.value, exc)
+    return found
+
+
+@lru_cache(maxsize=1)
+def _aggregators() -> dict[str, type]:
+    return _plugins("fedn.aggregators", AGGREGATORS)
+
+
 def get_aggregator(name: str) -> type:
-    """The aggregator class registered as ``name``; InvalidArgument names the known ones."""
+    """The aggregator class registered as ``name`` (built-in or plug-in); InvalidArgument names the known ones."""
     try:
-        return AGGREGATORS[name]
+        return _aggregators()[name]
     except KeyError:
-        known = ", ".join(sorted(AGGREGATORS))
+        known = ", ".join(sorted(_aggregators()))
         raise InvalidArgument(f"unknown aggregator {name!r}; known: {known}") from None
 
 

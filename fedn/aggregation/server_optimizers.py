@@ -17,8 +17,11 @@ value. State (``m``, ``v``, step count) is explicit so the reducer can store it 
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from functools import lru_cache
+from importlib.metadata import entry_points
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +40,9 @@ __all__ = [
     "ServerOptimizer",
     "make_server_optimizer",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 class _Config(BaseModel):
@@ -180,12 +186,31 @@ SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
 }
 
 
+@lru_cache(maxsize=1)
+def _strategies() -> dict[str, type[ServerOptimizer]]:
+    """Built-ins plus subclasses of ServerOptimizer registered under entry-point group ``fedn.strategies``."""
+    found = dict(SERVER_OPTIMIZERS)
+    for ep in entry_points(group="fedn.strategies"):
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            logger.warning("strategy plug-in %s=%s could not be loaded: %s", ep.name, ep.value, exc)
+            continue
+        if ep.name in SERVER_OPTIMIZERS or not (isinstance(cls, type) and issubclass(cls, ServerOptimizer)):
+            logger.warning(
+                "strategy plug-in %s=%s ignored: a built-in name, or not a ServerOptimizer", ep.name, ep.value
+            )
+            continue
+        found[ep.name] = cls
+    return found
+
+
 def make_server_optimizer(name: str, config: Mapping[str, object] | None = None) -> ServerOptimizer:
-    """The optimizer ``name`` with ``config`` validated; InvalidArgument says what is wrong."""
+    """The optimizer ``name`` (built-in or plug-in) with ``config`` validated; InvalidArgument says what is wrong."""
     try:
-        cls = SERVER_OPTIMIZERS[name]
+        cls = _strategies()[name]
     except KeyError:
-        raise InvalidArgument(f"unknown strategy {name!r}; known: {', '.join(sorted(SERVER_OPTIMIZERS))}") from None
+        raise InvalidArgument(f"unknown strategy {name!r}; known: {', '.join(sorted(_strategies()))}") from None
     try:
         return cls(cls.Config.model_validate(dict(config or {})))
     except ValidationError as exc:

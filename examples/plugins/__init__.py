@@ -1,0 +1,1 @@
+"""Example plug-ins, registered through entry points in pyproject.toml."""
