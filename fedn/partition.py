@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dirichlet_partition", "iid_partition"]
+__all__ = ["dirichlet_partition", "iid_partition", "quantity_skew_partition", "shard_partition"]
 
 
 def iid_partition(num_examples: int, num_partitions: int, seed: int = 0) -> list[np.ndarray]:
@@ -50,3 +50,40 @@ def dirichlet_partition(
         if min(len(p) for p in out) >= min_size:
             return out
     raise ValueError(f"no Dirichlet({alpha}) split with {min_size}+ examples per partition in {max_attempts} draws")
+
+
+def shard_partition(
+    labels: np.ndarray, num_partitions: int, shards_per_partition: int = 2, seed: int = 0
+) -> list[np.ndarray]:
+    """Pathological label skew (McMahan et al., 2017): sort by label, cut into equal shards, deal each
+    partition ``shards_per_partition`` of them, so each sees only that many labels (or a few more).
+    """
+    labels = np.asarray(labels)
+    num_shards = num_partitions * shards_per_partition
+    if num_partitions < 1 or shards_per_partition < 1:
+        raise ValueError("num_partitions and shards_per_partition must be at least 1")
+    if len(labels) < num_shards:
+        raise ValueError(f"{len(labels)} examples cannot make {num_shards} shards")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    shards = np.array_split(order, num_shards)
+    dealt = rng.permutation(num_shards)
+    return [np.sort(np.concatenate([shards[j] for j in dealt[i::num_partitions]])) for i in range(num_partitions)]
+
+
+def quantity_skew_partition(
+    num_examples: int, num_partitions: int, alpha: float = 1.0, seed: int = 0, *, min_size: int = 1
+) -> list[np.ndarray]:
+    """IID labels but unequal sizes: partition sizes follow Dirichlet(``alpha``) proportions
+    (small ``alpha``: a few large partitions and many small ones), each at least ``min_size``.
+    """
+    if num_partitions < 1 or alpha <= 0:
+        raise ValueError("num_partitions must be at least 1 and alpha positive")
+    if num_examples < num_partitions * min_size:
+        raise ValueError(f"{num_examples} examples cannot give {num_partitions} partitions of {min_size}")
+    rng = np.random.default_rng(seed)
+    spare = num_examples - num_partitions * min_size
+    sizes = min_size + np.floor(rng.dirichlet(np.full(num_partitions, alpha)) * spare).astype(int)
+    sizes[: num_examples - sizes.sum()] += 1  # hand out what flooring left over
+    order = rng.permutation(num_examples)
+    return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
