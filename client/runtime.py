@@ -7,7 +7,6 @@ silent it asks the reducer again, so clients of a dead combiner move to a live o
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 from collections.abc import Iterator, Mapping
@@ -15,12 +14,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-import numpy as np
 
 from fedn import wire
 from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler, iter_chunks
 from fedn.codec import NamedArrays, TensorSpec, decode_payload, encode_payload, sha256_hex
 from fedn.errors import FednError, InvalidModel
+from fedn.train_result import check_train_result
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
@@ -46,46 +45,6 @@ class AssignsClients(Protocol):
 @dataclass(frozen=True)
 class _StreamEnded:
     reason: str
-
-
-def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[NamedArrays, float, dict[str, float]]:
-    """Validate what ``train`` returned against the global model; raise ValueError saying what is wrong.
-
-    Arrays come back in the manifest's order; a float array in another float dtype is cast back.
-    """
-    if not isinstance(result, tuple) or len(result) != 3:
-        raise ValueError("train must return (params, num_examples, metrics)")
-    params, num_examples, metrics = result
-    if not isinstance(params, Mapping):
-        raise ValueError(f"train returned params of type {type(params).__name__}, expected a dict of arrays")
-    names = [s.name for s in manifest]
-    missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
-    if missing or extra:
-        raise ValueError(f"train returned other tensors than it received: missing {missing[:5]}, extra {extra[:5]}")
-    out: NamedArrays = {}
-    for spec in manifest:
-        array = np.asarray(params[spec.name])
-        if array.shape != spec.shape:
-            raise ValueError(f"tensor {spec.name!r} has shape {array.shape}, expected {spec.shape}")
-        want = np.dtype(spec.dtype)
-        if array.dtype != want:
-            if array.dtype.kind != want.kind:
-                raise ValueError(f"tensor {spec.name!r} has dtype {array.dtype}, expected {want}")
-            array = array.astype(want)
-        out[spec.name] = array
-    try:
-        weight = float(num_examples)
-    except (TypeError, ValueError):
-        raise ValueError(f"num_examples must be a number, got {num_examples!r}") from None
-    if not (weight > 0 and math.isfinite(weight)):
-        raise ValueError(f"num_examples must be positive, got {num_examples!r}")
-    if not isinstance(metrics, Mapping):
-        raise ValueError("metrics must be a dict of name -> number")
-    try:
-        clean = {str(k): float(v) for k, v in metrics.items()}
-    except (TypeError, ValueError):
-        raise ValueError("metrics must be a dict of name -> number") from None
-    return out, weight, clean
 
 
 class ClientRuntime:

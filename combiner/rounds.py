@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +30,7 @@ from fedn.codec import (
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, InvalidModel, PayloadTooLarge
 from fedn.models import model_key, partial_key
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.sampling import select_clients
 from fedn.store.base import ModelStore
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 
@@ -185,9 +185,7 @@ class RoundService:
             raise InvalidArgument("round timeout must be positive")
         aggregator_config(plan.aggregator, plan.aggregator_config)  # refuse a bad rule before clients train
         model = await self.get_model(plan.model_id)
-        selected = self.connected_client_ids()
-        if plan.max_clients and len(selected) > plan.max_clients:
-            selected = sorted(random.Random(plan.sample_seed).sample(selected, plan.max_clients))
+        selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self._clock())
         self._round = rnd

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dirichlet_partition", "iid_partition", "quantity_skew_partition", "shard_partition"]
+__all__ = [
+    "PARTITIONERS",
+    "dirichlet_partition",
+    "iid_partition",
+    "partition_labels",
+    "quantity_skew_partition",
+    "shard_partition",
+]
 
 
 def iid_partition(num_examples: int, num_partitions: int, seed: int = 0) -> list[np.ndarray]:
@@ -22,12 +29,14 @@ def dirichlet_partition(
     seed: int = 0,
     *,
     min_size: int = 10,
-    max_attempts: int = 1000,
+    max_attempts: int = 100,
 ) -> list[np.ndarray]:
     """Label skew: each class is split over partitions in Dirichlet(``alpha``) proportions.
 
     Small ``alpha`` gives each partition few classes; large ``alpha`` approaches IID. Draws are
-    repeated (at most ``max_attempts``) until every partition has at least ``min_size`` examples.
+    repeated (at most ``max_attempts``) until every partition has at least ``min_size`` examples;
+    if none does (many partitions of a small dataset), the last draw is topped up from the largest
+    partitions.
     """
     labels = np.asarray(labels)
     if num_partitions < 1:
@@ -49,7 +58,21 @@ def dirichlet_partition(
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= min_size:
             return out
-    raise ValueError(f"no Dirichlet({alpha}) split with {min_size}+ examples per partition in {max_attempts} draws")
+    return _top_up(out, min_size, rng)
+
+
+def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Move random examples from the largest partitions to those under ``min_size``.
+
+    The fallback when no draw satisfies ``min_size`` (many partitions, few examples): the label
+    skew of the last draw is kept except for the few examples moved.
+    """
+    parts = [list(p) for p in parts]
+    for small in sorted(range(len(parts)), key=lambda i: len(parts[i])):
+        while len(parts[small]) < min_size:
+            donor = max(range(len(parts)), key=lambda i: (len(parts[i]), -i))
+            parts[small].append(parts[donor].pop(int(rng.integers(len(parts[donor])))))
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
 def shard_partition(
@@ -87,3 +110,36 @@ def quantity_skew_partition(
     sizes[: num_examples - sizes.sum()] += 1  # hand out what flooring left over
     order = rng.permutation(num_examples)
     return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+PARTITIONERS = ("iid", "dirichlet", "shard", "quantity")
+
+
+def partition_labels(
+    labels: np.ndarray,
+    num_partitions: int,
+    scheme: str = "iid",
+    *,
+    alpha: float = 0.5,
+    shards: int = 2,
+    seed: int = 0,
+    min_size: int | None = None,
+) -> list[np.ndarray]:
+    """Split example indices by ``scheme`` (one of :data:`PARTITIONERS`); ValueError on a bad choice.
+
+    ``alpha`` drives ``dirichlet`` (label skew) and ``quantity`` (size skew); ``shards`` is the
+    number of label shards per partition for ``shard``. ``min_size`` defaults to the most every
+    partition can have, at most 10.
+    """
+    labels = np.asarray(labels)
+    if min_size is None:
+        min_size = max(1, min(10, len(labels) // max(num_partitions, 1)))
+    if scheme == "iid":
+        return iid_partition(len(labels), num_partitions, seed)
+    if scheme == "dirichlet":
+        return dirichlet_partition(labels, num_partitions, alpha, seed, min_size=min_size)
+    if scheme == "shard":
+        return shard_partition(labels, num_partitions, shards, seed)
+    if scheme == "quantity":
+        return quantity_skew_partition(len(labels), num_partitions, alpha, seed, min_size=min_size)
+    raise ValueError(f"unknown partitioner {scheme!r}; known: {', '.join(PARTITIONERS)}")

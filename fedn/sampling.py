@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
-__all__ = ["allocate_sample", "sample_seed", "sample_size"]
+__all__ = ["allocate_sample", "sample_seed", "sample_size", "select_clients"]
+
+T = TypeVar("T")
 
 
 def sample_size(total: int, fraction: float, minimum: int) -> int:
@@ -38,3 +42,11 @@ def allocate_sample(counts: Mapping[str, int], k: int) -> dict[str, int]:
 def sample_seed(session_seed: int, round_index: int) -> int:
     """One seed per round of a session, the same on every run with the same session seed."""
     return (session_seed * 1_000_003 + round_index) % (2**63)
+
+
+def select_clients(candidates: Sequence[T], k: int, seed: int) -> list[T]:
+    """``k`` of ``candidates`` (all if ``k`` is 0 or covers them), sorted; the same for the same seed."""
+    ordered = sorted(candidates)
+    if k <= 0 or len(ordered) <= k:
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, k))

@@ -15,7 +15,9 @@ __all__ = ["DigitsClient"]
 
 
 class DigitsClient(Client):
-    """``split="train"`` trains on partition ``partition``; ``split="test"`` evaluates on the held-out set.
+    """``split="train"`` trains on partition ``partition`` of ``num_partitions``, split by ``partitioner``
+    (``dirichlet`` over labels with ``alpha``, ``iid``, ``shard`` or ``quantity``; see :mod:`fedn.partition`);
+    ``split="test"`` evaluates on the held-out set.
 
     Round config keys: ``epochs`` (default 5), ``lr`` (0.1), ``batch_size`` (32), ``mu`` (FedProx, 0).
     """
@@ -28,13 +30,17 @@ class DigitsClient(Client):
         seed: int = 0,
         split: str = "train",
         hidden: int = 64,
+        partitioner: str = "dirichlet",
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
         torch.set_num_threads(1)  # many client processes share a few cores
         self.seed = seed
         self.partition = partition
-        x, y = load_test_set() if split == "test" else load_partition(partition, num_partitions, alpha, seed)
+        if split == "test":
+            x, y = load_test_set()
+        else:
+            x, y = load_partition(partition, num_partitions, alpha, seed, partitioner)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
         torch.manual_seed(seed)
         self.model = DigitsMLP(hidden)

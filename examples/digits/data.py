@@ -8,9 +8,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from fedn.partition import dirichlet_partition
+from fedn.partition import partition_labels
 
-__all__ = ["load_partition", "load_test_set"]
+__all__ = ["load_partition", "load_test_set", "train_labels"]
 
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 42
@@ -29,12 +29,26 @@ def load_test_set() -> tuple[np.ndarray, np.ndarray]:
     return x_test, y_test
 
 
-def load_partition(partition: int, num_partitions: int, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Partition ``partition`` of the training 80%, label-skewed by Dirichlet(``alpha``)."""
+def train_labels() -> np.ndarray:
+    """Labels of the training 80%, for ``fedn partition --labels examples.digits.data:train_labels``."""
+    return _split()[2]
+
+
+def load_partition(
+    partition: int, num_partitions: int, alpha: float, seed: int, partitioner: str = "dirichlet"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Partition ``partition`` of the training 80%, split by ``partitioner`` (label skew by default)."""
     if not 0 <= partition < num_partitions:
         raise ValueError(f"partition {partition} is outside 0..{num_partitions - 1}")
     x_train, _, y_train, _ = _split()
     if num_partitions == 1:
         return x_train, y_train
-    idx = dirichlet_partition(y_train, num_partitions, alpha, seed)[partition]
+    idx = _partitions(num_partitions, alpha, seed, partitioner)[partition]
     return x_train[idx], y_train[idx]
+
+
+@lru_cache(maxsize=4)
+def _partitions(num_partitions: int, alpha: float, seed: int, partitioner: str) -> list[np.ndarray]:
+    """All partitions at once, cached: a simulator builds many clients of one split in a process."""
+    _, _, y_train, _ = _split()
+    return partition_labels(y_train, num_partitions, partitioner, alpha=alpha, seed=seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -39,6 +40,10 @@ class WeightedMean:
     Memory is one float64 copy of the model plus a small scratch buffer, no
     matter how many updates are added.
     """
+
+    # partials of disjoint sets of updates merge into the partial of their union, so the
+    # simulator may split a combiner group's clients over worker processes
+    mergeable: ClassVar[bool] = True
 
     class Config(BaseModel):
         """FedAvg has no parameters."""

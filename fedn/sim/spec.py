@@ -1,0 +1,147 @@
+"""What a simulation runs: the spec, client heterogeneity profiles, and per-client constructor arguments."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedn.errors import InvalidArgument, validation_problem
+from fedn.partition import PARTITIONERS
+from fedn.records import ConfigScalar
+
+__all__ = ["Heterogeneity", "SimulationSpec", "auto_workers", "client_kwargs", "client_profiles", "parse_spec"]
+
+
+class Heterogeneity(BaseModel):
+    """Availability and speed profiles, drawn per client from the seed.
+
+    A *flaky* client (``dropout_share`` of them) misses each round it is sampled for with probability
+    ``dropout``. A *slow* client (``slow_share`` of them) takes ``slowdown`` times as long. Time is
+    modelled, not measured, so results stay reproducible: a client's round takes
+    ``example_time_s * num_examples * epochs * slowdown`` seconds, and with ``deadline_s`` set, updates
+    that would arrive later are discarded as stragglers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dropout: float = Field(0.0, ge=0, le=1, description="chance that a flaky client misses a round")
+    dropout_share: float = Field(1.0, ge=0, le=1, description="share of clients that are flaky")
+    slow_share: float = Field(0.0, ge=0, le=1, description="share of clients that are slow")
+    slowdown: float = Field(10.0, ge=1, description="how many times slower a slow client is")
+    example_time_s: float = Field(1e-3, gt=0, description="modelled seconds per example and epoch")
+    deadline_s: float | None = Field(None, gt=0, description="modelled round deadline; later updates are dropped")
+
+
+class SimulationSpec(BaseModel):
+    """One simulated federation: the client class and its data split, the strategy, and the run's size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client: str = Field(description="the client class, module:Class (the same one `fedn client start` runs)")
+    client_args: dict[str, Any] = Field(default_factory=dict)
+    eval_args: dict[str, Any] | None = Field(
+        default_factory=lambda: {"split": "test"},
+        description="extra arguments of the evaluating client instance; None: no evaluation",
+    )
+    clients: int = Field(ge=1)
+    combiners: int = Field(1, ge=1)
+    rounds: int = Field(ge=1)
+    fraction: float = Field(1.0, gt=0, le=1)
+    min_clients: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
+    partition: str | None = Field(None, description="iid, dirichlet, shard or quantity; passed to the client")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for dirichlet and quantity")
+    config: dict[str, ConfigScalar] = Field(default_factory=dict, description="round config for every train call")
+    strategy: str = "fedavg"
+    strategy_config: dict[str, Any] = Field(default_factory=dict)
+    aggregator: str = "fedavg"
+    aggregator_config: dict[str, Any] = Field(default_factory=dict)
+    heterogeneity: Heterogeneity = Field(default_factory=Heterogeneity)
+    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (and the last)")
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partitioner(cls, value: str | None) -> str | None:
+        if value is not None and value not in PARTITIONERS:
+            raise ValueError(f"unknown partitioner {value!r}; known: {', '.join(PARTITIONERS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SimulationSpec:
+        if self.combiners > self.clients:
+            raise ValueError(f"{self.combiners} combiners need at least as many clients, not {self.clients}")
+        if self.min_clients > self.clients:
+            raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        return self
+
+
+def parse_spec(**fields: Any) -> SimulationSpec:
+    """A validated spec, or InvalidArgument naming every bad field."""
+    try:
+        return SimulationSpec(**fields)
+    except ValidationError as exc:
+        raise validation_problem(exc, "invalid simulation") from None
+
+
+def auto_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _accepted_kwargs(cls: type) -> set[str] | None:
+    """Keyword names ``cls`` takes, or None if it takes ``**kwargs``."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_client_class(cls: type, spec: SimulationSpec) -> None:
+    """Refuse a partitioner the client class cannot receive, before any worker starts."""
+    accepted = _accepted_kwargs(cls)
+    if spec.partition is not None and accepted is not None and "partitioner" not in accepted:
+        raise InvalidArgument(
+            f"{spec.client} takes no 'partitioner' argument, so --partition {spec.partition} cannot reach it; "
+            "drop --partition or add the argument (see docs/simulation.md)"
+        )
+
+
+def client_kwargs(cls: type, spec: SimulationSpec, index: int) -> dict[str, Any]:
+    """Constructor arguments of client ``index``: the user's, plus its partition where the class takes one.
+
+    ``partition`` and ``num_partitions`` are set as ``fedn local`` sets them; ``partitioner`` and
+    ``alpha`` come from ``--partition``/``--alpha``; ``seed`` from ``--seed`` unless given.
+    """
+    accepted = _accepted_kwargs(cls)
+    kwargs = dict(spec.client_args)
+    forced: dict[str, Any] = {"partition": index, "num_partitions": spec.clients}
+    if spec.partition is not None:
+        forced |= {"partitioner": spec.partition, "alpha": spec.alpha}
+    for key, value in forced.items():
+        if accepted is None or key in accepted:
+            kwargs[key] = value
+    if accepted is None or "seed" in accepted:
+        kwargs.setdefault("seed", spec.seed)
+    return kwargs
+
+
+def client_profiles(spec: SimulationSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(slowdown, dropout probability)`` per client, drawn once from the seed."""
+    h, n = spec.heterogeneity, spec.clients
+    rng = np.random.default_rng([spec.seed, 0x51, 1])
+    slowdown = np.ones(n)
+    slowdown[rng.permutation(n)[: round(h.slow_share * n)]] = h.slowdown
+    dropout = np.zeros(n)
+    dropout[rng.permutation(n)[: round(h.dropout_share * n)]] = h.dropout
+    return slowdown, dropout

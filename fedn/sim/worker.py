@@ -1,0 +1,142 @@
+"""A simulation worker process: trains its share of each round's clients and folds them per combiner group.
+
+The global model is a read-only memory map the driver rewrites between rounds; a worker writes one
+float64 partial per combiner group into its own result map and answers with the weights. A client
+object (and its data) exists only while it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedn.aggregation import MetricsAccumulator, make_aggregator
+from fedn.codec import TensorSpec, decode_payload, payload_bytes
+from fedn.errors import FednError
+from fedn.sim.spec import SimulationSpec, client_kwargs
+from fedn.train_result import check_train_result
+
+__all__ = ["Task", "main", "model_path", "progress_path", "result_path"]
+
+logger = logging.getLogger(__name__)
+
+# (client index, combiner group, slowdown): one client's work in a round
+Task = tuple[int, int, float]
+
+
+def model_path(workdir: Path) -> Path:
+    return workdir / "global.bin"
+
+
+def result_path(workdir: Path, worker: int) -> Path:
+    return workdir / f"partials-{worker}.bin"
+
+
+def flat_size(manifest: list[TensorSpec]) -> int:
+    return sum(spec.size for spec in manifest)
+
+
+def progress_path(workdir: Path) -> Path:
+    return workdir / "progress.bin"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Worker entry (argv: INDEX FD WORKDIR): serve round requests on socket FD until told to stop.
+
+    Workers are plain subprocesses, not multiprocessing children, so a user's script needs no
+    ``if __name__ == "__main__"`` guard and nothing of the driver's state is inherited.
+    """
+    import sys
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before the client module imports torch
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    index, fd, workdir = (sys.argv[1:] if argv is None else argv)[:3]
+    conn = Connection(int(fd))
+    try:
+        setup = json.loads((Path(workdir) / "setup.json").read_text())
+        spec = SimulationSpec.model_validate(setup["spec"])
+        worker = _Worker(int(index), Path(workdir), spec, setup["manifest"])
+    except BaseException:
+        conn.send({"ok": False, "error": traceback.format_exc(limit=5)})
+        return
+    conn.send({"ok": True})
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if msg["op"] == "stop":
+            return
+        try:
+            reply = worker.run_round(msg["round"], msg["config"], msg["tasks"])
+        except BaseException:
+            reply = {"ok": False, "error": traceback.format_exc(limit=5)}
+        conn.send(reply)
+
+
+class _Worker:
+    def __init__(self, index: int, workdir: Path, spec: SimulationSpec, manifest: list) -> None:
+        from fedn.cli.models import load_object
+
+        self.index, self.spec = index, spec
+        self.manifest = [TensorSpec.from_dict(d) for d in manifest]
+        self.cls = load_object(spec.client)
+        self.model = np.memmap(model_path(workdir), dtype=np.uint8, mode="r", shape=(payload_bytes(self.manifest),))
+        self.progress = np.memmap(progress_path(workdir), dtype=np.int64, mode="r+", shape=(spec.workers,))
+        self.results = np.memmap(
+            result_path(workdir, index), dtype=np.float64, mode="r+", shape=(spec.combiners, flat_size(self.manifest))
+        )
+
+    def run_round(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
+        spec, h = self.spec, self.spec.heterogeneity
+        global_arrays = decode_payload(self.manifest, self.model)
+        epochs = float(config.get("epochs", 1) or 1)
+        groups: dict[int, Any] = {}
+        metrics: dict[int, MetricsAccumulator] = {}
+        failures: list[tuple[int, str]] = []
+        stragglers, slowest = 0, 0.0
+        for done, (cid, group, slowdown) in enumerate(tasks, start=1):
+            try:
+                client = self.cls(**client_kwargs(self.cls, spec, cid))
+                params = {name: np.array(a) for name, a in global_arrays.items()}  # the client may write to them
+                arrays, weight, client_metrics = check_train_result(
+                    client.train(params, {**config, "round": round_index}), self.manifest
+                )
+                del client, params
+                modelled = h.example_time_s * weight * epochs * slowdown
+                if h.deadline_s is not None and modelled > h.deadline_s:
+                    stragglers += 1
+                else:
+                    slowest = max(slowest, modelled)
+                    if group not in groups:
+                        groups[group] = make_aggregator(spec.aggregator, self.manifest, spec.aggregator_config)
+                        metrics[group] = MetricsAccumulator()
+                    groups[group].add(arrays, weight)
+                    metrics[group].add(client_metrics, weight)
+            except FednError as exc:
+                failures.append((cid, f"update rejected: {exc.message}"))
+            except Exception as exc:
+                failures.append((cid, f"{type(exc).__name__}: {exc}"))
+            self.progress[self.index] = done
+        out: dict[int, dict] = {}
+        for group, agg in groups.items():
+            if agg.count == 0:
+                continue
+            partial = agg.partial()
+            row, offset = self.results[group], 0
+            for spec_ in self.manifest:
+                row[offset : offset + spec_.size] = np.asarray(partial.arrays[spec_.name], dtype=np.float64).reshape(-1)
+                offset += spec_.size
+            out[group] = {
+                "weight": partial.total_weight,
+                "count": partial.count,
+                "metrics": {k: v.model_dump() for k, v in metrics[group].summary().items()},
+            }
+        return {"ok": True, "groups": out, "failures": failures, "stragglers": stragglers, "slowest_s": slowest}

@@ -1,0 +1,52 @@
+"""What a client's ``train`` must return, checked in one place for the client runtime and the simulator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedn.codec import NamedArrays, TensorSpec
+
+__all__ = ["check_train_result"]
+
+
+def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[NamedArrays, float, dict[str, float]]:
+    """Validate what ``train`` returned against the global model; raise ValueError saying what is wrong.
+
+    Arrays come back in the manifest's order; a float array in another float dtype is cast back.
+    """
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise ValueError("train must return (params, num_examples, metrics)")
+    params, num_examples, metrics = result
+    if not isinstance(params, Mapping):
+        raise ValueError(f"train returned params of type {type(params).__name__}, expected a dict of arrays")
+    names = [s.name for s in manifest]
+    missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
+    if missing or extra:
+        raise ValueError(f"train returned other tensors than it received: missing {missing[:5]}, extra {extra[:5]}")
+    out: NamedArrays = {}
+    for spec in manifest:
+        array = np.asarray(params[spec.name])
+        if array.shape != spec.shape:
+            raise ValueError(f"tensor {spec.name!r} has shape {array.shape}, expected {spec.shape}")
+        want = np.dtype(spec.dtype)
+        if array.dtype != want:
+            if array.dtype.kind != want.kind:
+                raise ValueError(f"tensor {spec.name!r} has dtype {array.dtype}, expected {want}")
+            array = array.astype(want)
+        out[spec.name] = array
+    try:
+        weight = float(num_examples)
+    except (TypeError, ValueError):
+        raise ValueError(f"num_examples must be a number, got {num_examples!r}") from None
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"num_examples must be positive, got {num_examples!r}")
+    if not isinstance(metrics, Mapping):
+        raise ValueError("metrics must be a dict of name -> number")
+    try:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError):
+        raise ValueError("metrics must be a dict of name -> number") from None
+    return out, weight, clean

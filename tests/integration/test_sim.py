@@ -1,0 +1,167 @@
+"""The simulator end to end: real worker processes, the real aggregation code, reproducible results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedn.errors import FednError, InvalidArgument
+from fedn.sim import Simulation, parse_spec
+
+SYNTH = "bench.workloads:SyntheticClient"
+
+
+def _spec(**overrides):
+    fields = dict(client=SYNTH, client_args={"params": 1000}, eval_args={}, clients=20, combiners=2, rounds=2)
+    fields.update(overrides)
+    return parse_spec(**fields)
+
+
+def _expected_after_one_round(ids: list[int]) -> float:
+    # every SyntheticClient moves w=0 by 0.1 * (partition % 10) / 10 and weighs 10 examples
+    return float(np.mean([np.float32(0.1) * (np.float32(i % 10) / 10) for i in ids]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("combiners", [1, 3])
+def test_one_round_is_flat_fedavg_over_all_clients(workers: int, combiners: int) -> None:
+    result = Simulation(_spec(rounds=1, workers=workers, combiners=combiners)).run()
+    assert result.rounds[0]["updates"] == 20
+    assert np.allclose(result.model["w"], _expected_after_one_round(list(range(20))), atol=1e-7)
+    assert result.model["w"].dtype == np.float32
+
+
+def test_same_seed_and_workers_give_a_bit_identical_model() -> None:
+    spec = dict(
+        client="examples.digits:DigitsClient",
+        config={"epochs": 1},
+        clients=12,
+        combiners=2,
+        rounds=2,
+        fraction=0.5,
+        partition="dirichlet",
+        alpha=0.3,
+        seed=7,
+        workers=2,
+        eval_args={"split": "test"},
+    )
+    a = Simulation(parse_spec(**spec)).run()
+    b = Simulation(parse_spec(**spec)).run()
+    for name in a.model:
+        assert a.model[name].tobytes() == b.model[name].tobytes(), name
+    assert [r["accuracy"] for r in a.rounds] == [r["accuracy"] for r in b.rounds]
+    c = Simulation(parse_spec(**{**spec, "seed": 8})).run()
+    assert any(a.model[n].tobytes() != c.model[n].tobytes() for n in a.model)
+
+
+def test_sampling_takes_the_fraction_spread_over_groups() -> None:
+    result = Simulation(_spec(clients=40, combiners=4, fraction=0.25, rounds=3, seed=3)).run()
+    assert [r["selected"] for r in result.rounds] == [10, 10, 10]
+    assert all(r["updates"] == 10 for r in result.rounds)
+
+
+def test_dropouts_and_stragglers_follow_the_profiles() -> None:
+    het = {"dropout": 1.0, "dropout_share": 0.25, "slow_share": 0.25, "slowdown": 10, "deadline_s": 0.05}
+    # a normal client's modelled time is 1e-3 s * 10 examples = 0.01 s; a slow one 0.1 s > deadline
+    result = Simulation(_spec(clients=40, rounds=2, heterogeneity=het, seed=1)).run()
+    for row in result.rounds:
+        assert row["dropped"] == 10  # every flaky client misses every round at p=1
+        assert 0 < row["stragglers"] <= 10
+        assert row["updates"] == 40 - row["dropped"] - row["stragglers"]
+        assert row["modelled_s"] == 0.05
+    fast = Simulation(_spec(clients=40, rounds=1, heterogeneity={"slow_share": 0.0})).run()
+    assert fast.rounds[0]["modelled_s"] == pytest.approx(0.01)
+
+
+def test_failing_and_invalid_clients_are_counted_not_fatal() -> None:
+    result = Simulation(_spec(client="tests.sim_clients:FlakyClient", rounds=1)).run()
+    row = result.rounds[0]
+    assert (row["failed"], row["updates"]) == (10, 10)
+    assert np.allclose(result.model["w"], _expected_after_one_round(list(range(0, 20, 2))), atol=1e-7)
+    assert "partition 1 is broken" in result.failures[0][2]
+
+    nan = Simulation(_spec(client="tests.sim_clients:NaNClient", rounds=1, workers=2)).run()
+    assert nan.rounds[0]["failed"] == 1 and np.isfinite(nan.model["w"]).all()
+    assert "update rejected" in nan.failures[0][2]
+
+
+def test_a_client_class_that_always_fails_stops_the_run_with_its_error() -> None:
+    with pytest.raises(FednError, match="no data on this device"):
+        Simulation(_spec(client="tests.sim_clients:AlwaysFailsClient")).run()
+
+
+def test_a_dead_worker_is_reported_and_nothing_is_left_running() -> None:
+    with pytest.raises(FednError, match=r"worker \d died"):
+        Simulation(_spec(client="tests.sim_clients:CrashingClient", workers=2)).run()
+    left = subprocess.run(["pgrep", "-f", "fedn.sim.worker"], capture_output=True, text=True).stdout.split()
+    assert left == []
+
+
+@pytest.mark.parametrize(("aggregator", "config"), [("median", {}), ("krum", {"f": 1})])
+def test_robust_rules_see_a_whole_group_at_one_worker(aggregator: str, config: dict) -> None:
+    result = Simulation(_spec(aggregator=aggregator, aggregator_config=config, workers=2, rounds=1)).run()
+    assert result.rounds[0]["updates"] == 20
+    assert np.isfinite(result.model["w"]).all()
+
+
+def test_server_optimizer_runs_in_the_simulator() -> None:
+    plain = Simulation(_spec(rounds=3)).run()
+    adam = Simulation(_spec(rounds=3, strategy="fedadam", strategy_config={"eta": 0.01})).run()
+    assert not np.allclose(plain.model["w"], adam.model["w"])
+
+
+def test_bad_specs_fail_before_any_worker_starts() -> None:
+    with pytest.raises(InvalidArgument, match="combiners"):
+        _spec(clients=2, combiners=3)
+    with pytest.raises(InvalidArgument, match="partitioner"):
+        _spec(partition="zipf")
+    with pytest.raises(InvalidArgument, match="unknown strategy"):
+        Simulation(_spec(strategy="fedsgd"))
+    with pytest.raises(InvalidArgument, match="takes no 'partitioner'"):
+        Simulation(_spec(client="tests.sim_clients:NoPartitionerClient", partition="iid"))
+
+
+def test_cli_writes_metrics_and_model(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedn", "simulate", "--client", "examples.digits:DigitsClient", "--clients", "8",
+         "--combiners", "2", "--rounds", "2", "--partition", "iid", "--workers", "2", "--seed", "1",
+         "--config", '{"epochs": 1}', "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "round   2/2" in proc.stdout and "accuracy" in proc.stdout
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in doc["rounds"]] == [1, 2]
+    assert doc["spec"]["partition"] == "iid" and doc["summary"]["peak_rss_mb"] > 0
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"round", "updates", "accuracy", "wall_s"} <= set(header)
+    from fedn.codec import decode_model
+
+    assert set(decode_model((out / "model.safetensors").read_bytes())) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_cli_refuses_bad_input_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedn", "simulate", "--client", SYNTH, "--clients", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error: invalid simulation")
+
+
+def test_partition_command_counts_and_plots(tmp_path) -> None:
+    png = tmp_path / "labels.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedn", "partition", "--labels", "examples.digits.data:train_labels", "--clients", "10",
+         "--partition", "shard", "--shards", "2", "--json", "--plot", str(png)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    counts = np.array(json.loads(proc.stdout.splitlines()[0])["counts"])
+    assert counts.sum() == 1437 and counts.shape == (10, 10)
+    assert ((counts > 0).sum(axis=1) <= 4).all()  # two shards: at most a few labels each
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
