@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fedn.cli import local, models, partition, sessions, simulate
+    from fedn.cli import bench, local, models, partition, sessions, simulate
 
     parser = argparse.ArgumentParser(
         prog="fedn",
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR [env FEDN_LOG_LEVEL; default INFO]",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (sessions, models, local, simulate, partition):
+    for module in (sessions, models, local, simulate, partition, bench):
         module.register(commands)
     for ep in sorted(entry_points(group="fedn.commands"), key=lambda e: e.name):
         try:

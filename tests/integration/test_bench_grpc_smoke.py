@@ -1,11 +1,33 @@
-"""The real-gRPC load benchmark at a tiny size, so it never rots (its timings are not asserted)."""
+"""The real-gRPC load benchmark and `fedn bench load` at a tiny size, so they never rot (timings not asserted)."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 from bench import grpc_load
 
 
-def test_grpc_load_bench_smoke():
-    rows = grpc_load.run(params=1000, client_counts=[3], rounds=2)
-    assert len(rows) == 1 and rows[0]["clients"] == 3
-    assert rows[0]["combiner_rss_mb_peak"] >= rows[0]["combiner_rss_mb_idle"] > 0
+def test_grpc_load_bench_smoke(capsys):
+    grpc_load.main(["--params", "1000", "--clients", "3", "4", "--big-params", "2000", "--big-clients", "2",
+                    "--rounds", "2"])  # fmt: skip
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["clients"] for r in rows] == [3, 4, 2]
+    assert all(len(r["s_per_round"]) == 2 for r in rows)
+    assert "combiner_rss_growth_vs_3_clients" in rows[1]
+    assert rows[2]["combiner_rss_peak_over_idle_in_models"] >= 0
+    assert all(
+        p >= i > 0 for p, i in zip(rows[0]["combiner_rss_mb_peak"], rows[0]["combiner_rss_mb_idle"], strict=True)
+    )
+
+
+def test_fedn_bench_load_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedn", "bench", "load", "--clients", "5", "--combiners", "2", "--params", "500",
+         "--rounds", "1"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (row["clients"], row["combiners"], row["rounds"]) == (5, 2, 1)

@@ -1,0 +1,93 @@
+"""Simulator benchmarks; each prints one JSON line.
+
+- ``sim_trivial``: a 100k-parameter float32 model with a trivial train step (bench.workloads), FedAvg,
+  every client every round, 1000 and 10,000 clients: seconds per round (median after the first) and
+  the peak resident memory of the driver and all workers together.
+- ``sim_digits``: the digits MLP, 100 clients, Dirichlet(0.3) label skew, 30 rounds: final accuracy
+  and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+from fedn.sim import Simulation, auto_workers, parse_spec
+
+
+def steady(rounds: list[dict]) -> float:
+    times = [r["wall_s"] for r in rounds]
+    return statistics.median(times[1:] or times)
+
+
+def trivial(clients: int, params: int = 100_000, rounds: int = 4, workers: int | None = None) -> dict:
+    spec = parse_spec(
+        client="bench.workloads:SyntheticClient",
+        client_args={"params": params},
+        eval_args=None,
+        clients=clients,
+        combiners=2,
+        rounds=rounds,
+        workers=workers or auto_workers(),
+    )
+    result = Simulation(spec).run()
+    return {
+        "bench": "sim_trivial",
+        "clients": clients,
+        "params": params,
+        "workers": spec.workers,
+        "rounds": rounds,
+        "s_per_round": [round(r["wall_s"], 3) for r in result.rounds],
+        "s_per_round_steady": round(steady(result.rounds), 3),
+        "peak_rss_mb_all_processes": result.peak_rss_mb,
+        "wall_s": round(result.wall_s, 2),
+    }
+
+
+def digits(clients: int = 100, rounds: int = 30, alpha: float = 0.3, strategy: str = "fedavg", **extra) -> dict:
+    spec = parse_spec(
+        client="examples.digits:DigitsClient",
+        clients=clients,
+        combiners=2,
+        rounds=rounds,
+        partition="dirichlet",
+        alpha=alpha,
+        seed=7,
+        workers=auto_workers(),
+        strategy=strategy,
+        **extra,
+    )
+    result = Simulation(spec).run()
+    curve = [round(r["accuracy"], 4) for r in result.rounds]
+    reached = next((r["round"] for r in result.rounds if r["accuracy"] >= 0.85), None)
+    return {
+        "bench": "sim_digits",
+        "clients": clients,
+        "alpha": alpha,
+        "strategy": strategy,
+        "strategy_config": spec.strategy_config,
+        "rounds": rounds,
+        "final_accuracy": curve[-1],
+        "best_accuracy": max(curve),
+        "first_round_at_0.85": reached,
+        "accuracy_curve": curve,
+        "s_per_round_steady": round(steady(result.rounds), 3),
+        "wall_s": round(result.wall_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the benchmark still runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        rows = [trivial(20, params=1000, rounds=2, workers=2), digits(clients=6, rounds=2)]
+    else:
+        rows = [trivial(1000), trivial(10_000, rounds=3), digits()]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
