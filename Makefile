@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[torch,examples,dev]'
+	$(PY) -m pip install -q -e '.[torch,examples,plot,dev]'
 	# test-only servers (MongoDB wire protocol, S3): never runtime dependencies
 	$(PY) -m pip install -q 'secantusdb==0.7.0b3' 'nanio==0.1.7'
 	touch $(STAMP)

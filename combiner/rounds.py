@@ -77,6 +77,7 @@ class _ActiveRound:
     closed: bool = False
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def answer(self, client_id: str, error: str | None = None) -> None:
@@ -98,12 +99,14 @@ class RoundService:
         max_update_bytes: int = 1 << 30,
         max_concurrent_uploads: int = 8,
         max_concurrent_downloads: int = 16,
+        max_staged_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.combiner_id = combiner_id
         self._models = models
         self._max_update_bytes = max_update_bytes
-        self._upload_slots = asyncio.Semaphore(max_concurrent_uploads)
+        self._max_uploads = max_concurrent_uploads
+        self._max_staged_bytes = max_staged_bytes
         self.download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self._clock = clock
         self._clients: dict[str, ClientConnection] = {}
@@ -188,6 +191,9 @@ class RoundService:
         selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self._clock())
+        # staged updates are bounded in count and in bytes, but one may always be staged
+        slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(model.manifest)))
+        rnd.upload_slots = asyncio.Semaphore(max(1, slots))
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)
@@ -229,7 +235,8 @@ class RoundService:
         key = ""
         total_weight = 0.0
         if rnd.aggregator.count:
-            partial = rnd.aggregator.partial()
+            # the round is over: a mean computed in place of the running sums saves a model copy
+            partial = getattr(rnd.aggregator, "finish", rnd.aggregator.partial)()
             key = partial_key(plan.round_id, self.combiner_id)
             await asyncio.to_thread(self._models.put, key, encode_model(partial.arrays))
             total_weight = partial.total_weight
@@ -282,25 +289,29 @@ class RoundService:
     async def receive_update(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
         """Validate one streamed update completely, then fold it; returns the round's accepted count.
 
-        The update is staged in its own buffer (at most ``max_concurrent_uploads`` at once), so a
-        rejected update never touches the running aggregate.
+        The update is staged in its own buffer (at most ``max_concurrent_uploads`` at once, and no
+        more than ``max_staged_bytes`` of them unless one alone is larger), so a rejected update
+        never touches the running aggregate.
         """
         client_id, round_id = header.client_id, header.round_id
         rnd = self._open_round_for(round_id, client_id)
         rnd.uploading.add(client_id)
         try:
-            arrays = await self._receive_arrays(rnd, header, chunks)
-            async with rnd.lock:
-                if rnd.closed:
-                    raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
-                if sum(a.nbytes for a in arrays.values()) > _FOLD_IN_THREAD_BYTES:
-                    await asyncio.to_thread(rnd.aggregator.add, arrays, header.num_examples)
-                else:
-                    rnd.aggregator.add(arrays, header.num_examples)
-                rnd.metrics.add(header.metrics, header.num_examples)
-                rnd.accepted.append(client_id)
-                rnd.answer(client_id)
-                count = rnd.aggregator.count
+            self._check_header(rnd, header)
+            async with rnd.upload_slots:  # held until the fold, so staged buffers stay within the bound
+                arrays = await self._receive_arrays(rnd, header, chunks)
+                async with rnd.lock:
+                    if rnd.closed:
+                        raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
+                    if sum(a.nbytes for a in arrays.values()) > _FOLD_IN_THREAD_BYTES:
+                        await asyncio.to_thread(rnd.aggregator.add, arrays, header.num_examples)
+                    else:
+                        rnd.aggregator.add(arrays, header.num_examples)
+                    rnd.metrics.add(header.metrics, header.num_examples)
+                    rnd.accepted.append(client_id)
+                    rnd.answer(client_id)
+                    count = rnd.aggregator.count
+                del arrays
         except (InvalidArgument, PayloadTooLarge) as exc:  # the update's own fault: final for this round
             if not rnd.closed:
                 rnd.num_rejected += 1
@@ -312,9 +323,8 @@ class RoundService:
         logger.debug("folded update from client %s into round %s (%d so far)", client_id, round_id, count)
         return count
 
-    async def _receive_arrays(
-        self, rnd: _ActiveRound, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
-    ) -> NamedArrays:
+    def _check_header(self, rnd: _ActiveRound, header: UpdateHeaderInfo) -> None:
+        """Refuse an update from its header alone, before it takes a staging slot."""
         weight = header.num_examples
         if not (weight > 0 and weight != float("inf")):
             raise InvalidArgument(f"num_examples must be a positive finite number, got {weight}")
@@ -324,13 +334,16 @@ class RoundService:
         check_manifest(rnd.manifest, header.model.tensors)
         if size != payload_bytes(rnd.manifest):
             raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(rnd.manifest)}")
-        async with self._upload_slots:
-            assembler = ChunkAssembler(size, header.model.sha256, self._max_update_bytes)
-            async for chunk in chunks:
-                assembler.add(chunk)
-            arrays = decode_payload(rnd.manifest, assembler.finish())
-            for name, array in arrays.items():
-                check_finite(name, array)
+
+    async def _receive_arrays(
+        self, rnd: _ActiveRound, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
+    ) -> NamedArrays:
+        assembler = ChunkAssembler(header.model.payload_bytes, header.model.sha256, self._max_update_bytes)
+        async for chunk in chunks:
+            assembler.add(chunk)
+        arrays = decode_payload(rnd.manifest, assembler.finish())
+        for name, array in arrays.items():
+            check_finite(name, array)
         return arrays
 
     def close(self) -> None:

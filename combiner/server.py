@@ -47,6 +47,7 @@ class CombinerServer:
             max_update_bytes=s.max_update_bytes,
             max_concurrent_uploads=s.max_concurrent_uploads,
             max_concurrent_downloads=s.max_concurrent_downloads,
+            max_staged_bytes=s.max_staged_bytes,
         )
         message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(

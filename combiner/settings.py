@@ -22,6 +22,9 @@ class CombinerSettings(BaseSettings):
     max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
     max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
     max_concurrent_downloads: int = Field(16, ge=1, description="model downloads streamed at once; bounds memory")
+    max_staged_bytes: int = Field(
+        64 << 20, gt=0, description="bytes of updates staged at once (always at least one update); bounds memory"
+    )
     http2_bdp_probe: bool = Field(
         False,
         description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "

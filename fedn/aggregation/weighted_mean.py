@@ -101,6 +101,16 @@ class WeightedMean:
         mean = {name: s / self._total_weight for name, s in self._sums.items()}
         return Partial(arrays=mean, total_weight=self._total_weight, count=self._count)
 
+    def finish(self) -> Partial:
+        """Like :meth:`partial`, but the mean is computed in place of the sums (no extra model copy);
+        the accumulator is spent afterwards."""
+        if self._count == 0:
+            raise InvalidArgument("no updates to average")
+        for array in self._sums.values():
+            array /= self._total_weight
+        mean, self._sums = self._sums, {}
+        return Partial(arrays=mean, total_weight=self._total_weight, count=self._count)
+
 
 def merge_partials(partials: Sequence[Partial]) -> Partial:
     """Merge partials by their total weight: equals flat FedAvg over all their updates."""

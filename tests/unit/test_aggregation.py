@@ -161,3 +161,24 @@ def test_updates_fold_by_name_whatever_their_order():
     expected = _flat_fedavg(updates, weights)
     for k in SHAPES:
         np.testing.assert_allclose(acc.partial().arrays[k], expected[k], rtol=1e-9)
+
+
+def test_finish_equals_partial_and_spends_the_accumulator():
+    import numpy as np
+    import pytest
+
+    from fedn.aggregation import WeightedMean
+    from fedn.codec import manifest_of
+    from fedn.errors import InvalidArgument
+
+    rng = np.random.default_rng(3)
+    updates = [{"a": rng.standard_normal((3, 4)).astype(np.float32)} for _ in range(4)]
+    acc = WeightedMean(manifest_of(updates[0]))
+    for i, u in enumerate(updates):
+        acc.add(u, float(i + 1))
+    expected = acc.partial()
+    done = acc.finish()
+    assert np.array_equal(done.arrays["a"], expected.arrays["a"])
+    assert (done.total_weight, done.count) == (expected.total_weight, expected.count)
+    with pytest.raises((InvalidArgument, KeyError)):
+        acc.add(updates[0], 1.0)
