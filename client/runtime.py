@@ -16,8 +16,8 @@ from typing import Protocol
 import grpc
 
 from fedn import wire
-from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler, iter_chunks
-from fedn.codec import NamedArrays, TensorSpec, decode_payload, encode_payload, sha256_hex
+from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler
+from fedn.codec import NamedArrays, TensorSpec, decode_payload
 from fedn.errors import FednError, InvalidModel
 from fedn.train_result import check_train_result
 from fedn.v1 import fedn_pb2 as pb
@@ -191,23 +191,11 @@ class ClientRuntime:
     def _upload(
         self, stub, task: wire.TaskInfo, arrays: NamedArrays, weight: float, metrics: dict, timeout_s: float
     ) -> None:
-        manifest, payload = encode_payload(arrays)
-        header = wire.UpdateHeaderInfo(
-            round_id=task.round_id,
-            client_id=self.client_id or "",
-            base_model_id=task.model_id,
-            num_examples=weight,
-            metrics=metrics,
-            model=wire.ModelHeaderInfo("", manifest, sha256_hex(payload), len(payload)),
+        messages = wire.update_messages(
+            task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
         )
-
-        def messages():
-            yield pb.UpdateChunk(header=wire.update_header_to_proto(header))
-            for chunk in iter_chunks(payload, self._chunk_bytes):
-                yield pb.UpdateChunk(data=chunk)
-
         try:
-            reply = stub.UploadUpdate(messages(), timeout=timeout_s + 30)
+            reply = stub.UploadUpdate(messages, timeout=timeout_s + 30)
         except grpc.RpcError as exc:
             logger.error("round %s: update rejected by combiner: %s: %s", task.round_id, exc.code().name, exc.details())
             return

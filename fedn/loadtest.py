@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 
 from fedn import wire
-from fedn.chunking import iter_chunks
-from fedn.codec import decode_payload, encode_model, encode_payload, sha256_hex
+from fedn.chunking import ChunkAssembler
+from fedn.codec import decode_payload, encode_model
 from fedn.errors import InvalidArgument, Unavailable
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
@@ -75,27 +75,20 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected
             task = wire.task_from_proto(msg)
             if task.kind != "train":
                 continue
-            chunks = [c async for c in stub.DownloadModel(pb.DownloadModelRequest(model_id=task.model_id))]
-            header = wire.model_header_from_proto(chunks[0].header)
-            arrays = decode_payload(header.tensors, b"".join(c.data for c in chunks[1:]))
-            del chunks
-            manifest, payload = encode_payload({k: v + v.dtype.type(1e-3) for k, v in arrays.items()})
-            del arrays
-            head = wire.UpdateHeaderInfo(
-                task.round_id,
-                client_id,
-                task.model_id,
-                10.0,
-                {"train_loss": 1.0},
-                wire.ModelHeaderInfo("", manifest, sha256_hex(payload), len(payload)),
+            stream = stub.DownloadModel(pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id))
+            header, assembler = None, None
+            async for msg in stream:
+                if header is None:
+                    header = wire.model_header_from_proto(msg.header)
+                    assembler = ChunkAssembler(header.payload_bytes, header.sha256)
+                else:
+                    assembler.add(msg.data)
+            arrays = decode_payload(header.tensors, assembler.finish())
+            update = {k: v + v.dtype.type(1e-3) for k, v in arrays.items()}  # the trivial train step
+            del arrays, assembler
+            await stub.UploadUpdate(
+                wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update)
             )
-
-            async def messages(head=head, payload=payload):
-                yield pb.UpdateChunk(header=wire.update_header_to_proto(head))
-                for piece in iter_chunks(payload):
-                    yield pb.UpdateChunk(data=piece)
-
-            await stub.UploadUpdate(messages())
     except grpc.aio.AioRpcError:
         pass
     finally:
@@ -161,7 +154,7 @@ def run_load(
     spec = FederationSpec(client="", num_combiners=combiners, num_clients=0, log_level="WARNING")
     with LocalFederation(spec, on_event=say) as fed:
         combiner_pids = [p.pid for p in fed.combiners]
-        idle = [rss_mb(pid) for pid in combiner_pids if pid]
+        idle = [rss_mb(pid) for pid in combiner_pids]
         peaks = list(idle)
         reducer_peak = rss_mb(fed.reducer.pid) if fed.reducer and fed.reducer.pid else 0.0
         with fed.api() as api:
@@ -175,7 +168,7 @@ def run_load(
         try:
             fed.wait_for_clients(clients, timeout_s=max(60.0, clients * 0.2))
             time.sleep(1.0)  # let the last streams settle
-            connected = [rss_mb(pid) for pid in combiner_pids if pid]
+            connected = [rss_mb(pid) for pid in combiner_pids]
             with fed.api() as api:
                 session = api.start_session(
                     rounds=rounds, round_timeout_s=round_timeout_s, min_clients=clients, model_id=seed.id

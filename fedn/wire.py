@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from fedn.codec import TensorSpec
+from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
+from fedn.codec import NamedArrays, TensorSpec, encode_payload, sha256_hex
 from fedn.errors import InvalidArgument
 from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult
 from fedn.v1 import fedn_pb2 as pb
@@ -27,6 +28,7 @@ __all__ = [
     "task_to_proto",
     "update_header_from_proto",
     "update_header_to_proto",
+    "update_messages",
 ]
 
 
@@ -217,3 +219,27 @@ def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
         metrics={k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()},
         client_ids=list(msg.client_ids),
     )
+
+
+def update_messages(
+    round_id: str,
+    client_id: str,
+    base_model_id: str,
+    num_examples: float,
+    metrics: Mapping[str, float],
+    arrays: NamedArrays,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[pb.UpdateChunk]:
+    """An UploadUpdate request stream: the header (manifest, sha256, size), then the payload in chunks."""
+    manifest, payload = encode_payload(arrays)
+    header = UpdateHeaderInfo(
+        round_id=round_id,
+        client_id=client_id,
+        base_model_id=base_model_id,
+        num_examples=num_examples,
+        metrics=dict(metrics),
+        model=ModelHeaderInfo("", manifest, sha256_hex(payload), len(payload)),
+    )
+    yield pb.UpdateChunk(header=update_header_to_proto(header))
+    for chunk in iter_chunks(payload, chunk_bytes):
+        yield pb.UpdateChunk(data=chunk)

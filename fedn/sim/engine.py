@@ -31,7 +31,6 @@ import numpy as np
 
 from fedn.aggregation import (
     Partial,
-    WeightedMean,
     aggregator_config,
     cast_like,
     get_aggregator,
@@ -44,7 +43,7 @@ from fedn.errors import FednError, InvalidArgument
 from fedn.records import MetricSummary
 from fedn.sampling import allocate_sample, sample_seed, sample_size, select_clients
 from fedn.sim.memory import RssSampler
-from fedn.sim.spec import SimulationSpec, check_client_class, client_profiles
+from fedn.sim.spec import ClientFactory, SimulationSpec, client_profiles
 from fedn.sim.worker import Task, flat_size, model_path, progress_path, result_path
 
 __all__ = ["RoundMetrics", "Simulation", "SimulationResult"]
@@ -77,7 +76,7 @@ class Simulation:
         self.cls = load_object(spec.client)
         if not isinstance(self.cls, type):
             raise InvalidArgument(f"{spec.client} is not a class")
-        check_client_class(self.cls, spec)
+        ClientFactory(self.cls, spec)  # refuses a --partition the class cannot take, before workers start
         self.mergeable = bool(getattr(get_aggregator(spec.aggregator), "mergeable", False))
         self.slowdown, self.dropout = client_profiles(spec)
         self.members = [list(range(g, spec.clients, spec.combiners)) for g in range(spec.combiners)]
@@ -124,10 +123,8 @@ class Simulation:
     ) -> SimulationResult:
         spec = self.spec
         started = time.perf_counter()
-        seed_client = self.cls(**spec.client_args) if spec.eval_args is None else None
+        initial = self.cls(**spec.client_args).initial_parameters()  # as `fedn local` seeds a session
         evaluator = None if spec.eval_args is None else self.cls(**{**spec.client_args, **spec.eval_args})
-        initial = (evaluator or seed_client).initial_parameters()
-        del seed_client
         manifest = manifest_of(initial)
         global_arrays: NamedArrays = {s.name: np.array(initial[s.name]) for s in manifest}
         workers = min(spec.workers, spec.clients)
@@ -198,24 +195,19 @@ class Simulation:
     def _group_partials(
         self, replies: list[dict], manifest: list[TensorSpec], pool: _Pool
     ) -> tuple[list[Partial], list[tuple[dict[str, MetricSummary], float]]]:
-        """Merge the worker partials of each group in worker order: the combiners' partials."""
+        """Each group's worker partials merged in worker order: the combiners' partials."""
         partials: list[Partial] = []
         summaries: list[tuple[dict[str, MetricSummary], float]] = []
-        wide = [TensorSpec(s.name, "float64", s.shape) for s in manifest]
         for group in range(self.spec.combiners):
-            acc = WeightedMean(wide)
-            count = 0
+            parts = []
             for w, rep in enumerate(replies):
                 info = rep["groups"].get(group)
-                if info is None:
-                    continue
-                acc.add(pool.partial_arrays(w, group, manifest), info["weight"])
-                count += info["count"]
-                metrics = {k: MetricSummary(**v) for k, v in info["metrics"].items()}
-                summaries.append((metrics, info["weight"]))
-            if acc.count:
-                mean = acc.partial()
-                partials.append(Partial(arrays=mean.arrays, total_weight=mean.total_weight, count=count))
+                if info is not None:
+                    arrays = pool.partial_arrays(w, group, manifest)
+                    parts.append(Partial(arrays=arrays, total_weight=info["weight"], count=info["count"]))
+                    summaries.append(({k: MetricSummary(**v) for k, v in info["metrics"].items()}, info["weight"]))
+            if parts:
+                partials.append(merge_partials(parts))
         return partials, summaries
 
 

@@ -13,7 +13,7 @@ from fedn.errors import InvalidArgument, validation_problem
 from fedn.partition import PARTITIONERS
 from fedn.records import ConfigScalar
 
-__all__ = ["Heterogeneity", "SimulationSpec", "auto_workers", "client_kwargs", "client_profiles", "parse_spec"]
+__all__ = ["ClientFactory", "Heterogeneity", "SimulationSpec", "auto_workers", "client_profiles", "parse_spec"]
 
 
 class Heterogeneity(BaseModel):
@@ -107,33 +107,36 @@ def _accepted_kwargs(cls: type) -> set[str] | None:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def check_client_class(cls: type, spec: SimulationSpec) -> None:
-    """Refuse a partitioner the client class cannot receive, before any worker starts."""
-    accepted = _accepted_kwargs(cls)
-    if spec.partition is not None and accepted is not None and "partitioner" not in accepted:
-        raise InvalidArgument(
-            f"{spec.client} takes no 'partitioner' argument, so --partition {spec.partition} cannot reach it; "
-            "drop --partition or add the argument (see docs/simulation.md)"
-        )
-
-
-def client_kwargs(cls: type, spec: SimulationSpec, index: int) -> dict[str, Any]:
-    """Constructor arguments of client ``index``: the user's, plus its partition where the class takes one.
+class ClientFactory:
+    """Builds simulated client ``index`` with the user's arguments plus its partition, where the class takes one.
 
     ``partition`` and ``num_partitions`` are set as ``fedn local`` sets them; ``partitioner`` and
-    ``alpha`` come from ``--partition``/``--alpha``; ``seed`` from ``--seed`` unless given.
+    ``alpha`` come from ``--partition``/``--alpha``; ``seed`` from ``--seed`` unless given. The
+    signature is read once here, not per client. InvalidArgument if ``--partition`` cannot reach the class.
     """
-    accepted = _accepted_kwargs(cls)
-    kwargs = dict(spec.client_args)
-    forced: dict[str, Any] = {"partition": index, "num_partitions": spec.clients}
-    if spec.partition is not None:
-        forced |= {"partitioner": spec.partition, "alpha": spec.alpha}
-    for key, value in forced.items():
-        if accepted is None or key in accepted:
-            kwargs[key] = value
-    if accepted is None or "seed" in accepted:
-        kwargs.setdefault("seed", spec.seed)
-    return kwargs
+
+    def __init__(self, cls: type, spec: SimulationSpec) -> None:
+        accepted = _accepted_kwargs(cls)
+        if spec.partition is not None and accepted is not None and "partitioner" not in accepted:
+            raise InvalidArgument(
+                f"{spec.client} takes no 'partitioner' argument, so --partition {spec.partition} cannot reach it; "
+                "drop --partition or add the argument (see docs/simulation.md)"
+            )
+        self.cls = cls
+        self.base = dict(spec.client_args)
+        if accepted is None or "seed" in accepted:
+            self.base.setdefault("seed", spec.seed)
+        per_client: dict[str, Any] = {"num_partitions": spec.clients}
+        if spec.partition is not None:
+            per_client |= {"partitioner": spec.partition, "alpha": spec.alpha}
+        self.base.update({k: v for k, v in per_client.items() if accepted is None or k in accepted})
+        self.takes_partition = accepted is None or "partition" in accepted
+
+    def kwargs(self, index: int) -> dict[str, Any]:
+        return {**self.base, "partition": index} if self.takes_partition else self.base
+
+    def __call__(self, index: int) -> Any:
+        return self.cls(**self.kwargs(index))
 
 
 def client_profiles(spec: SimulationSpec) -> tuple[np.ndarray, np.ndarray]:

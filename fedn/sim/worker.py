@@ -20,7 +20,7 @@ import numpy as np
 from fedn.aggregation import MetricsAccumulator, make_aggregator
 from fedn.codec import TensorSpec, decode_payload, payload_bytes
 from fedn.errors import FednError
-from fedn.sim.spec import SimulationSpec, client_kwargs
+from fedn.sim.spec import ClientFactory, SimulationSpec
 from fedn.train_result import check_train_result
 
 __all__ = ["Task", "main", "model_path", "progress_path", "result_path"]
@@ -87,7 +87,7 @@ class _Worker:
 
         self.index, self.spec = index, spec
         self.manifest = [TensorSpec.from_dict(d) for d in manifest]
-        self.cls = load_object(spec.client)
+        self.make_client = ClientFactory(load_object(spec.client), spec)
         self.model = np.memmap(model_path(workdir), dtype=np.uint8, mode="r", shape=(payload_bytes(self.manifest),))
         self.progress = np.memmap(progress_path(workdir), dtype=np.int64, mode="r+", shape=(spec.workers,))
         self.results = np.memmap(
@@ -104,7 +104,7 @@ class _Worker:
         stragglers, slowest = 0, 0.0
         for done, (cid, group, slowdown) in enumerate(tasks, start=1):
             try:
-                client = self.cls(**client_kwargs(self.cls, spec, cid))
+                client = self.make_client(cid)
                 params = {name: np.array(a) for name, a in global_arrays.items()}  # the client may write to them
                 arrays, weight, client_metrics = check_train_result(
                     client.train(params, {**config, "round": round_index}), self.manifest

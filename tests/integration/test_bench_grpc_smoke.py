@@ -16,10 +16,8 @@ def test_grpc_load_bench_smoke(capsys):
     assert [r["clients"] for r in rows] == [3, 4, 2]
     assert all(len(r["s_per_round"]) == 2 for r in rows)
     assert "combiner_rss_growth_vs_3_clients" in rows[1]
-    assert rows[2]["combiner_rss_peak_over_idle_in_models"] >= 0
-    assert all(
-        p >= i > 0 for p, i in zip(rows[0]["combiner_rss_mb_peak"], rows[0]["combiner_rss_mb_idle"], strict=True)
-    )
+    assert rows[2]["params"] == 2000 and "combiner_rss_peak_over_idle_in_models" in rows[2]
+    assert all(len(r["combiner_rss_mb_idle"]) == 2 and min(r["combiner_rss_mb_idle"]) > 0 for r in rows)
 
 
 def test_fedn_bench_load_command():
