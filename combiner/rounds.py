@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from combiner.buffered import BufferedRun
 from fedn.aggregation import MetricsAccumulator, WeightedMean, aggregator_config, make_aggregator
 from fedn.chunking import ChunkAssembler
 from fedn.codec import (
@@ -29,10 +30,10 @@ from fedn.codec import (
 )
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, InvalidModel, PayloadTooLarge
 from fedn.models import model_key, partial_key
-from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.records import ClientFailureRecord, RoundPlan, RoundResult, SessionMode
 from fedn.sampling import select_clients
 from fedn.store.base import ModelStore
-from fedn.wire import TaskInfo, UpdateHeaderInfo
+from fedn.wire import Announcement, TaskInfo, UpdateHeaderInfo
 
 __all__ = ["CachedModel", "ClientConnection", "RoundService"]
 
@@ -108,12 +109,17 @@ class RoundService:
         self._max_uploads = max_concurrent_uploads
         self._max_staged_bytes = max_staged_bytes
         self.download_slots = asyncio.Semaphore(max_concurrent_downloads)
-        self._clock = clock
+        self.clock = clock
         self._clients: dict[str, ClientConnection] = {}
         self._cache: OrderedDict[str, CachedModel] = OrderedDict()
         self._cache_lock = asyncio.Lock()
         self._round: _ActiveRound | None = None
+        self._buffered: BufferedRun | None = None  # an asynchronous session, if one runs here
         self._closed_rounds: deque[str] = deque(maxlen=64)
+
+    @property
+    def models(self) -> ModelStore:
+        return self._models
 
     # -- clients -----------------------------------------------------------
 
@@ -130,6 +136,11 @@ class RoundService:
             " again, replacing its old stream" if previous else "",
             len(self._clients),
         )
+        run = self._buffered
+        if run is not None and not run.closed:
+            if previous is not None:
+                run.left(client_id)  # its task went down the old stream
+            run.dispatch(client_id)
         return conn
 
     def disconnect(self, conn: ClientConnection) -> None:
@@ -140,9 +151,14 @@ class RoundService:
         rnd = self._round
         if rnd and not rnd.closed and conn.client_id in rnd.selected and conn.client_id not in rnd.answered:
             rnd.answer(conn.client_id, "client disconnected")
+        if self._buffered is not None:
+            self._buffered.left(conn.client_id)
 
     def connected_client_ids(self) -> list[str]:
         return sorted(self._clients)
+
+    def connection(self, client_id: str) -> ClientConnection | None:
+        return self._clients.get(client_id)
 
     # -- models ------------------------------------------------------------
 
@@ -172,6 +188,12 @@ class RoundService:
         restarted, asks for the same round again, the call joins the round (or gets its result if it
         already ended). A different round id means the reducer moved on: the old round is abandoned.
         """
+        if plan.mode == SessionMode.ASYNC:
+            return await self._run_buffered(plan)
+        if self._buffered is not None:
+            self._buffered.end(f"a synchronous round ({plan.round_id}) started")
+            self._closed_rounds.append(self._buffered.run_id)
+            self._buffered = None
         current = self._round
         if current is not None and current.task is not None:
             if current.plan.round_id == plan.round_id:
@@ -190,13 +212,64 @@ class RoundService:
         model = await self.get_model(plan.model_id)
         selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
-        rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self._clock())
-        # staged updates are bounded in count and in bytes, but one may always be staged
-        slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(model.manifest)))
-        rnd.upload_slots = asyncio.Semaphore(max(1, slots))
+        rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self.clock())
+        rnd.upload_slots = self._upload_slots(model.manifest)
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)
+
+    def _upload_slots(self, manifest: list[TensorSpec]) -> asyncio.Semaphore:
+        """Staged updates are bounded in count and in bytes, but one may always be staged."""
+        slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
+        return asyncio.Semaphore(max(1, slots))
+
+    async def _run_buffered(self, plan: RoundPlan) -> RoundResult:
+        """Join (or start) the async session of ``plan``; returns the next buffer of updates as a partial."""
+        if plan.timeout_s <= 0:
+            raise InvalidArgument("round timeout must be positive")
+        if plan.buffer_size < 1:
+            raise InvalidArgument(f"async buffer_size must be at least 1, got {plan.buffer_size}")
+        if plan.aggregator != "fedavg":
+            raise InvalidArgument(
+                f"async sessions fold deltas with fedavg; aggregator {plan.aggregator!r} needs mode sync"
+            )
+        run = self._buffered
+        if run is None or run.closed or run.session_id != plan.session_id:
+            model = await self.get_model(plan.model_id)
+            if run is not None:
+                run.end(f"session {plan.session_id} started")
+                self._closed_rounds.append(run.run_id)
+            current = self._round
+            if current is not None and current.task is not None and not current.task.done():
+                logger.warning("round %s abandoned: async session %s started", current.plan.round_id, plan.session_id)
+                current.all_answered.set()
+            run = BufferedRun(self, plan, model.manifest, lease_s=max(60.0, 3 * plan.timeout_s))
+            run.upload_slots = self._upload_slots(model.manifest)
+            self._buffered = run
+            logger.info(
+                "async session %s started on %s: buffer %d, %d clients",
+                plan.session_id,
+                self.combiner_id,
+                plan.buffer_size,
+                len(self._clients),
+            )
+            run.start(self.connected_client_ids())
+        else:
+            await self.get_model(plan.model_id)  # refuse an unknown model before clients are sent to it
+            run.update_plan(plan)
+        return await run.flush(plan)
+
+    def announce(self, info: Announcement) -> bool:
+        """The reducer's word that an async session's model moved on; False if that session does not run here."""
+        run = self._buffered
+        if run is None or run.closed or run.session_id != info.session_id:
+            return False
+        if info.final:
+            run.end(f"the session ended at version {info.model_version}")
+            self._closed_rounds.append(run.run_id)
+        else:
+            run.advance(info.model_id, info.model_version)
+        return True
 
     async def _drive(self, rnd: _ActiveRound) -> RoundResult:
         plan, selected = rnd.plan, sorted(rnd.selected)
@@ -263,7 +336,7 @@ class RoundService:
             result.num_selected,
             result.num_rejected,
             len(result.failures),
-            self._clock() - rnd.started_at,
+            self.clock() - rnd.started_at,
         )
         return result
 
@@ -281,6 +354,10 @@ class RoundService:
         return rnd
 
     def report_failure(self, round_id: str, client_id: str, error: str) -> None:
+        run = self._buffered
+        if run is not None and round_id == run.run_id:
+            run.report_failure(client_id, error)
+            return
         rnd = self._open_round_for(round_id, client_id)
         text = (error or "unspecified error")[:2000]
         logger.warning("client %s failed round %s: %s", client_id, round_id, text)
@@ -294,12 +371,15 @@ class RoundService:
         never touches the running aggregate.
         """
         client_id, round_id = header.client_id, header.round_id
+        run = self._buffered
+        if run is not None and round_id == run.run_id:
+            return await run.receive(header, chunks)
         rnd = self._open_round_for(round_id, client_id)
         rnd.uploading.add(client_id)
         try:
-            self._check_header(rnd, header)
+            self.check_header(rnd.manifest, header)
             async with rnd.upload_slots:  # held until the fold, so staged buffers stay within the bound
-                arrays = await self._receive_arrays(rnd, header, chunks)
+                arrays = await self.receive_arrays(rnd.manifest, header, chunks)
                 async with rnd.lock:
                     if rnd.closed:
                         raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
@@ -323,7 +403,7 @@ class RoundService:
         logger.debug("folded update from client %s into round %s (%d so far)", client_id, round_id, count)
         return count
 
-    def _check_header(self, rnd: _ActiveRound, header: UpdateHeaderInfo) -> None:
+    def check_header(self, manifest: list[TensorSpec], header: UpdateHeaderInfo) -> None:
         """Refuse an update from its header alone, before it takes a staging slot."""
         weight = header.num_examples
         if not (weight > 0 and weight != float("inf")):
@@ -331,23 +411,25 @@ class RoundService:
         size = header.model.payload_bytes
         if size > self._max_update_bytes:
             raise PayloadTooLarge(f"update of {size} bytes exceeds the combiner's limit of {self._max_update_bytes}")
-        check_manifest(rnd.manifest, header.model.tensors)
-        if size != payload_bytes(rnd.manifest):
-            raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(rnd.manifest)}")
+        check_manifest(manifest, header.model.tensors)
+        if size != payload_bytes(manifest):
+            raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(manifest)}")
 
-    async def _receive_arrays(
-        self, rnd: _ActiveRound, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
+    async def receive_arrays(
+        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
     ) -> NamedArrays:
         assembler = ChunkAssembler(header.model.payload_bytes, header.model.sha256, self._max_update_bytes)
         async for chunk in chunks:
             assembler.add(chunk)
-        arrays = decode_payload(rnd.manifest, assembler.finish())
+        arrays = decode_payload(manifest, assembler.finish())
         for name, array in arrays.items():
             check_finite(name, array)
         return arrays
 
     def close(self) -> None:
         """Close the active round (on shutdown) so nothing waits on it."""
+        if self._buffered is not None:
+            self._buffered.end("the combiner is stopping")
         if self._round is not None:
             self._round.closed = True
             self._round.all_answered.set()

@@ -104,3 +104,8 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     async def RunRound(self, request: pb.RoundPlan, context) -> pb.RoundResult:
         result = await self._rounds.run_round(wire.round_plan_from_proto(request))
         return wire.round_result_to_proto(result)
+
+    @_map_errors
+    async def AnnounceModel(self, request: pb.ModelAnnouncement, context) -> pb.AnnounceModelResponse:
+        known = self._rounds.announce(wire.announcement_from_proto(request))
+        return pb.AnnounceModelResponse(known=known)

@@ -21,6 +21,7 @@ __all__ = [
     "RoundResult",
     "RoundStatus",
     "Session",
+    "SessionMode",
     "SessionStatus",
     "new_id",
     "now",
@@ -44,6 +45,11 @@ class SessionStatus(StrEnum):
     FAILED = "failed"
 
 
+class SessionMode(StrEnum):
+    SYNC = "sync"  # rounds: every selected client trains on the same model, the reducer waits for all
+    ASYNC = "async"  # FedBuff: clients train continuously; each combiner's buffer of K updates is merged
+
+
 class RoundStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -57,7 +63,11 @@ class NodeStatus(StrEnum):
 
 
 class Session(BaseModel):
-    """A training session: a number of rounds from a seed model with one aggregator."""
+    """A training session: a number of rounds from a seed model with one aggregator.
+
+    In async mode a "round" is one merge of one combiner's buffer, so ``rounds`` counts global
+    model versions.
+    """
 
     id: str = Field(default_factory=new_id)
     status: SessionStatus = SessionStatus.PENDING
@@ -73,6 +83,10 @@ class Session(BaseModel):
     fraction: float = 1.0  # share of connected clients asked to train each round
     seed: int = 0  # makes client sampling reproducible
     config: dict[str, ConfigScalar] = Field(default_factory=dict)
+    mode: SessionMode = SessionMode.SYNC
+    buffer_size: int = 10  # async: updates a combiner folds before it sends a partial
+    staleness_exponent: float = 0.5  # async: an update s versions old is scaled by (1+s)^-exponent
+    max_staleness: int = 0  # async: updates older than this many versions are dropped; 0 = no limit
     seed_model_id: str
     model_id: str  # the current global model
     rounds_done: int = 0
@@ -164,6 +178,11 @@ class RoundPlan(BaseModel):
     max_clients: int = 0  # 0 = every connected client
     sample_seed: int = 0  # picks which max_clients clients, reproducibly
     aggregator_config: dict[str, ConfigScalar] = Field(default_factory=dict)
+    mode: SessionMode = SessionMode.SYNC
+    buffer_size: int = 0  # async: updates per partial
+    model_version: int = 0  # async: the version of model_id (merges made so far)
+    staleness_exponent: float = 0.5
+    max_staleness: int = 0
 
 
 class RoundResult(BaseModel):

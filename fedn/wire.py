@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, sha256_hex
 from fedn.errors import InvalidArgument
-from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult
+from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult, SessionMode
 from fedn.v1 import fedn_pb2 as pb
 
 __all__ = [
+    "Announcement",
     "ModelHeaderInfo",
     "TaskInfo",
     "UpdateHeaderInfo",
+    "announcement_from_proto",
+    "announcement_to_proto",
     "config_from_proto",
     "config_to_proto",
     "model_header_from_proto",
@@ -166,6 +169,11 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         timeout_s=plan.timeout_s,
         max_clients=plan.max_clients,
         sample_seed=plan.sample_seed,
+        mode=plan.mode.value,
+        buffer_size=plan.buffer_size,
+        model_version=plan.model_version,
+        staleness_exponent=plan.staleness_exponent,
+        max_staleness=plan.max_staleness,
     )
     config_to_proto(plan.config, msg.config)
     config_to_proto(plan.aggregator_config, msg.aggregator_config)
@@ -184,7 +192,39 @@ def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
         max_clients=msg.max_clients,
         sample_seed=msg.sample_seed,
         aggregator_config=config_from_proto(msg.aggregator_config),
+        mode=_plan_mode(msg.mode),
+        buffer_size=msg.buffer_size,
+        model_version=msg.model_version,
+        staleness_exponent=msg.staleness_exponent,
+        max_staleness=msg.max_staleness,
     )
+
+
+def _plan_mode(text: str) -> SessionMode:
+    try:
+        return SessionMode(text or "sync")
+    except ValueError:
+        raise InvalidArgument(f"unknown round mode {text!r}; known: sync, async") from None
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """An asynchronous session's global model moved on (or, with ``final``, the session ended)."""
+
+    session_id: str
+    model_id: str
+    model_version: int
+    final: bool = False
+
+
+def announcement_to_proto(info: Announcement) -> pb.ModelAnnouncement:
+    return pb.ModelAnnouncement(
+        session_id=info.session_id, model_id=info.model_id, model_version=info.model_version, final=info.final
+    )
+
+
+def announcement_from_proto(msg: pb.ModelAnnouncement) -> Announcement:
+    return Announcement(msg.session_id, msg.model_id, int(msg.model_version), bool(msg.final))
 
 
 def round_result_to_proto(result: RoundResult) -> pb.RoundResult:

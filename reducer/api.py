@@ -11,12 +11,11 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import fedn
-from fedn.aggregation import aggregator_config
-from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.codec import check_finite, decode_model
 from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
 from fedn.models import save_model
 from fedn.records import Session
+from fedn.session_options import check_session_options
 from fedn.store.base import ModelStore, StateStore
 from reducer.controller import Controller
 from reducer.openapi import openapi_document
@@ -154,10 +153,15 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.post("/sessions")
     def create_session():
         req = parse(SessionRequest, _body())
-        rule = aggregator_config(req.aggregator, req.aggregator_config)
-        if req.aggregator == "krum" and req.min_clients < 2 * rule.f + 3:
-            raise InvalidArgument(f"krum with f={rule.f} needs min_clients >= {2 * rule.f + 3}")
-        make_server_optimizer(req.strategy, req.strategy_config)  # refuse a bad strategy before anything runs
+        check_session_options(  # refuse a bad strategy before anything runs
+            aggregator=req.aggregator,
+            aggregator_params=req.aggregator_config,
+            strategy=req.strategy,
+            strategy_params=req.strategy_config,
+            min_clients=req.min_clients,
+            mode=req.mode,
+            given=req.model_fields_set,
+        )
         if req.model_id is not None:
             seed = ctx.state.get_model(req.model_id)
         else:
@@ -176,13 +180,19 @@ def create_api(ctx: ApiContext) -> Blueprint:
             fraction=req.fraction,
             seed=req.seed,
             config=req.config,
+            mode=req.mode,
+            buffer_size=req.buffer_size,
+            staleness_exponent=req.staleness_exponent,
+            max_staleness=req.max_staleness,
             seed_model_id=seed.id,
             model_id=seed.id,
         )
         ctx.state.put_session(session)
         if ctx.controller is not None:
             ctx.controller.wake()
-        logger.info("session %s created: %d rounds from model %s", session.id, session.rounds, seed.id)
+        logger.info(
+            "session %s created: %d rounds (%s) from model %s", session.id, session.rounds, session.mode, seed.id
+        )
         return jsonify(session.model_dump(mode="json")), 201
 
     @api.get("/sessions")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from fedn.aggregation import Partial, cast_like, merge_metric_summaries, merge_partials
-from fedn.aggregation.server_optimizers import make_server_optimizer
+from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
 from fedn.codec import encode_model
 from fedn.errors import FednError, StoreError
 from fedn.models import load_model, model_key, save_model
@@ -19,11 +22,13 @@ from fedn.records import (
     RoundResult,
     RoundStatus,
     Session,
+    SessionMode,
     SessionStatus,
     now,
 )
 from fedn.sampling import allocate_sample, sample_seed, sample_size
 from fedn.store.base import ModelStore, StateStore
+from reducer.buffered import AsyncSessionRunner
 from reducer.gateway import CombinerGateway
 from reducer.registry import CombinerRegistry
 
@@ -139,13 +144,27 @@ class Controller:
             logger.info("session %s: starting, %d rounds", session.id, session.rounds)
         session = session.model_copy(update={"status": SessionStatus.RUNNING, "updated_at": now()})
         self._state.put_session(session)
-        existing = {r.index: r for r in self._state.list_rounds(session.id)}
-        while session.rounds_done < session.rounds and not self._stop.is_set():
-            index = session.rounds_done + 1
-            round_ = existing.get(index) or Round(session_id=session.id, index=index, model_in=session.model_id)
-            session = self.run_round(session, round_)
+        if session.mode == SessionMode.ASYNC:
+            runner = AsyncSessionRunner(
+                self._state,
+                self._models,
+                self._registry,
+                self._gateway,
+                self.apply_merge,
+                self._stop,
+                rpc_grace_s=self._rpc_grace_s,
+            )
+            session = runner.run(session)
             if session.status == SessionStatus.FAILED:
                 return session
+        else:
+            existing = {r.index: r for r in self._state.list_rounds(session.id)}
+            while session.rounds_done < session.rounds and not self._stop.is_set():
+                index = session.rounds_done + 1
+                round_ = existing.get(index) or Round(session_id=session.id, index=index, model_in=session.model_id)
+                session = self.run_round(session, round_)
+                if session.status == SessionStatus.FAILED:
+                    return session
         if session.rounds_done >= session.rounds:
             session = session.model_copy(update={"status": SessionStatus.DONE, "updated_at": now()})
             self._state.put_session(session)
@@ -268,10 +287,23 @@ class Controller:
             return self._fail(session, round_, reason, started)
 
         merged = merge_partials(partials)
+        return self.apply_merge(session, round_, merged.arrays, optimizer, started, len(used))
+
+    def apply_merge(
+        self,
+        session: Session,
+        round_: Round,
+        merged: Mapping[str, np.ndarray],
+        optimizer: ServerOptimizer,
+        started: float,
+        num_partials: int = 1,
+    ) -> Session:
+        """Step the server optimizer from the session's global model towards ``merged``, store the new
+        global (and the optimizer's state) and mark ``round_`` done; returns the advanced session."""
         previous = load_model(self._models, model_key(session.model_id))
-        if session.strategy_state_key:
+        if session.strategy_state_key and optimizer.step_count < session.strategy_step:
             optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
-        new_global = optimizer.step(previous, merged.arrays)
+        new_global = optimizer.step(previous, merged)
         state_key = session.strategy_state_key
         if optimizer.moments:  # stored before the round is marked done, so a restart continues from it
             state_key = f"sessions/{session.id}/strategy-state-{round_.index}.safetensors"
@@ -309,8 +341,8 @@ class Controller:
             "session %s round %d done: %d updates from %d combiners, train_loss %s, %.2fs -> model %s",
             session.id,
             round_.index,
-            num_updates,
-            len(used),
+            round_.num_updates,
+            num_partials,
             f"{loss.mean:.4f}" if loss else "-",
             duration,
             record.id,

@@ -1,4 +1,4 @@
-"""How the reducer asks a combiner to run its part of a round (gRPC ``RunRound``)."""
+"""How the reducer talks to combiners: ``RunRound`` for its part of a round, ``AnnounceModel`` for async sessions."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import grpc
 from fedn.errors import Unavailable
 from fedn.records import CombinerRecord, RoundPlan, RoundResult
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
-from fedn.wire import round_plan_to_proto, round_result_from_proto
+from fedn.wire import Announcement, announcement_to_proto, round_plan_to_proto, round_result_from_proto
 
 __all__ = ["CombinerGateway", "GrpcCombinerGateway"]
 
 
 class CombinerGateway(Protocol):
     def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult: ...
+
+    def announce(self, combiner: CombinerRecord, info: Announcement, timeout_s: float) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -36,15 +38,21 @@ class GrpcCombinerGateway:
                 self._channels[address] = channel
             return channel
 
-    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+    def _call(self, combiner: CombinerRecord, method: str, request, timeout_s: float):
         stub = pb_grpc.CombinerStub(self._channel(combiner.address))
         try:
-            reply = stub.RunRound(round_plan_to_proto(plan), timeout=timeout_s)
+            return getattr(stub, method)(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             raise Unavailable(
                 f"combiner {combiner.id} at {combiner.address}: {exc.code().name}: {exc.details()}"
             ) from None
-        return round_result_from_proto(reply)
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        return round_result_from_proto(self._call(combiner, "RunRound", round_plan_to_proto(plan), timeout_s))
+
+    def announce(self, combiner: CombinerRecord, info: Announcement, timeout_s: float) -> bool:
+        """Tell a combiner an async session's model moved on; True if it runs that session."""
+        return self._call(combiner, "AnnounceModel", announcement_to_proto(info), timeout_s).known
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from fedn.errors import validation_problem
+from fedn.records import SessionMode
 
 __all__ = ["AssignRequest", "HeartbeatRequest", "Page", "RegisterCombinerRequest", "SessionRequest", "parse"]
 
@@ -20,7 +21,7 @@ class _Request(BaseModel):
 
 
 class SessionRequest(_Request):
-    rounds: int = Field(ge=1, le=100_000, description="number of rounds")
+    rounds: int = Field(ge=1, le=100_000, description="number of rounds (async: of global model versions)")
     aggregator: str = Field("fedavg", description="rule at each combiner: fedavg, median, trimmed_mean, krum")
     aggregator_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
         default_factory=dict, description='the aggregator\'s parameters, e.g. {"beta": 0.2}'
@@ -37,6 +38,14 @@ class SessionRequest(_Request):
         default_factory=dict, description="sent to every client's train()"
     )
     model_id: str | None = Field(None, description="seed model; default: the newest model")
+    mode: SessionMode = Field(
+        SessionMode.SYNC, description="sync: rounds; async: FedBuff, clients train continuously (docs/strategies.md)"
+    )
+    buffer_size: int = Field(10, ge=1, le=100_000, description="async: updates a combiner folds into one partial (K)")
+    staleness_exponent: float = Field(
+        0.5, ge=0, le=10, description="async: an update s versions old is scaled by (1+s)^-exponent"
+    )
+    max_staleness: int = Field(0, ge=0, description="async: drop updates older than this many versions; 0 = no limit")
 
 
 class RegisterCombinerRequest(_Request):

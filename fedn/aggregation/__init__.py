@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedn.aggregation.metrics import MetricsAccumulator, merge_metric_summaries
 from fedn.aggregation.robust import CoordinateMedian, Krum, TrimmedMean
+from fedn.aggregation.staleness import staleness_weight
 from fedn.aggregation.weighted_mean import Partial, WeightedMean, merge_partials
 from fedn.codec import NamedArrays, TensorSpec
 from fedn.errors import InvalidArgument, validation_problem
@@ -30,6 +31,7 @@ __all__ = [
     "make_aggregator",
     "merge_metric_summaries",
     "merge_partials",
+    "staleness_weight",
 ]
 
 logger = logging.getLogger(__name__)

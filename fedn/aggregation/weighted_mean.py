@@ -79,19 +79,41 @@ class WeightedMean:
         for name, array in arrays.items():
             check_finite(name, np.asarray(array))
 
-    def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
-        """Fold ``weight * arrays`` into the sum; the sum is untouched if validation fails."""
+    def add(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        weight: float,
+        *,
+        base: Mapping[str, np.ndarray] | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        """Fold ``weight * scale * (arrays - base)`` into the sum (``base`` absent: zeros).
+
+        With ``base`` the mean is of deltas from the models the updates were trained on, which is
+        what asynchronous aggregation needs when updates start from different global versions.
+        The sum is untouched if validation fails.
+        """
         self.validate(arrays, weight)
+        if base is not None:
+            check_manifest(self._manifest, manifest_of(base), ordered=False)
+        if not (np.isfinite(scale) and scale > 0):
+            raise InvalidArgument(f"update scale must be a positive finite number, got {scale}")
         for spec in self._manifest:
-            self._fold(self._sums[spec.name].reshape(-1), np.asarray(arrays[spec.name]).reshape(-1), weight)
+            x = np.asarray(arrays[spec.name]).reshape(-1)
+            b = None if base is None else np.asarray(base[spec.name]).reshape(-1)
+            self._fold(self._sums[spec.name].reshape(-1), x, float(weight) * float(scale), b)
         self._total_weight += float(weight)
         self._count += 1
 
-    def _fold(self, acc: np.ndarray, x: np.ndarray, weight: float) -> None:
+    def _fold(self, acc: np.ndarray, x: np.ndarray, factor: float, base: np.ndarray | None = None) -> None:
         for start in range(0, x.size, _SLICE):
             stop = min(start + _SLICE, x.size)
             tmp = self._scratch[: stop - start]
-            np.multiply(x[start:stop], np.float64(weight), out=tmp, casting="unsafe")  # float64 math
+            if base is None:
+                np.multiply(x[start:stop], np.float64(factor), out=tmp, casting="unsafe")  # float64 math
+            else:
+                np.subtract(x[start:stop], base[start:stop], out=tmp, dtype=np.float64, casting="unsafe")
+                tmp *= factor
             np.add(acc[start:stop], tmp, out=acc[start:stop])
 
     def partial(self) -> Partial:

@@ -13,14 +13,13 @@ import signal
 import time
 from types import FrameType
 
-from fedn.aggregation import aggregator_config
-from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.cli.models import load_object, parse_client_args
-from fedn.cli.sessions import parse_json_object, wait_for_session
+from fedn.cli.sessions import add_mode_arguments, mode_params, parse_json_object, wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import Round, RoundStatus, SessionStatus
+from fedn.session_options import check_session_options
 
 __all__ = ["register"]
 
@@ -65,6 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--fraction", type=float, default=1.0, help="share of clients asked to train each round [default 1.0]"
     )
     p.add_argument("--seed", type=int, default=0, help="makes client sampling reproducible [default 0]")
+    add_mode_arguments(p)
     p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
     p.add_argument(
         "--min-clients", type=int, default=None, help="updates a round needs [default: half the clients, at least 1]"
@@ -92,8 +92,17 @@ def run_local(args: argparse.Namespace) -> int:
     config = parse_json_object(args.config, "--config")
     strategy_config = parse_json_object(args.strategy_config, "--strategy-config")
     aggregator_params = parse_json_object(args.aggregator_config, "--aggregator-config")
-    aggregator_config(args.aggregator, aggregator_params)
-    make_server_optimizer(args.strategy, strategy_config)  # a bad strategy fails before any process starts
+    min_clients = args.min_clients or max(1, args.clients // 2)
+    session_mode = mode_params(args)
+    check_session_options(  # a bad strategy fails before any process starts
+        aggregator=args.aggregator,
+        aggregator_params=aggregator_params,
+        strategy=args.strategy,
+        strategy_params=strategy_config,
+        min_clients=min_clients,
+        mode=args.mode,
+        given=set(session_mode) - {"mode"},
+    )
     cls = load_object(args.client)
     client_kwargs = parse_client_args(args.client_arg)
     evaluator = None
@@ -101,7 +110,6 @@ def run_local(args: argparse.Namespace) -> int:
         eval_kwargs = parse_client_args(args.eval_client_arg if args.eval_client_arg is not None else ["split=test"])
         evaluator = cls(**{**client_kwargs, **eval_kwargs})
     seed_params = cls(**client_kwargs).initial_parameters()
-    min_clients = args.min_clients or max(1, args.clients // 2)
 
     spec = FederationSpec(
         client=args.client,
@@ -137,6 +145,7 @@ def run_local(args: argparse.Namespace) -> int:
                 strategy_config=strategy_config,
                 fraction=args.fraction,
                 seed=args.seed,
+                **session_mode,
             )
             print(
                 f"session {session.id}: {args.rounds} rounds, strategy {args.strategy}, "

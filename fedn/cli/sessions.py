@@ -12,7 +12,7 @@ from fedn.api_client import ReducerAPI
 from fedn.errors import InvalidArgument
 from fedn.records import Round, RoundStatus, Session, SessionStatus
 
-__all__ = ["format_round", "parse_json_object", "register", "wait_for_session"]
+__all__ = ["add_mode_arguments", "format_round", "mode_params", "parse_json_object", "register", "wait_for_session"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -56,6 +56,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--config", default="{}", help="JSON object sent to every client's train, e.g. '{\"epochs\": 2}'"
     )
+    add_mode_arguments(start)
     start.add_argument("--wait", action="store_true", help="follow the session and print one line per round")
     start.set_defaults(func=_start)
 
@@ -67,6 +68,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     lst = sub.add_parser("list", help="list sessions, newest first")
     lst.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
     lst.set_defaults(func=_list)
+
+
+def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """--mode and the async (FedBuff) options, shared by ``fedn session start`` and ``fedn local``."""
+    parser.add_argument(
+        "--mode",
+        choices=["sync", "async"],
+        default="sync",
+        help="sync: rounds; async: FedBuff, clients train continuously and each combiner's buffer of "
+        "--buffer-size updates makes a new global version [default sync]",
+    )
+    parser.add_argument("--buffer-size", type=int, default=None, help="async: updates per partial, K [default 10]")
+    parser.add_argument(
+        "--staleness-exponent",
+        type=float,
+        default=None,
+        help="async: an update s versions old is scaled by (1+s)^-exponent [default 0.5]",
+    )
+    parser.add_argument(
+        "--max-staleness", type=int, default=None, help="async: drop updates older than this [default 0 = no limit]"
+    )
+
+
+def mode_params(args: argparse.Namespace) -> dict:
+    """The session parameters of :func:`add_mode_arguments`; async options only where given."""
+    params: dict = {"mode": args.mode}
+    for name in ("buffer_size", "staleness_exponent", "max_staleness"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    return params
 
 
 def parse_json_object(text: str, flag: str) -> dict:
@@ -91,6 +122,7 @@ def _start(args: argparse.Namespace) -> int:
         "fraction": args.fraction,
         "seed": args.seed,
         "config": parse_json_object(args.config, "--config"),
+        **mode_params(args),
     }
     if args.model:
         params["model_id"] = args.model

@@ -59,6 +59,11 @@ class CombinerStub:
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.RoundPlan.SerializeToString,
                 response_deserializer=fedn_dot_v1_dot_fedn__pb2.RoundResult.FromString,
                 _registered_method=True)
+        self.AnnounceModel = channel.unary_unary(
+                '/fedn.v1.Combiner/AnnounceModel',
+                request_serializer=fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.SerializeToString,
+                response_deserializer=fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.FromString,
+                _registered_method=True)
 
 
 class CombinerServicer:
@@ -96,6 +101,13 @@ class CombinerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnnounceModel(self, request, context):
+        """Asynchronous sessions: the global model moved on (or the session ended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CombinerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +135,11 @@ def add_CombinerServicer_to_server(servicer, server):
                     servicer.RunRound,
                     request_deserializer=fedn_dot_v1_dot_fedn__pb2.RoundPlan.FromString,
                     response_serializer=fedn_dot_v1_dot_fedn__pb2.RoundResult.SerializeToString,
+            ),
+            'AnnounceModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnnounceModel,
+                    request_deserializer=fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.FromString,
+                    response_serializer=fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +277,33 @@ class Combiner:
             '/fedn.v1.Combiner/RunRound',
             fedn_dot_v1_dot_fedn__pb2.RoundPlan.SerializeToString,
             fedn_dot_v1_dot_fedn__pb2.RoundResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnnounceModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedn.v1.Combiner/AnnounceModel',
+            fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.SerializeToString,
+            fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,6 @@ CASES = [
     {"aggregator": "trimmed_mean", "aggregator_config": {"beta": 0.34}},
     {"aggregator": "krum", "aggregator_config": {"f": 0, "m": 2}, "min_clients": 6},
     {"aggregator": "clipped_mean", "aggregator_config": {"max_norm": 1000.0}},  # the example plug-in
-    {"aggregator": "clipped_mean", "aggregator_config": {"max_norm": 1000.0}},  # the example plug-in
 ]
 
 

@@ -41,6 +41,15 @@ class FakeClient:
         assert self.train_task.wait(20), f"{self.client_id} got no train task"
         return next(t for t in self.tasks if t.kind == "train")
 
+    def wait_tasks(self, count: int) -> list[wire.TaskInfo]:
+        """The first ``count`` train tasks, waiting for them to arrive."""
+        for _ in range(400):
+            train = [t for t in self.tasks if t.kind == "train"]
+            if len(train) >= count:
+                return train
+            time.sleep(0.05)
+        raise AssertionError(f"{self.client_id} got {len(train)} train tasks, expected {count}")
+
     def download(self, model_id: str) -> dict[str, np.ndarray]:
         chunks = list(self.stub.DownloadModel(pb.DownloadModelRequest(model_id=model_id, client_id=self.client_id)))
         header = wire.model_header_from_proto(chunks[0].header)
@@ -59,13 +68,14 @@ class FakeClient:
         size: int | None = None,
         send_header: bool = True,
         metrics: dict | None = None,
+        base_model_id: str = "",
     ):
         manifest, data = encode_payload(arrays)
         data = data if payload is None else payload
         header = wire.UpdateHeaderInfo(
             round_id=round_id,
             client_id=self.client_id,
-            base_model_id="",
+            base_model_id=base_model_id,
             num_examples=num_examples,
             metrics=metrics or {"train_loss": 1.0},
             model=wire.ModelHeaderInfo("", manifest, sha or sha256_hex(data), len(data) if size is None else size),

@@ -96,6 +96,14 @@ def test_sessions_and_rounds(http):
     _error(http.get("/api/v1/sessions/nope/rounds"), 404)
     _error(http.get("/api/v1/rounds/nope"), 404)
     _error(http.post("/api/v1/sessions", json={"rounds": 1, "model_id": "nope"}), 404)
+    body = {"rounds": 3, "mode": "async", "buffer_size": 4, "max_staleness": 8}
+    created = http.post("/api/v1/sessions", json=body).get_json()
+    assert (created["mode"], created["buffer_size"], created["max_staleness"], created["staleness_exponent"]) == (
+        "async",
+        4,
+        8,
+        0.5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,6 +123,12 @@ def test_sessions_and_rounds(http):
         {"rounds": 2, "strategy": "fedadam", "strategy_config": {"eta": -1}},
         {"rounds": 2, "strategy": "fedyogi", "strategy_config": {"beta2": 1.0}},
         {"rounds": 2, "strategy": "fedadam", "strategy_config": {"not_a_parameter": 1}},
+        {"rounds": 2, "mode": "eventually"},
+        {"rounds": 2, "mode": "async", "buffer_size": 0},
+        {"rounds": 2, "mode": "async", "staleness_exponent": -0.5},
+        {"rounds": 2, "mode": "async", "max_staleness": -1},
+        {"rounds": 2, "mode": "async", "aggregator": "median"},
+        {"rounds": 2, "buffer_size": 5},  # an async option in a sync session
         {},
     ],
 )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
+
+from fedn.store import LocalModelStore, SQLiteStateStore
 
 
 class _Forbidden(RuntimeError):
@@ -21,3 +24,9 @@ def _no_network_or_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "socket", _refuse)
     monkeypatch.setattr(socket, "create_connection", _refuse)
     monkeypatch.setattr(subprocess, "Popen", _refuse)
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> tuple[SQLiteStateStore, LocalModelStore]:
+    """An in-memory state store and a model store in a temporary directory."""
+    return SQLiteStateStore(":memory:"), LocalModelStore(tmp_path / "models")

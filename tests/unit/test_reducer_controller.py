@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from fedn.records import (
     Session,
     SessionStatus,
 )
-from fedn.store import LocalModelStore, SQLiteStateStore
+from fedn.store import LocalModelStore
 from reducer.controller import Controller
 from reducer.registry import CombinerRegistry
 
@@ -66,11 +65,6 @@ class FakeGateway:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def stores(tmp_path: Path):
-    return SQLiteStateStore(":memory:"), LocalModelStore(tmp_path / "models")
 
 
 def _setup(stores, behaviour, *, min_clients=2, rounds=2):

@@ -1,0 +1,157 @@
+"""The reducer's async (FedBuff) session runner with a fake gateway: merges, resume, failures."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from fedn.codec import decode_model, encode_model
+from fedn.errors import Unavailable
+from fedn.models import model_key, partial_key, save_model
+from fedn.records import (
+    CombinerRecord,
+    MetricSummary,
+    Round,
+    RoundPlan,
+    RoundResult,
+    RoundStatus,
+    Session,
+    SessionMode,
+    SessionStatus,
+)
+from fedn.store import LocalModelStore
+from fedn.wire import Announcement
+from reducer.controller import Controller
+from reducer.registry import CombinerRegistry
+
+
+class AsyncGateway:
+    """Each call returns at once with a buffer whose mean delta is ``delta`` (or raises, or is empty)."""
+
+    def __init__(self, models: LocalModelStore, behaviour: dict[str, float | Exception | None]) -> None:
+        self.models, self.behaviour = models, behaviour
+        self.plans: list[tuple[str, RoundPlan]] = []
+        self.announcements: list[tuple[str, Announcement]] = []
+        self.lock = threading.Lock()
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        with self.lock:
+            self.plans.append((combiner.id, plan))
+        what = self.behaviour[combiner.id]
+        if isinstance(what, Exception):
+            raise what
+        if what is None:
+            return RoundResult(round_id=plan.round_id, combiner_id=combiner.id)
+        key = partial_key(plan.round_id, combiner.id)
+        self.models.put(key, encode_model({"w": np.full(4, what)}))
+        return RoundResult(
+            round_id=plan.round_id,
+            combiner_id=combiner.id,
+            partial_key=key,
+            total_weight=20.0,
+            num_selected=2,
+            num_updates=2,
+            metrics={"staleness": MetricSummary(mean=0.5, min=0, max=1, count=2)},
+        )
+
+    def announce(self, combiner: CombinerRecord, info: Announcement, timeout_s: float) -> bool:
+        with self.lock:
+            self.announcements.append((combiner.id, info))
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0):
+    state, models = stores
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0)
+    for cid in behaviour:
+        registry.register(cid, cid, f"{cid}:1")
+        registry.heartbeat(cid, [f"{cid}-c1", f"{cid}-c2"])
+    seed = save_model(models, {"w": np.zeros(4, np.float32)})
+    state.put_model(seed)
+    session = Session(
+        rounds=rounds,
+        round_timeout_s=timeout_s,
+        seed_model_id=seed.id,
+        model_id=seed.id,
+        mode=SessionMode.ASYNC,
+        buffer_size=2,
+        max_staleness=3,
+    )
+    state.put_session(session)
+    gateway = AsyncGateway(models, behaviour)
+    return Controller(state, models, registry, gateway, rpc_grace_s=0.1), gateway, session
+
+
+def _w(models, model_id):
+    return decode_model(models.get(model_key(model_id)))["w"]
+
+
+def test_each_partial_is_merged_at_once_into_the_next_version(stores):
+    state, models = stores
+    controller, gateway, session = _setup(stores, {"a": 1.0, "b": 1.0})
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE and final.rounds_done == 4
+    rounds = state.list_rounds(session.id)
+    assert [r.index for r in rounds] == [1, 2, 3, 4]
+    assert all(r.status == RoundStatus.DONE and len(r.combiners) == 1 and r.num_updates == 2 for r in rounds)
+    assert [r.model_in for r in rounds[1:]] == [r.model_out for r in rounds[:-1]]
+    np.testing.assert_allclose(_w(models, final.model_id), np.full(4, 4.0))  # global + mean delta, four times
+    plans = [p for _, p in gateway.plans]
+    assert all(p.mode == SessionMode.ASYNC and p.buffer_size == 2 and p.max_staleness == 3 for p in plans)
+    assert all(p.model_version == p.round_index - 1 for p in plans)
+    finals = [(c, a) for c, a in gateway.announcements if a.final]
+    assert sorted(c for c, _ in finals) == ["a", "b"] and all(a.model_id == final.model_id for _, a in finals)
+    versions = sorted({a.model_version for _, a in gateway.announcements if not a.final})
+    assert versions == [1, 2, 3]
+
+
+def test_a_server_optimizer_steps_on_each_merge(stores):
+    _, models = stores
+    controller, _, session = _setup(stores, {"a": 1.0}, rounds=2)
+    session = session.model_copy(update={"strategy": "fedavgm", "strategy_config": {"eta": 1.0, "momentum": 0.5}})
+    final = controller.run_session(session)
+    # m1 = 1; x1 = 1. m2 = 0.5 * 1 + 1 = 1.5; x2 = 2.5
+    np.testing.assert_allclose(_w(models, final.model_id), np.full(4, 2.5))
+    assert final.strategy_step == 2 and final.strategy_state_key
+
+
+def test_a_failing_combiner_is_retried_while_the_other_carries_on(stores):
+    controller, gateway, session = _setup(stores, {"a": 1.0, "b": Unavailable("combiner b: UNAVAILABLE")})
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE
+    assert {c for c, _ in gateway.plans} == {"a", "b"}
+
+
+def test_no_partial_within_the_timeout_fails_the_session(stores):
+    state, _ = stores
+    controller, _, session = _setup(stores, {"a": None}, timeout_s=0.3)
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.FAILED and "no combiner sent a partial" in final.error
+    assert state.get_session(session.id).status == SessionStatus.FAILED
+
+
+def test_a_merge_cut_short_by_a_reducer_restart_is_finished_from_its_stored_partial(stores):
+    state, models = stores
+    controller, gateway, session = _setup(stores, {"a": 1.0}, rounds=1)
+    leftover = Round(
+        session_id=session.id,
+        index=1,
+        model_in=session.model_id,
+        status=RoundStatus.RUNNING,
+        combiners=["a"],
+        num_updates=2,
+    )
+    models.put(partial_key(leftover.id, "a"), encode_model({"w": np.full(4, 3.0)}))
+    state.put_round(leftover)
+    lost = Round(session_id=session.id, index=7, model_in=session.model_id, status=RoundStatus.RUNNING)
+    state.put_round(lost)
+    final = controller.run_session(session.model_copy(update={"status": SessionStatus.RUNNING}))
+    assert final.status == SessionStatus.DONE and gateway.plans == []
+    np.testing.assert_allclose(_w(models, final.model_id), np.full(4, 3.0))
+    rounds = {r.id: r for r in state.list_rounds(session.id)}
+    assert rounds[leftover.id].status == RoundStatus.DONE
+    assert rounds[lost.id].status == RoundStatus.FAILED and "partial is gone" in rounds[lost.id].reason
