@@ -197,7 +197,9 @@ class ClientRuntime:
         try:
             reply = stub.UploadUpdate(messages, timeout=timeout_s + 30)
         except grpc.RpcError as exc:
-            logger.error("round %s: update rejected by combiner: %s: %s", task.round_id, exc.code().name, exc.details())
+            # FAILED_PRECONDITION: the round or async session moved on (closed, ended, too stale), not a fault here
+            log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
+            log("round %s: update not taken by the combiner: %s: %s", task.round_id, exc.code().name, exc.details())
             return
         self.rounds_trained += 1
         logger.info(

@@ -111,7 +111,7 @@ def test_rejected_update_is_logged_and_the_client_stays(loop_thread, combiner, g
     _wait(lambda: len(combiner.rounds.connected_client_ids()) == 1, "the client to connect")
     r1 = _run_round(loop_thread, combiner, model_id, 1)
     assert r1.num_rejected == 1 and "NaN" in r1.failures[0].error
-    _wait(lambda: "update rejected by combiner: INVALID_ARGUMENT" in caplog.text, "the rejection to be logged")
+    _wait(lambda: "update not taken by the combiner: INVALID_ARGUMENT" in caplog.text, "the rejection to be logged")
     assert _run_round(loop_thread, combiner, model_id, 2).num_updates == 1
 
 
