@@ -6,9 +6,11 @@ silent it asks the reducer again, so clients of a dead combiner move to a live o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -132,7 +134,9 @@ class ClientRuntime:
                     logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
                 task = wire.task_from_proto(item)
                 if task.kind == "train":
-                    self._run_train_task(stub, task)
+                    ended = self._run_train_task(stub, task, inbox)
+                    if ended is not None:
+                        return ended.reason
             return "stopping"
         finally:
             with self._lock:
@@ -152,15 +156,19 @@ class ClientRuntime:
 
     # -- one task ----------------------------------------------------------
 
-    def _run_train_task(self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo) -> None:
+    def _run_train_task(
+        self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo, inbox: queue.Queue
+    ) -> _StreamEnded | None:
+        """Download, train, upload; returns the stream's end if it ended while waiting for an upload grant."""
         timeout_s = max(task.timeout_s, 1.0)
+        deadline = time.monotonic() + timeout_s
         try:
             manifest, params = self._download(stub, task.model_id, timeout_s)
         except (grpc.RpcError, FednError) as exc:
             text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
             logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
             self._report_failure(stub, task, f"could not download the global model: {text}")
-            return
+            return None
         config = {**(task.config or {}), "round": task.round_index}
         try:
             result = self.client.train(params, config)
@@ -168,8 +176,51 @@ class ClientRuntime:
         except Exception as exc:  # the user's code: report it, stay connected
             logger.exception("round %s: train failed", task.round_id)
             self._report_failure(stub, task, f"{type(exc).__name__}: {exc}")
-            return
-        self._upload(stub, task, arrays, weight, metrics, timeout_s)
+            return None
+        messages = wire.update_messages(
+            task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
+        )
+        header = next(messages)
+        granted = self._await_grant(stub, task, header.header.model.payload_bytes, inbox, deadline)
+        if isinstance(granted, _StreamEnded):
+            return granted
+        if granted:
+            self._upload(stub, task, itertools.chain([header], messages), weight, timeout_s)
+        return None
+
+    def _await_grant(
+        self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo, size: int, inbox: queue.Queue, deadline: float
+    ) -> bool | _StreamEnded:
+        """Ask for an upload slot and wait for it on the task stream, so no upload stream sits waiting."""
+        request = pb.UploadRequest(round_id=task.round_id, client_id=self.client_id or "", payload_bytes=size)
+        try:
+            reply = stub.RequestUpload(request, timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older combiner: upload and wait in the stream
+                return True
+            log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
+            log("round %s: no upload slot: %s: %s", task.round_id, exc.code().name, exc.details())
+            return False
+        if reply.granted:
+            return True
+        logger.debug("round %s: waiting for an upload slot (%d ahead)", task.round_id, reply.queued_before)
+        while not self._stop.is_set():
+            try:
+                item = inbox.get(timeout=min(self._heartbeat_timeout_s, max(0.1, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    logger.warning("round %s: no upload slot before the deadline", task.round_id)
+                    return False
+                return _StreamEnded(f"no message for {self._heartbeat_timeout_s:g}s")
+            if isinstance(item, _StreamEnded):
+                return item
+            waiting = wire.task_from_proto(item)
+            if waiting.kind == "upload_grant" and waiting.round_id == task.round_id:
+                return True
+            if waiting.kind == "train":  # the round moved on without us; serve the new task next
+                inbox.put(item)
+                return False
+        return False
 
     def _download(self, stub: pb_grpc.CombinerStub, model_id: str, timeout_s: float) -> tuple[list, NamedArrays]:
         if self._model_cache is None or self._model_cache[0] != model_id:
@@ -188,12 +239,7 @@ class ClientRuntime:
         _, manifest, arrays = self._model_cache
         return manifest, {name: a.copy() for name, a in arrays.items()}
 
-    def _upload(
-        self, stub, task: wire.TaskInfo, arrays: NamedArrays, weight: float, metrics: dict, timeout_s: float
-    ) -> None:
-        messages = wire.update_messages(
-            task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
-        )
+    def _upload(self, stub, task: wire.TaskInfo, messages: Iterator, weight: float, timeout_s: float) -> None:
         try:
             reply = stub.UploadUpdate(messages, timeout=timeout_s + 30)
         except grpc.RpcError as exc:

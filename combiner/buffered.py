@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from fedn import heap
 from fedn.aggregation import MetricsAccumulator, WeightedMean, staleness_weight
-from fedn.codec import TensorSpec, decode_payload, encode_model
+from fedn.codec import TensorSpec, encode_model_chunks
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, PayloadTooLarge
 from fedn.models import partial_key
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
@@ -27,6 +28,7 @@ from fedn.wire import TaskInfo, UpdateHeaderInfo
 
 if TYPE_CHECKING:
     from combiner.rounds import RoundService
+    from combiner.uploads import UploadGate
 
 __all__ = ["BufferedRun", "run_id_for"]
 
@@ -78,7 +80,7 @@ class BufferedRun:
     closed: bool = False
     full: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    gate: UploadGate | None = None
     calls: int = 0  # RunRound calls waiting on this run
     last_call: float = 0.0
     watchdog: asyncio.Task | None = None
@@ -167,11 +169,14 @@ class BufferedRun:
 
     def left(self, client_id: str) -> None:
         self.training.discard(client_id)
+        if self.gate is not None:
+            self.gate.release(client_id)
         with contextlib.suppress(ValueError):
             self.waiting.remove(client_id)
         self._fill_slots()
 
-    def _expect(self, client_id: str) -> None:
+    def expect(self, client_id: str) -> None:
+        """Raise unless ``client_id`` has a task out and is not already uploading."""
         if self.closed:
             raise FailedPrecondition(f"async session {self.session_id!r} has ended on this combiner")
         if client_id not in self.training:
@@ -180,7 +185,7 @@ class BufferedRun:
             raise Conflict(f"client {client_id!r} is already uploading an update")
 
     def report_failure(self, client_id: str, error: str) -> None:
-        self._expect(client_id)
+        self.expect(client_id)
         text = (error or "unspecified error")[:2000]
         logger.warning("client %s failed in async session %s: %s", client_id, self.session_id, text)
         self.failures[client_id] = text
@@ -191,16 +196,15 @@ class BufferedRun:
     async def receive(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
         """Validate one update completely, then fold its staleness-scaled delta; returns the buffer's count."""
         client_id = header.client_id
-        self._expect(client_id)
+        self.expect(client_id)
         self.uploading.add(client_id)
         ok = False  # a refused update is the client's fault unless it was only too old
         try:
             self.service.check_header(self.manifest, header)
             self._staleness(header.base_model_id)  # refuse a too-old base before the upload takes a slot
-            async with self.upload_slots:
+            async with self.gate.slot(client_id):
                 arrays = await self.service.receive_arrays(self.manifest, header, chunks)
-                base_model = await self.service.get_model(header.base_model_id)
-                base = decode_payload(base_model.manifest, base_model.payload)
+                base = await self.service.model_arrays(header.base_model_id)
                 async with self.lock:
                     if self.closed:
                         raise FailedPrecondition(f"async session {self.session_id!r} ended during the upload")
@@ -217,6 +221,8 @@ class BufferedRun:
                     if count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
                         self._seal()
                 del arrays, base
+            if header.model.payload_bytes > _FOLD_IN_THREAD_BYTES:  # give the staged buffer's memory back
+                await asyncio.to_thread(heap.trim)
             ok = True
         except _Stale:
             ok = True  # not the client's fault: its next task, on the newest model, goes out at once
@@ -287,7 +293,7 @@ class BufferedRun:
             if buffer.count:
                 partial = await asyncio.to_thread(buffer.finish)
                 key = partial_key(plan.round_id, self.service.combiner_id)
-                await asyncio.to_thread(self.service.models.put, key, encode_model(partial.arrays))
+                await asyncio.to_thread(self.service.models.put, key, encode_model_chunks(partial.arrays))
                 total_weight = partial.total_weight
                 del partial
             if stale:
@@ -330,6 +336,8 @@ class BufferedRun:
         self.full.set()
         self.training.clear()
         self.waiting.clear()
+        if self.gate is not None:
+            self.gate.close()
         if self.watchdog is not None and self.watchdog is not asyncio.current_task():
             self.watchdog.cancel()
         logger.info("async session %s ended on %s: %s", self.session_id, self.service.combiner_id, reason)

@@ -7,26 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from combiner.buffered import BufferedRun
+from combiner.uploads import UploadGate
+from fedn import heap
 from fedn.aggregation import MetricsAccumulator, WeightedMean, aggregator_config, make_aggregator
-from fedn.chunking import ChunkAssembler
+from fedn.chunking import ChunkAssembler, iter_chunks
 from fedn.codec import (
     NamedArrays,
     TensorSpec,
     check_finite,
     check_manifest,
-    decode_model,
     decode_payload,
-    encode_model,
-    encode_payload,
+    encode_model_chunks,
+    model_header_size,
     payload_bytes,
-    sha256_hex,
+    read_model_header,
+    split_model,
 )
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, InvalidModel, PayloadTooLarge
 from fedn.models import model_key, partial_key
@@ -45,12 +49,17 @@ _FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are folded off the event loop
 
 @dataclass(frozen=True)
 class CachedModel:
-    """A global model, encoded once and served to every client from the same bytes."""
+    """A global model's manifest and payload digest, and the payload itself when it is small enough
+    to hold (``model_cache_bytes``): then every client is served from the same bytes. A larger one is
+    streamed from the model store to each client, so the combiner never holds a copy of it."""
 
     model_id: str
     manifest: list[TensorSpec]
-    payload: bytes
     sha256: str
+    size: int
+    payload: bytes | memoryview | None
+    key: str = ""
+    offset: int = 0  # where the payload starts in the stored blob
 
 
 @dataclass(eq=False)
@@ -72,17 +81,20 @@ class _ActiveRound:
     metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
     answered: set[str] = field(default_factory=set)
     accepted: list[str] = field(default_factory=list)
+    downloaded: set[str] = field(default_factory=set)
     uploading: set[str] = field(default_factory=set)
     failures: dict[str, str] = field(default_factory=dict)
     num_rejected: int = 0
     closed: bool = False
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    gate: UploadGate | None = None
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def answer(self, client_id: str, error: str | None = None) -> None:
         self.answered.add(client_id)
+        if self.gate is not None and client_id not in self.uploading:
+            self.gate.release(client_id)  # an uploading client's slot is freed when its staged buffer is
         if error is not None:
             self.failures[client_id] = error
         if self.answered >= self.selected:
@@ -101,6 +113,8 @@ class RoundService:
         max_concurrent_uploads: int = 8,
         max_concurrent_downloads: int = 16,
         max_staged_bytes: int = 64 << 20,
+        grant_timeout_s: float = 30.0,
+        model_cache_bytes: int = 16 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.combiner_id = combiner_id
@@ -108,6 +122,8 @@ class RoundService:
         self._max_update_bytes = max_update_bytes
         self._max_uploads = max_concurrent_uploads
         self._max_staged_bytes = max_staged_bytes
+        self._grant_timeout_s = grant_timeout_s
+        self._model_cache_bytes = model_cache_bytes
         self.download_slots = asyncio.Semaphore(max_concurrent_downloads)
         self.clock = clock
         self._clients: dict[str, ClientConnection] = {}
@@ -174,10 +190,88 @@ class RoundService:
             return cached
 
     def _load_model(self, model_id: str) -> CachedModel:
-        arrays = decode_model(self._models.get(model_key(model_id)))
-        manifest, payload = encode_payload(arrays)
-        logger.info("loaded global model %s (%d tensors, %d bytes)", model_id, len(manifest), len(payload))
-        return CachedModel(model_id, manifest, payload, sha256_hex(payload))
+        """One pass over the stored blob: its header, then the payload kept (small) or only hashed (large)."""
+        key = model_key(model_id)
+        chunks = self._models.iter_chunks(key, 1 << 20)
+        head = bytearray()
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 8 and len(head) >= model_header_size(head):
+                break
+        offset = model_header_size(head)
+        manifest, size = read_model_header(head)
+        keep = size <= self._model_cache_bytes
+        digest = hashlib.sha256()
+        payload = bytearray(head[offset:]) if keep else None
+        digest.update(memoryview(head)[offset:])
+        received = len(head) - offset
+        for chunk in chunks:
+            digest.update(chunk)
+            received += len(chunk)
+            if payload is not None:
+                payload += chunk
+        if received != size:
+            raise InvalidModel(f"model {model_id} has {received} data bytes, its header describes {size}")
+        logger.info(
+            "loaded global model %s (%d tensors, %d bytes, %s)",
+            model_id,
+            len(manifest),
+            size,
+            "held in memory" if keep else "streamed from the store",
+        )
+        return CachedModel(model_id, manifest, digest.hexdigest(), size, payload, key, offset)
+
+    async def payload_chunks(self, model: CachedModel, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The model's payload in ``chunk_bytes`` pieces, from memory or read from the store off the loop."""
+        if model.payload is not None:
+            for chunk in iter_chunks(model.payload, chunk_bytes):
+                yield chunk
+            return
+        pieces = self._stored_payload(model, chunk_bytes)
+        while batch := await asyncio.to_thread(list, itertools.islice(pieces, 4)):  # 4 reads per thread hop
+            for chunk in batch:
+                yield chunk
+
+    def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
+        skip, pending, sent = model.offset, bytearray(), 0
+        for piece in self._models.iter_chunks(model.key, chunk_bytes):
+            view = memoryview(piece)
+            if skip:
+                taken = min(skip, len(view))
+                view, skip = view[taken:], skip - taken
+            pending += view
+            while len(pending) >= chunk_bytes:
+                sent += chunk_bytes
+                yield bytes(pending[:chunk_bytes])
+                del pending[:chunk_bytes]
+        if pending:
+            sent += len(pending)
+            yield bytes(pending)
+        if sent != model.size:  # the blob changed under us: the client's digest check will refuse it too
+            raise InvalidModel(f"model {model.model_id} changed in the store while it was served")
+
+    async def model_arrays(self, model_id: str) -> NamedArrays:
+        """The model as arrays: views of the held payload, or read from the store for a large one."""
+        model = await self.get_model(model_id)
+        if model.payload is not None:
+            return decode_payload(model.manifest, model.payload)
+        manifest, payload = split_model(await asyncio.to_thread(self._models.get, model.key))
+        return decode_payload(manifest, payload)
+
+    def cached_model_ids(self) -> list[str]:
+        return list(self._cache)
+
+    def download_done(self, model_id: str, client_id: str) -> None:
+        """A client has the whole model. Once every client of the round has it, the cached copy is
+        dropped: the round's memory is then the running sum and the staged updates, not the model too.
+        A late download reads it from the store again."""
+        rnd = self._round
+        if rnd is None or rnd.closed or rnd.plan.model_id != model_id or client_id not in rnd.selected:
+            return
+        rnd.downloaded.add(client_id)
+        async_run = self._buffered is not None and not self._buffered.closed  # it serves base models all along
+        if rnd.downloaded >= rnd.selected and not async_run and self._cache.pop(model_id, None) is not None:
+            logger.debug("round %s: every client has model %s; dropped it from the cache", rnd.plan.round_id, model_id)
 
     # -- rounds ------------------------------------------------------------
 
@@ -213,15 +307,21 @@ class RoundService:
         selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self.clock())
-        rnd.upload_slots = self._upload_slots(model.manifest)
+        rnd.gate = self.upload_gate(model.manifest, plan.round_id, plan.session_id)
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)
 
-    def _upload_slots(self, manifest: list[TensorSpec]) -> asyncio.Semaphore:
+    def upload_gate(self, manifest: list[TensorSpec], round_id: str, session_id: str) -> UploadGate:
         """Staged updates are bounded in count and in bytes, but one may always be staged."""
         slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
-        return asyncio.Semaphore(max(1, slots))
+
+        def notify(client_id: str) -> None:
+            conn = self._clients.get(client_id)
+            if conn is not None:
+                conn.tasks.put_nowait(TaskInfo("upload_grant", round_id, session_id))
+
+        return UploadGate(slots, notify, grant_timeout_s=self._grant_timeout_s, clock=self.clock)
 
     async def _run_buffered(self, plan: RoundPlan) -> RoundResult:
         """Join (or start) the async session of ``plan``; returns the next buffer of updates as a partial."""
@@ -244,7 +344,7 @@ class RoundService:
                 logger.warning("round %s abandoned: async session %s started", current.plan.round_id, plan.session_id)
                 current.all_answered.set()
             run = BufferedRun(self, plan, model.manifest, lease_s=max(60.0, 3 * plan.timeout_s))
-            run.upload_slots = self._upload_slots(model.manifest)
+            run.gate = self.upload_gate(model.manifest, run.run_id, plan.session_id)
             self._buffered = run
             logger.info(
                 "async session %s started on %s: buffer %d, %d clients",
@@ -302,6 +402,7 @@ class RoundService:
                 rnd.closed = True
         finally:
             rnd.closed = True
+            rnd.gate.close()
             self._closed_rounds.append(plan.round_id)
         for client_id in sorted(rnd.selected - rnd.answered):
             rnd.failures[client_id] = f"no update within the round deadline ({plan.timeout_s:g}s)"
@@ -311,8 +412,10 @@ class RoundService:
             # the round is over: a mean computed in place of the running sums saves a model copy
             partial = getattr(rnd.aggregator, "finish", rnd.aggregator.partial)()
             key = partial_key(plan.round_id, self.combiner_id)
-            await asyncio.to_thread(self._models.put, key, encode_model(partial.arrays))
+            await asyncio.to_thread(self._models.put, key, encode_model_chunks(partial.arrays))
             total_weight = partial.total_weight
+            del partial
+        await asyncio.to_thread(heap.trim)  # the round's buffers are gone: return their memory to the OS
         result = RoundResult(
             round_id=plan.round_id,
             combiner_id=self.combiner_id,
@@ -353,6 +456,19 @@ class RoundService:
             raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
         return rnd
 
+    def request_upload(self, round_id: str, client_id: str, size: int) -> tuple[bool, int]:
+        """May ``client_id`` upload its update of ``round_id`` now? (granted, clients queued before it)"""
+        if size > self._max_update_bytes:
+            raise PayloadTooLarge(f"update of {size} bytes exceeds the combiner's limit of {self._max_update_bytes}")
+        run = self._buffered
+        if run is not None and round_id == run.run_id:
+            run.expect(client_id)
+            gate = run.gate
+        else:
+            gate = self._open_round_for(round_id, client_id).gate
+        queued = gate.waiting
+        return gate.request(client_id), queued
+
     def report_failure(self, round_id: str, client_id: str, error: str) -> None:
         run = self._buffered
         if run is not None and round_id == run.run_id:
@@ -376,14 +492,15 @@ class RoundService:
             return await run.receive(header, chunks)
         rnd = self._open_round_for(round_id, client_id)
         rnd.uploading.add(client_id)
+        big = header.model.payload_bytes > _FOLD_IN_THREAD_BYTES
         try:
             self.check_header(rnd.manifest, header)
-            async with rnd.upload_slots:  # held until the fold, so staged buffers stay within the bound
+            async with rnd.gate.slot(client_id):  # held until the fold, so staged buffers stay within the bound
                 arrays = await self.receive_arrays(rnd.manifest, header, chunks)
                 async with rnd.lock:
                     if rnd.closed:
                         raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
-                    if sum(a.nbytes for a in arrays.values()) > _FOLD_IN_THREAD_BYTES:
+                    if big:
                         await asyncio.to_thread(rnd.aggregator.add, arrays, header.num_examples)
                     else:
                         rnd.aggregator.add(arrays, header.num_examples)
@@ -392,6 +509,8 @@ class RoundService:
                     rnd.answer(client_id)
                     count = rnd.aggregator.count
                 del arrays
+            if big:  # the staged buffer is gone: give its memory back before the next one arrives
+                await asyncio.to_thread(heap.trim)
         except (InvalidArgument, PayloadTooLarge) as exc:  # the update's own fault: final for this round
             if not rnd.closed:
                 rnd.num_rejected += 1
@@ -433,3 +552,5 @@ class RoundService:
         if self._round is not None:
             self._round.closed = True
             self._round.all_answered.set()
+            if self._round.gate is not None:
+                self._round.gate.close()

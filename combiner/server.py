@@ -48,6 +48,8 @@ class CombinerServer:
             max_concurrent_uploads=s.max_concurrent_uploads,
             max_concurrent_downloads=s.max_concurrent_downloads,
             max_staged_bytes=s.max_staged_bytes,
+            grant_timeout_s=s.upload_grant_timeout_s,
+            model_cache_bytes=s.model_cache_bytes,
         )
         message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(

@@ -12,7 +12,6 @@ import grpc
 
 from combiner.rounds import RoundService
 from fedn import wire
-from fedn.chunking import iter_chunks
 from fedn.errors import FednError, InvalidArgument
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
@@ -72,12 +71,13 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         except FednError as exc:
             logger.info("DownloadModel refused for client %s: %s", request.client_id, exc.message)
             await context.abort(exc.grpc_status, exc.message)
-        header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, len(model.payload))
+        header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, model.size)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._rounds.download_slots:
             yield pb.ModelChunk(header=wire.model_header_to_proto(header))
-            for chunk in iter_chunks(model.payload, self._chunk_bytes):
+            async for chunk in self._rounds.payload_chunks(model, self._chunk_bytes):
                 yield pb.ModelChunk(data=chunk)
+        self._rounds.download_done(request.model_id, request.client_id)
 
     @_map_errors
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:
@@ -94,6 +94,11 @@ class CombinerServicer(pb_grpc.CombinerServicer):
 
         count = await self._rounds.receive_update(header, chunks())
         return pb.UploadUpdateResponse(round_id=header.round_id, accepted_updates=count)
+
+    @_map_errors
+    async def RequestUpload(self, request: pb.UploadRequest, context) -> pb.UploadGrant:
+        granted, queued = self._rounds.request_upload(request.round_id, request.client_id, request.payload_bytes)
+        return pb.UploadGrant(granted=granted, queued_before=0 if granted else queued)
 
     @_map_errors
     async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:

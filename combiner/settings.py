@@ -25,6 +25,15 @@ class CombinerSettings(BaseSettings):
     max_staged_bytes: int = Field(
         64 << 20, gt=0, description="bytes of updates staged at once (always at least one update); bounds memory"
     )
+    model_cache_bytes: int = Field(
+        16 << 20,
+        ge=0,
+        description="global models up to this size are held in memory and served from there; larger ones are "
+        "streamed from the model store to each client, so the combiner holds no copy",
+    )
+    upload_grant_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client granted an upload slot has to start using it before it passes on"
+    )
     http2_bdp_probe: bool = Field(
         False,
         description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "

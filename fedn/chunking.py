@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
+import numpy as np
+
 from fedn.errors import ChecksumMismatch, InvalidModel, PayloadTooLarge
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ChunkAssembler", "iter_chunks"]
@@ -33,7 +35,8 @@ class ChunkAssembler:
             raise InvalidModel("negative payload size")
         if max_bytes is not None and expected_bytes > max_bytes:
             raise PayloadTooLarge(f"payload of {expected_bytes} bytes exceeds the limit of {max_bytes} bytes")
-        self._buffer = bytearray(expected_bytes)
+        # uninitialised (no zero-filling of a large model): finish() refuses it unless every byte was written
+        self._buffer = memoryview(np.empty(expected_bytes, dtype=np.uint8)).cast("B")
         self._expected_sha = sha256.lower()
         self._digest = hashlib.sha256()
         self._filled = 0
@@ -49,11 +52,11 @@ class ChunkAssembler:
             raise PayloadTooLarge(f"stream sent more than the announced {len(self._buffer)} bytes")
         self._buffer[self._filled : end] = chunk
         self._digest.update(chunk)
-        view = memoryview(self._buffer)[self._filled : end]
+        view = self._buffer[self._filled : end]
         self._filled = end
         return view
 
-    def finish(self) -> bytearray:
+    def finish(self) -> memoryview:
         """The whole payload, once complete and matching its digest."""
         if self._filled != len(self._buffer):
             raise InvalidModel(f"stream ended after {self._filled} of {len(self._buffer)} bytes")

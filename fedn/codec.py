@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +34,14 @@ __all__ = [
     "decode_model",
     "decode_payload",
     "encode_model",
+    "encode_model_chunks",
     "encode_payload",
     "manifest_of",
+    "model_header_size",
     "payload_bytes",
+    "read_model_header",
     "sha256_hex",
+    "split_model",
 ]
 
 NamedArrays = dict[str, np.ndarray]
@@ -116,6 +120,98 @@ def encode_model(arrays: Mapping[str, np.ndarray]) -> bytes:
     return _st_save({name: _as_array(name, a) for name, a in arrays.items()})
 
 
+# numpy dtype name -> safetensors dtype code (the format's spelling)
+_SAFETENSORS_DTYPES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+_NUMPY_DTYPES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
+
+
+def encode_model_chunks(arrays: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryview]:
+    """The same safetensors file as :func:`encode_model`, as its header and then a zero-copy view of each
+    tensor, so a store can write a large model (a float64 partial) without a second copy in memory.
+
+    The safetensors library's writer builds the whole file in memory; its reader checks what this writes.
+    """
+    if not arrays:
+        raise InvalidModel("a model needs at least one tensor")
+    header: dict[str, dict] = {}
+    views: list[memoryview] = []
+    offset = 0
+    for name, value in arrays.items():
+        array = _as_array(name, value)
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[array.dtype.name],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+        views.append(memoryview(array.reshape(-1)).cast("B"))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    yield struct.pack("<Q", len(text)) + text
+    yield from views
+
+
+def model_header_size(prefix: bytes | memoryview) -> int:
+    """Bytes before the tensor data of a safetensors file, from its first 8 bytes."""
+    if len(prefix) < 8:
+        raise InvalidModel("not a safetensors model: shorter than its header")
+    (header_len,) = struct.unpack("<Q", bytes(prefix[:8]))
+    if header_len > 100 << 20:
+        raise InvalidModel(f"not a safetensors model: a {header_len}-byte header")
+    return 8 + header_len
+
+
+def read_model_header(prefix: bytes | memoryview) -> tuple[list[TensorSpec], int]:
+    """The manifest (in data order) and data size of a safetensors file, from its first
+    :func:`model_header_size` bytes; InvalidModel unless the tensors tile the data exactly."""
+    try:
+        header = json.loads(bytes(prefix[8 : model_header_size(prefix)]))
+        header.pop("__metadata__", None)
+        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        manifest: list[TensorSpec] = []
+        offset = 0
+        for name, entry in entries:
+            dtype = _NUMPY_DTYPES.get(entry["dtype"])
+            if dtype is None:
+                raise InvalidModel(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
+            spec = TensorSpec(name, dtype, tuple(int(d) for d in entry["shape"]))
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if begin != offset or end - begin != spec.nbytes:
+                raise InvalidModel(f"tensor {name!r} is not where its header says")
+            manifest.append(spec)
+            offset = end
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidModel(f"not a safetensors model: {exc}") from exc
+    if not manifest:
+        raise InvalidModel("model has no tensors")
+    return manifest, offset
+
+
+def split_model(data: bytes) -> tuple[list[TensorSpec], memoryview]:
+    """The manifest and wire payload of a safetensors file, without copying its tensors.
+
+    The data section of a safetensors file, read in offset order, is exactly a wire payload; a
+    combiner serves a stored global model from it rather than decoding and re-encoding it.
+    """
+    manifest, size = read_model_header(data)
+    payload = memoryview(data)[model_header_size(data) :]
+    if len(payload) != size:
+        raise InvalidModel(f"model has {len(payload)} data bytes, its header describes {size}")
+    return manifest, payload
+
+
 def _offset_order(data: bytes) -> list[str]:
     """Tensor names in the order their bytes appear in a safetensors file (its loader returns hash order)."""
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -161,10 +257,17 @@ def check_manifest(expected: list[TensorSpec], got: list[TensorSpec], *, ordered
         raise InvalidModel("tensors are not in the global model's order")
 
 
+_FINITE_SLICE = 1 << 18  # elements checked at a time: the temporary stays small whatever the tensor
+
+
 def check_finite(name: str, array: np.ndarray) -> None:
     """Raise NonFiniteValues if a float ``array`` holds NaN or Inf."""
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+    if array.dtype.kind != "f":
+        return
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _FINITE_SLICE):
+        if not np.isfinite(flat[start : start + _FINITE_SLICE]).all():
+            raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:

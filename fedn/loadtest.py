@@ -67,12 +67,16 @@ class LoadResult:
 async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected: Callable[[], None]) -> None:
     call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id))
     first = True
+    waiting: tuple[str, list[pb.UpdateChunk]] | None = None  # an update waiting for its upload grant
     try:
         async for msg in call:
             if first:
                 connected()
                 first = False
             task = wire.task_from_proto(msg)
+            if task.kind == "upload_grant" and waiting is not None and waiting[0] == task.round_id:
+                await stub.UploadUpdate(iter(waiting[1]))
+                waiting = None
             if task.kind != "train":
                 continue
             stream = stub.DownloadModel(pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id))
@@ -86,9 +90,18 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected
             arrays = decode_payload(header.tensors, assembler.finish())
             update = {k: v + v.dtype.type(1e-3) for k, v in arrays.items()}  # the trivial train step
             del arrays, assembler
-            await stub.UploadUpdate(
+            messages = list(
                 wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update)
             )
+            del update
+            size = messages[0].header.model.payload_bytes
+            grant = await stub.RequestUpload(
+                pb.UploadRequest(round_id=task.round_id, client_id=client_id, payload_bytes=size)
+            )
+            if grant.granted:  # as the client runtime does: upload now, or when the grant comes down the stream
+                await stub.UploadUpdate(iter(messages))
+            else:
+                waiting = (task.round_id, messages)
     except grpc.aio.AioRpcError:
         pass
     finally:

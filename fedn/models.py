@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from fedn.codec import NamedArrays, decode_model, encode_model, manifest_of, sha256_hex
+from fedn.codec import NamedArrays, decode_payload, encode_model_chunks, manifest_of, split_model
 from fedn.records import ModelRecord, new_id
 from fedn.store.base import ModelStore
 
@@ -30,17 +31,23 @@ def save_model(
     round_id: str | None = None,
     parent_id: str | None = None,
 ) -> ModelRecord:
-    """Encode ``arrays`` as safetensors, store the blob, and return its record (not yet in the state store)."""
+    """Stream ``arrays`` as safetensors into the store, and return its record (not yet in the state store)."""
     model_id = model_id or new_id()
-    blob = encode_model(arrays)
     key = model_key(model_id)
-    models.put(key, blob)
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes | memoryview]:  # streamed: no encoded copy of the model in memory
+        for chunk in encode_model_chunks(arrays):
+            digest.update(chunk)
+            yield chunk
+
+    size = models.put(key, chunks())
     manifest = manifest_of(arrays)
     return ModelRecord(
         id=model_id,
         key=key,
-        sha256=sha256_hex(blob),
-        size_bytes=len(blob),
+        sha256=digest.hexdigest(),
+        size_bytes=size,
         num_parameters=sum(spec.size for spec in manifest),
         tensors=[spec.to_dict() for spec in manifest],
         session_id=session_id,
@@ -50,4 +57,6 @@ def save_model(
 
 
 def load_model(models: ModelStore, key: str) -> NamedArrays:
-    return decode_model(models.get(key))
+    """The stored model as read-only views of its blob: no decoded copy (a float64 partial is large)."""
+    manifest, payload = split_model(models.get(key))
+    return decode_payload(manifest, payload)

@@ -55,7 +55,7 @@ class UpdateHeaderInfo:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task sent down a client's stream; ``kind`` is "heartbeat" or "train"."""
+    """A task sent down a client's stream; ``kind`` is "heartbeat", "train" or "upload_grant"."""
 
     kind: str
     round_id: str = ""
@@ -66,7 +66,11 @@ class TaskInfo:
     config: dict[str, ConfigScalar] | None = None
 
 
-_TASK_KINDS = {"heartbeat": pb.TASK_KIND_HEARTBEAT, "train": pb.TASK_KIND_TRAIN}
+_TASK_KINDS = {
+    "heartbeat": pb.TASK_KIND_HEARTBEAT,
+    "train": pb.TASK_KIND_TRAIN,
+    "upload_grant": pb.TASK_KIND_UPLOAD_GRANT,
+}
 
 
 def task_to_proto(task: TaskInfo) -> pb.Task:

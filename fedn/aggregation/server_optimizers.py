@@ -64,10 +64,11 @@ class ServerOptimizer:
         """The next global model (float64 for float tensors) from the current one and the merged mean."""
         self.step_count += 1
         out: NamedArrays = {}
+        plain = type(self)._update is ServerOptimizer._update  # x + (merged - x) is merged: skip the copies
         for name, m in merged.items():
             x = np.asarray(global_[name])
-            if x.dtype.kind != "f":
-                out[name] = np.asarray(m)
+            if x.dtype.kind != "f" or plain:
+                out[name] = np.asarray(m, dtype=np.float64) if plain and x.dtype.kind == "f" else np.asarray(m)
                 continue
             x64 = x.astype(np.float64)
             out[name] = self._update(name, x64, np.asarray(m, dtype=np.float64) - x64)

@@ -142,5 +142,5 @@ def merge_partials(partials: Sequence[Partial]) -> Partial:
     acc = WeightedMean(manifest_of(partials[0].arrays))
     for p in partials:
         acc.add(p.arrays, p.total_weight)
-    merged = acc.partial()
+    merged = acc.finish()
     return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=sum(p.count for p in partials))

@@ -28,7 +28,7 @@ class _ChunkReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view, so taking parts of a large chunk copies only the parts
         self.size = 0
 
     def readable(self) -> bool:
@@ -39,7 +39,7 @@ class _ChunkReader(io.RawIOBase):
         while n < 0 or len(out) < n:
             if not self._pending:
                 try:
-                    self._pending = bytes(next(self._chunks))
+                    self._pending = memoryview(next(self._chunks)).cast("B")
                 except StopIteration:
                     break
             take = len(self._pending) if n < 0 else n - len(out)

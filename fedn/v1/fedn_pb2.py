@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x66\x65\x64n/v1/fedn.proto\x12\x07\x66\x65\x64n.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"p\n\x0b\x43onfigValue\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"l\n\x0bModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.fedn.v1.TensorSpec\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\";\n\x11TaskStreamRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\"\xf7\x01\n\x04Task\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.fedn.v1.TaskKind\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12)\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x19.fedn.v1.Task.ConfigEntry\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x13\n\x0bround_index\x18\x07 \x01(\x03\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\";\n\x14\x44ownloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"L\n\nModelChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedn.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xea\x01\n\x0cUpdateHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rbase_model_id\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x01\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".fedn.v1.UpdateHeader.MetricsEntry\x12#\n\x05model\x18\x06 \x01(\x0b\x32\x14.fedn.v1.ModelHeader\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x0bUpdateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedn.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"B\n\x14UploadUpdateResponse\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63\x63\x65pted_updates\x18\x02 \x01(\x03\"J\n\x14ReportFailureRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x17\n\x15ReportFailureResponse\"\x9f\x04\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bround_index\x18\x03 \x01(\x03\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\naggregator\x18\x05 \x01(\t\x12.\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\x1e.fedn.v1.RoundPlan.ConfigEntry\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x08 \x01(\x03\x12\x13\n\x0bsample_seed\x18\t \x01(\x03\x12\x43\n\x11\x61ggregator_config\x18\n \x03(\x0b\x32(.fedn.v1.RoundPlan.AggregatorConfigEntry\x12\x0c\n\x04mode\x18\x0b \x01(\t\x12\x13\n\x0b\x62uffer_size\x18\x0c \x01(\x03\x12\x15\n\rmodel_version\x18\r \x01(\x03\x12\x1a\n\x12staleness_exponent\x18\x0e \x01(\x01\x12\x15\n\rmax_staleness\x18\x0f \x01(\x03\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\x1aM\n\x15\x41ggregatorConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\"_\n\x11ModelAnnouncement\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"&\n\x15\x41nnounceModelResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"1\n\rClientFailure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"F\n\rMetricSummary\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\xda\x02\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ombiner_id\x18\x02 \x01(\t\x12\x13\n\x0bpartial_key\x18\x03 \x01(\t\x12\x14\n\x0ctotal_weight\x18\x04 \x01(\x01\x12\x14\n\x0cnum_selected\x18\x05 \x01(\x03\x12\x13\n\x0bnum_updates\x18\x06 \x01(\x03\x12\x14\n\x0cnum_rejected\x18\x07 \x01(\x03\x12(\n\x08\x66\x61ilures\x18\x08 \x03(\x0b\x32\x16.fedn.v1.ClientFailure\x12\x32\n\x07metrics\x18\t \x03(\x0b\x32!.fedn.v1.RoundResult.MetricsEntry\x12\x12\n\nclient_ids\x18\n \x03(\t\x1a\x46\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fedn.v1.MetricSummary:\x02\x38\x01*S\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_KIND_HEARTBEAT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x32\xa6\x03\n\x08\x43ombiner\x12\x39\n\nTaskStream\x12\x1a.fedn.v1.TaskStreamRequest\x1a\r.fedn.v1.Task0\x01\x12\x45\n\rDownloadModel\x12\x1d.fedn.v1.DownloadModelRequest\x1a\x13.fedn.v1.ModelChunk0\x01\x12\x45\n\x0cUploadUpdate\x12\x14.fedn.v1.UpdateChunk\x1a\x1d.fedn.v1.UploadUpdateResponse(\x01\x12N\n\rReportFailure\x12\x1d.fedn.v1.ReportFailureRequest\x1a\x1e.fedn.v1.ReportFailureResponse\x12\x34\n\x08RunRound\x12\x12.fedn.v1.RoundPlan\x1a\x14.fedn.v1.RoundResult\x12K\n\rAnnounceModel\x12\x1a.fedn.v1.ModelAnnouncement\x1a\x1e.fedn.v1.AnnounceModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x66\x65\x64n/v1/fedn.proto\x12\x07\x66\x65\x64n.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"p\n\x0b\x43onfigValue\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"l\n\x0bModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.fedn.v1.TensorSpec\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\";\n\x11TaskStreamRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\"\xf7\x01\n\x04Task\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.fedn.v1.TaskKind\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12)\n\x06\x63onfig\x18\x05 \x03(\x0b\x32\x19.fedn.v1.Task.ConfigEntry\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x13\n\x0bround_index\x18\x07 \x01(\x03\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\";\n\x14\x44ownloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\"L\n\nModelChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedn.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xea\x01\n\x0cUpdateHeader\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rbase_model_id\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x01\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".fedn.v1.UpdateHeader.MetricsEntry\x12#\n\x05model\x18\x06 \x01(\x0b\x32\x14.fedn.v1.ModelHeader\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x0bUpdateChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedn.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"K\n\rUploadRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x03\"5\n\x0bUploadGrant\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x15\n\rqueued_before\x18\x02 \x01(\x03\"B\n\x14UploadUpdateResponse\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x18\n\x10\x61\x63\x63\x65pted_updates\x18\x02 \x01(\x03\"J\n\x14ReportFailureRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x17\n\x15ReportFailureResponse\"\x9f\x04\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bround_index\x18\x03 \x01(\x03\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\naggregator\x18\x05 \x01(\t\x12.\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\x1e.fedn.v1.RoundPlan.ConfigEntry\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x08 \x01(\x03\x12\x13\n\x0bsample_seed\x18\t \x01(\x03\x12\x43\n\x11\x61ggregator_config\x18\n \x03(\x0b\x32(.fedn.v1.RoundPlan.AggregatorConfigEntry\x12\x0c\n\x04mode\x18\x0b \x01(\t\x12\x13\n\x0b\x62uffer_size\x18\x0c \x01(\x03\x12\x15\n\rmodel_version\x18\r \x01(\x03\x12\x1a\n\x12staleness_exponent\x18\x0e \x01(\x01\x12\x15\n\rmax_staleness\x18\x0f \x01(\x03\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\x1aM\n\x15\x41ggregatorConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedn.v1.ConfigValue:\x02\x38\x01\"_\n\x11ModelAnnouncement\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"&\n\x15\x41nnounceModelResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"1\n\rClientFailure\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"F\n\rMetricSummary\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\xda\x02\n\x0bRoundResult\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ombiner_id\x18\x02 \x01(\t\x12\x13\n\x0bpartial_key\x18\x03 \x01(\t\x12\x14\n\x0ctotal_weight\x18\x04 \x01(\x01\x12\x14\n\x0cnum_selected\x18\x05 \x01(\x03\x12\x13\n\x0bnum_updates\x18\x06 \x01(\x03\x12\x14\n\x0cnum_rejected\x18\x07 \x01(\x03\x12(\n\x08\x66\x61ilures\x18\x08 \x03(\x0b\x32\x16.fedn.v1.ClientFailure\x12\x32\n\x07metrics\x18\t \x03(\x0b\x32!.fedn.v1.RoundResult.MetricsEntry\x12\x12\n\nclient_ids\x18\n \x03(\t\x1a\x46\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.fedn.v1.MetricSummary:\x02\x38\x01*o\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_KIND_HEARTBEAT\x10\x01\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x02\x12\x1a\n\x16TASK_KIND_UPLOAD_GRANT\x10\x03\x32\xe5\x03\n\x08\x43ombiner\x12\x39\n\nTaskStream\x12\x1a.fedn.v1.TaskStreamRequest\x1a\r.fedn.v1.Task0\x01\x12\x45\n\rDownloadModel\x12\x1d.fedn.v1.DownloadModelRequest\x1a\x13.fedn.v1.ModelChunk0\x01\x12=\n\rRequestUpload\x12\x16.fedn.v1.UploadRequest\x1a\x14.fedn.v1.UploadGrant\x12\x45\n\x0cUploadUpdate\x12\x14.fedn.v1.UpdateChunk\x1a\x1d.fedn.v1.UploadUpdateResponse(\x01\x12N\n\rReportFailure\x12\x1d.fedn.v1.ReportFailureRequest\x1a\x1e.fedn.v1.ReportFailureResponse\x12\x34\n\x08RunRound\x12\x12.fedn.v1.RoundPlan\x1a\x14.fedn.v1.RoundResult\x12K\n\rAnnounceModel\x12\x1a.fedn.v1.ModelAnnouncement\x1a\x1e.fedn.v1.AnnounceModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDPLAN_AGGREGATORCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDRESULT_METRICSENTRY']._loaded_options = None
   _globals['_ROUNDRESULT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=2404
-  _globals['_TASKKIND']._serialized_end=2487
+  _globals['_TASKKIND']._serialized_start=2536
+  _globals['_TASKKIND']._serialized_end=2647
   _globals['_TENSORSPEC']._serialized_start=31
   _globals['_TENSORSPEC']._serialized_end=87
   _globals['_CONFIGVALUE']._serialized_start=89
@@ -65,30 +65,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=998
   _globals['_UPDATECHUNK']._serialized_start=1000
   _globals['_UPDATECHUNK']._serialized_end=1078
-  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1080
-  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1146
-  _globals['_REPORTFAILUREREQUEST']._serialized_start=1148
-  _globals['_REPORTFAILUREREQUEST']._serialized_end=1222
-  _globals['_REPORTFAILURERESPONSE']._serialized_start=1224
-  _globals['_REPORTFAILURERESPONSE']._serialized_end=1247
-  _globals['_ROUNDPLAN']._serialized_start=1250
-  _globals['_ROUNDPLAN']._serialized_end=1793
+  _globals['_UPLOADREQUEST']._serialized_start=1080
+  _globals['_UPLOADREQUEST']._serialized_end=1155
+  _globals['_UPLOADGRANT']._serialized_start=1157
+  _globals['_UPLOADGRANT']._serialized_end=1210
+  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1212
+  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1278
+  _globals['_REPORTFAILUREREQUEST']._serialized_start=1280
+  _globals['_REPORTFAILUREREQUEST']._serialized_end=1354
+  _globals['_REPORTFAILURERESPONSE']._serialized_start=1356
+  _globals['_REPORTFAILURERESPONSE']._serialized_end=1379
+  _globals['_ROUNDPLAN']._serialized_start=1382
+  _globals['_ROUNDPLAN']._serialized_end=1925
   _globals['_ROUNDPLAN_CONFIGENTRY']._serialized_start=555
   _globals['_ROUNDPLAN_CONFIGENTRY']._serialized_end=622
-  _globals['_ROUNDPLAN_AGGREGATORCONFIGENTRY']._serialized_start=1716
-  _globals['_ROUNDPLAN_AGGREGATORCONFIGENTRY']._serialized_end=1793
-  _globals['_MODELANNOUNCEMENT']._serialized_start=1795
-  _globals['_MODELANNOUNCEMENT']._serialized_end=1890
-  _globals['_ANNOUNCEMODELRESPONSE']._serialized_start=1892
-  _globals['_ANNOUNCEMODELRESPONSE']._serialized_end=1930
-  _globals['_CLIENTFAILURE']._serialized_start=1932
-  _globals['_CLIENTFAILURE']._serialized_end=1981
-  _globals['_METRICSUMMARY']._serialized_start=1983
-  _globals['_METRICSUMMARY']._serialized_end=2053
-  _globals['_ROUNDRESULT']._serialized_start=2056
-  _globals['_ROUNDRESULT']._serialized_end=2402
-  _globals['_ROUNDRESULT_METRICSENTRY']._serialized_start=2332
-  _globals['_ROUNDRESULT_METRICSENTRY']._serialized_end=2402
-  _globals['_COMBINER']._serialized_start=2490
-  _globals['_COMBINER']._serialized_end=2912
+  _globals['_ROUNDPLAN_AGGREGATORCONFIGENTRY']._serialized_start=1848
+  _globals['_ROUNDPLAN_AGGREGATORCONFIGENTRY']._serialized_end=1925
+  _globals['_MODELANNOUNCEMENT']._serialized_start=1927
+  _globals['_MODELANNOUNCEMENT']._serialized_end=2022
+  _globals['_ANNOUNCEMODELRESPONSE']._serialized_start=2024
+  _globals['_ANNOUNCEMODELRESPONSE']._serialized_end=2062
+  _globals['_CLIENTFAILURE']._serialized_start=2064
+  _globals['_CLIENTFAILURE']._serialized_end=2113
+  _globals['_METRICSUMMARY']._serialized_start=2115
+  _globals['_METRICSUMMARY']._serialized_end=2185
+  _globals['_ROUNDRESULT']._serialized_start=2188
+  _globals['_ROUNDRESULT']._serialized_end=2534
+  _globals['_ROUNDRESULT_METRICSENTRY']._serialized_start=2464
+  _globals['_ROUNDRESULT_METRICSENTRY']._serialized_end=2534
+  _globals['_COMBINER']._serialized_start=2650
+  _globals['_COMBINER']._serialized_end=3135
 # @@protoc_insertion_point(module_scope)

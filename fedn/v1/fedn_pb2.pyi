@@ -12,9 +12,11 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
     TASK_KIND_HEARTBEAT: _ClassVar[TaskKind]
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
+    TASK_KIND_UPLOAD_GRANT: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_HEARTBEAT: TaskKind
 TASK_KIND_TRAIN: TaskKind
+TASK_KIND_UPLOAD_GRANT: TaskKind
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -129,6 +131,24 @@ class UpdateChunk(_message.Message):
     header: UpdateHeader
     data: bytes
     def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadRequest(_message.Message):
+    __slots__ = ("round_id", "client_id", "payload_bytes")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    client_id: str
+    payload_bytes: int
+    def __init__(self, round_id: _Optional[str] = ..., client_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadGrant(_message.Message):
+    __slots__ = ("granted", "queued_before")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    queued_before: int
+    def __init__(self, granted: _Optional[bool] = ..., queued_before: _Optional[int] = ...) -> None: ...
 
 class UploadUpdateResponse(_message.Message):
     __slots__ = ("round_id", "accepted_updates")

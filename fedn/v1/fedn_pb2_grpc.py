@@ -44,6 +44,11 @@ class CombinerStub:
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.DownloadModelRequest.SerializeToString,
                 response_deserializer=fedn_dot_v1_dot_fedn__pb2.ModelChunk.FromString,
                 _registered_method=True)
+        self.RequestUpload = channel.unary_unary(
+                '/fedn.v1.Combiner/RequestUpload',
+                request_serializer=fedn_dot_v1_dot_fedn__pb2.UploadRequest.SerializeToString,
+                response_deserializer=fedn_dot_v1_dot_fedn__pb2.UploadGrant.FromString,
+                _registered_method=True)
         self.UploadUpdate = channel.stream_unary(
                 '/fedn.v1.Combiner/UploadUpdate',
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.UpdateChunk.SerializeToString,
@@ -78,6 +83,13 @@ class CombinerServicer:
 
     def DownloadModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestUpload(self, request, context):
+        """May I upload now? Uploading without asking works too, but waits for a slot inside the stream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -120,6 +132,11 @@ def add_CombinerServicer_to_server(servicer, server):
                     servicer.DownloadModel,
                     request_deserializer=fedn_dot_v1_dot_fedn__pb2.DownloadModelRequest.FromString,
                     response_serializer=fedn_dot_v1_dot_fedn__pb2.ModelChunk.SerializeToString,
+            ),
+            'RequestUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestUpload,
+                    request_deserializer=fedn_dot_v1_dot_fedn__pb2.UploadRequest.FromString,
+                    response_serializer=fedn_dot_v1_dot_fedn__pb2.UploadGrant.SerializeToString,
             ),
             'UploadUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadUpdate,
@@ -196,6 +213,33 @@ class Combiner:
             '/fedn.v1.Combiner/DownloadModel',
             fedn_dot_v1_dot_fedn__pb2.DownloadModelRequest.SerializeToString,
             fedn_dot_v1_dot_fedn__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedn.v1.Combiner/RequestUpload',
+            fedn_dot_v1_dot_fedn__pb2.UploadRequest.SerializeToString,
+            fedn_dot_v1_dot_fedn__pb2.UploadGrant.FromString,
             options,
             channel_credentials,
             insecure,

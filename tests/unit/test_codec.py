@@ -108,3 +108,46 @@ def test_decode_model_order_is_the_file_order_every_time():
     assert sorted(first) == sorted(arrays)
     for _ in range(5):
         assert list(decode_model(blob)) == first
+
+
+def test_streamed_safetensors_is_the_same_model_and_the_library_reads_it():
+    from safetensors.numpy import load
+
+    from fedn.codec import encode_model_chunks
+
+    arrays = {
+        "w": np.arange(12, dtype=np.float64).reshape(3, 4),
+        "h": np.ones(3, np.float16),
+        "f": np.linspace(0, 1, 5, dtype=np.float32),
+        "steps": np.array(7, np.int64),
+        "mask": np.array([True, False, True]),
+        "b": np.arange(3, dtype=np.uint8),
+        "t": np.arange(6, dtype=np.int32).reshape(2, 3).T,  # not contiguous
+    }
+    chunks = list(encode_model_chunks(arrays))
+    assert len(chunks) == 1 + len(arrays) and len(chunks[0]) % 8 == 0
+    blob = b"".join(bytes(c) for c in chunks)
+    library = load(blob)
+    decoded = decode_model(blob)
+    assert list(decoded) == list(arrays)  # tensors in the given order
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(decoded[name], a)
+        np.testing.assert_array_equal(library[name], a)
+        assert decoded[name].dtype == a.dtype and decoded[name].shape == a.shape
+    with pytest.raises(InvalidModel):
+        list(encode_model_chunks({}))
+
+
+def test_split_model_gives_the_wire_payload_without_decoding():
+    from fedn.codec import encode_model_chunks, encode_payload, split_model
+
+    arrays = {"b": np.ones(3, np.float32), "a": np.arange(4, dtype=np.int64).reshape(2, 2), "s": np.array(True)}
+    for blob in (encode_model(arrays), b"".join(bytes(c) for c in encode_model_chunks(arrays))):
+        manifest, payload = split_model(blob)
+        decoded = decode_model(blob)
+        want_manifest, want_payload = encode_payload(decoded)
+        assert manifest == want_manifest and bytes(payload) == want_payload
+    blob = encode_model(arrays)
+    for bad in (b"", blob[:20], blob[:-1], b"\x08" + b"\x00" * 7 + b"not json"):
+        with pytest.raises(InvalidModel):
+            split_model(bad)
