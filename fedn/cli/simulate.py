@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fedn.cli.models import parse_client_args
-from fedn.cli.sessions import parse_json_object
+from fedn.cli.sessions import add_mode_arguments, mode_params, parse_json_object
 from fedn.errors import InvalidArgument
 from fedn.partition import PARTITIONERS
 
@@ -45,6 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy-config", default="{}", help="JSON object of the strategy's parameters")
     p.add_argument("--aggregator", default="fedavg", help="rule in each combiner group [default fedavg]")
     p.add_argument("--aggregator-config", default="{}", help="JSON object of the aggregator's parameters")
+    add_mode_arguments(p)
     het = p.add_argument_group("heterogeneity (modelled time, reproducible)")
     het.add_argument("--dropout", type=float, default=0.0, help="chance a flaky client misses a round [default 0]")
     het.add_argument("--dropout-share", type=float, default=1.0, help="share of clients that are flaky [default 1]")
@@ -54,6 +55,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--example-time", type=float, default=1e-3, help="modelled seconds per example and epoch [default 0.001]"
     )
     het.add_argument("--deadline", type=float, default=None, help="modelled round deadline in seconds")
+    het.add_argument(
+        "--task-time",
+        type=float,
+        default=None,
+        help="modelled seconds a task takes a normal-speed client (times --slowdown for slow ones); async's clock "
+        "[default: 1 in async mode; in sync mode time follows --example-time and the client's examples]",
+    )
     p.add_argument(
         "--eval-client-arg",
         action="append",
@@ -116,8 +124,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             "slowdown": args.slowdown,
             "example_time_s": args.example_time,
             "deadline_s": args.deadline,
+            "task_time_s": args.task_time,
         },
         eval_every=args.eval_every,
+        **mode_params(args),
     )
     out = Path(args.out or Path("sim-runs") / time.strftime("%Y%m%d-%H%M%S"))
     sim = Simulation(spec)
@@ -169,8 +179,13 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def _round_line(row: dict, rounds: int) -> str:
-    parts = [f"round {row['round']:>3}/{rounds}", f"clients {row['updates']}/{row['selected']}"]
-    for key, label in (("dropped", "dropped"), ("stragglers", "stragglers"), ("failed", "failed")):
+    if "group" in row:  # an async version: one group's buffer
+        parts = [f"version {row['round']:>3}/{rounds}", f"group {row['group']}", f"updates {row['updates']}"]
+        parts.append(f"staleness {row.get('staleness_mean', 0):.1f} (max {row.get('staleness_max', 0):g})")
+        parts.append(f"t {row['modelled_time_s']:.1f} s")
+    else:
+        parts = [f"round {row['round']:>3}/{rounds}", f"clients {row['updates']}/{row['selected']}"]
+    for key, label in (("dropped", "dropped"), ("stale", "stale"), ("stragglers", "stragglers"), ("failed", "failed")):
         if row.get(key):
             parts.append(f"{label} {row[key]}")
     if "train_loss" in row:

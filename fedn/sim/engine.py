@@ -31,7 +31,6 @@ import numpy as np
 
 from fedn.aggregation import (
     Partial,
-    aggregator_config,
     cast_like,
     get_aggregator,
     merge_metric_summaries,
@@ -40,8 +39,10 @@ from fedn.aggregation import (
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, manifest_of
 from fedn.errors import FednError, InvalidArgument
-from fedn.records import MetricSummary
+from fedn.records import MetricSummary, SessionMode
 from fedn.sampling import allocate_sample, sample_seed, sample_size, select_clients
+from fedn.session_options import check_session_options
+from fedn.sim.buffered import run_buffered
 from fedn.sim.memory import RssSampler
 from fedn.sim.spec import ClientFactory, SimulationSpec, client_profiles
 from fedn.sim.worker import Task, flat_size, model_path, progress_path, result_path
@@ -70,7 +71,15 @@ class Simulation:
     def __init__(self, spec: SimulationSpec) -> None:
         from fedn.cli.models import load_object
 
-        aggregator_config(spec.aggregator, spec.aggregator_config)  # bad configs fail before workers start
+        check_session_options(  # bad configs fail before workers start
+            aggregator=spec.aggregator,
+            aggregator_params=spec.aggregator_config,
+            strategy=spec.strategy,
+            strategy_params=spec.strategy_config,
+            min_clients=spec.min_clients,
+            mode=spec.mode,
+            given=spec.model_fields_set,
+        )
         self.optimizer = make_server_optimizer(spec.strategy, spec.strategy_config)
         self.spec = spec
         self.cls = load_object(spec.client)
@@ -142,7 +151,19 @@ class Simulation:
                 rss.watch(pool.pids())
                 rounds: list[RoundMetrics] = []
                 failures: list[tuple[int, int, str]] = []
-                for r in range(1, spec.rounds + 1):
+                sync_rounds = range(1, spec.rounds + 1)
+                if spec.mode == SessionMode.ASYNC:  # versions on a modelled clock instead of rounds
+                    sync_rounds = range(0)
+                    evaluate = None
+                    if evaluator is not None:
+
+                        def evaluate(arrays: NamedArrays, r: int) -> dict[str, float]:
+                            return _evaluate(evaluator, arrays, spec.config, r)
+
+                    rounds, global_arrays, failures = run_buffered(
+                        self, pool, model_map, global_arrays, evaluate, rss, on_round, on_progress, workers
+                    )
+                for r in sync_rounds:
                     t0 = time.perf_counter()
                     model_map[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
                     selected = self.sample(r)
@@ -158,7 +179,9 @@ class Simulation:
                     }
                     for rep in replies:
                         failures.extend((r, cid, err) for cid, err in rep["failures"][: max(0, 20 - len(failures))])
-                    partials, summaries = self._group_partials(replies, manifest, pool)
+                    by_group, group_summaries = self.group_partials(replies, manifest, pool)
+                    partials = list(by_group.values())
+                    summaries = [s for group in sorted(group_summaries) for s in group_summaries[group]]
                     row["updates"] = sum(p.count for p in partials)
                     if row["updates"] >= spec.min_clients:
                         merged = merge_partials(partials)
@@ -192,12 +215,13 @@ class Simulation:
                 failures=failures,
             )
 
-    def _group_partials(
+    def group_partials(
         self, replies: list[dict], manifest: list[TensorSpec], pool: _Pool
-    ) -> tuple[list[Partial], list[tuple[dict[str, MetricSummary], float]]]:
-        """Each group's worker partials merged in worker order: the combiners' partials."""
-        partials: list[Partial] = []
-        summaries: list[tuple[dict[str, MetricSummary], float]] = []
+    ) -> tuple[dict[int, Partial], dict[int, list[tuple[dict[str, MetricSummary], float]]]]:
+        """Each group's worker partials merged in worker order (the combiners' partials), and the
+        metric summaries each worker sent for that group."""
+        partials: dict[int, Partial] = {}
+        summaries: dict[int, list[tuple[dict[str, MetricSummary], float]]] = {}
         for group in range(self.spec.combiners):
             parts = []
             for w, rep in enumerate(replies):
@@ -205,9 +229,11 @@ class Simulation:
                 if info is not None:
                     arrays = pool.partial_arrays(w, group, manifest)
                     parts.append(Partial(arrays=arrays, total_weight=info["weight"], count=info["count"]))
-                    summaries.append(({k: MetricSummary(**v) for k, v in info["metrics"].items()}, info["weight"]))
+                    summaries.setdefault(group, []).append(
+                        ({k: MetricSummary(**v) for k, v in info["metrics"].items()}, info["weight"])
+                    )
             if parts:
-                partials.append(merge_partials(parts))
+                partials[group] = merge_partials(parts)
         return partials, summaries
 
 

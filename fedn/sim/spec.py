@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedn.errors import InvalidArgument, validation_problem
 from fedn.partition import PARTITIONERS
-from fedn.records import ConfigScalar
+from fedn.records import ConfigScalar, SessionMode
 
 __all__ = ["ClientFactory", "Heterogeneity", "SimulationSpec", "auto_workers", "client_profiles", "parse_spec"]
 
@@ -34,6 +34,12 @@ class Heterogeneity(BaseModel):
     slowdown: float = Field(10.0, ge=1, description="how many times slower a slow client is")
     example_time_s: float = Field(1e-3, gt=0, description="modelled seconds per example and epoch")
     deadline_s: float | None = Field(None, gt=0, description="modelled round deadline; later updates are dropped")
+    task_time_s: float | None = Field(
+        None,
+        gt=0,
+        description="modelled seconds a task takes a normal-speed client, whatever its data; async mode's clock "
+        "(default 1 s there); unset, a sync round's time follows from the examples",
+    )
 
 
 class SimulationSpec(BaseModel):
@@ -62,6 +68,10 @@ class SimulationSpec(BaseModel):
     aggregator: str = "fedavg"
     aggregator_config: dict[str, Any] = Field(default_factory=dict)
     heterogeneity: Heterogeneity = Field(default_factory=Heterogeneity)
+    mode: SessionMode = SessionMode.SYNC
+    buffer_size: int = Field(10, ge=1, description="async: updates per group buffer")
+    staleness_exponent: float = Field(0.5, ge=0, le=10, description="async: scale (1+s)^-exponent")
+    max_staleness: int = Field(0, ge=0, description="async: drop updates older than this; 0 = no limit")
     eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (and the last)")
 
     @field_validator("partition")
@@ -77,6 +87,8 @@ class SimulationSpec(BaseModel):
             raise ValueError(f"{self.combiners} combiners need at least as many clients, not {self.clients}")
         if self.min_clients > self.clients:
             raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        if self.mode == SessionMode.ASYNC and self.heterogeneity.deadline_s is not None:
+            raise ValueError("async mode has no rounds to put a deadline on; use max_staleness")
         return self
 
 

@@ -28,7 +28,8 @@ __all__ = ["Task", "main", "model_path", "progress_path", "result_path"]
 logger = logging.getLogger(__name__)
 
 # (client index, combiner group, slowdown): one client's work in a round
-Task = tuple[int, int, float]
+# (client, group, slowdown), and for an async task also (scale, staleness) of its delta
+Task = tuple[int, int, float] | tuple[int, int, float, float, int]
 
 
 def model_path(workdir: Path) -> Path:
@@ -102,7 +103,9 @@ class _Worker:
         metrics: dict[int, MetricsAccumulator] = {}
         failures: list[tuple[int, str]] = []
         stragglers, slowest = 0, 0.0
-        for done, (cid, group, slowdown) in enumerate(tasks, start=1):
+        for done, (cid, group, slowdown, *fold) in enumerate(tasks, start=1):
+            # an async task carries (scale, staleness): its update is folded as a scaled delta from the model
+            scale, staleness = fold if fold else (None, None)
             try:
                 client = self.make_client(cid)
                 params = {name: np.array(a) for name, a in global_arrays.items()}  # the client may write to them
@@ -110,7 +113,7 @@ class _Worker:
                     client.train(params, {**config, "round": round_index}), self.manifest
                 )
                 del client, params
-                modelled = h.example_time_s * weight * epochs * slowdown
+                modelled = (h.task_time_s or h.example_time_s * weight * epochs) * slowdown
                 if h.deadline_s is not None and modelled > h.deadline_s:
                     stragglers += 1
                 else:
@@ -118,7 +121,11 @@ class _Worker:
                     if group not in groups:
                         groups[group] = make_aggregator(spec.aggregator, self.manifest, spec.aggregator_config)
                         metrics[group] = MetricsAccumulator()
-                    groups[group].add(arrays, weight)
+                    if scale is None:
+                        groups[group].add(arrays, weight)
+                    else:
+                        groups[group].add(arrays, weight, base=global_arrays, scale=scale)
+                        client_metrics = {**client_metrics, "staleness": staleness}
                     metrics[group].add(client_metrics, weight)
             except FednError as exc:
                 failures.append((cid, f"update rejected: {exc.message}"))

@@ -12,9 +12,12 @@ from bench import flower_compare, sim
 def test_sim_bench_smoke(capsys):
     sim.main(["--smoke"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["bench"] for r in rows] == ["sim_trivial", "sim_digits"]
+    assert [r["bench"] for r in rows] == ["sim_trivial", "sim_digits", "sim_async_vs_sync"]
     assert rows[0]["peak_rss_mb_all_processes"] > 0 and len(rows[0]["s_per_round"]) == 2
     assert len(rows[1]["accuracy_curve"]) == 2
+    both = rows[2]
+    assert both["sync"]["client_updates"] == both["async"]["client_updates"] == 12  # the same client work
+    assert both["async"]["versions"] == 6 and both["sync"]["versions"] == 2
 
 
 def test_flower_workload_compiles_and_names_a_pinned_flower():

@@ -165,3 +165,66 @@ def test_partition_command_counts_and_plots(tmp_path) -> None:
     assert counts.sum() == 1437 and counts.shape == (10, 10)
     assert ((counts > 0).sum(axis=1) <= 4).all()  # two shards: at most a few labels each
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_async_versions_fold_staleness_scaled_deltas(workers: int) -> None:
+    # equal speeds: every client finishes at once, so each buffer holds all ten, and the second
+    # buffer's updates were trained on version 0 while version 1 already existed (staleness 1)
+    spec = _spec(mode="async", clients=10, combiners=1, buffer_size=10, rounds=2, workers=workers)
+    result = Simulation(spec).run()
+    first, second = result.rounds
+    assert (first["updates"], first["staleness_max"], second["updates"], second["staleness_mean"]) == (10, 0, 10, 1)
+    step = _expected_after_one_round(list(range(10)))
+    np.testing.assert_allclose(result.model["w"], step * (1 + 1 / np.sqrt(2)), rtol=1e-6)
+    assert first["modelled_time_s"] == pytest.approx(1.0) and second["modelled_time_s"] == pytest.approx(2.0)
+
+
+def test_async_with_slow_clients_is_reproducible_and_drops_what_is_too_stale() -> None:
+    spec = dict(
+        mode="async",
+        clients=12,
+        combiners=2,
+        buffer_size=2,
+        rounds=40,
+        max_staleness=3,
+        seed=5,
+        workers=2,
+        heterogeneity={"slow_share": 0.5, "slowdown": 10, "task_time_s": 0.5},
+    )
+    a = Simulation(_spec(**spec)).run()
+    assert all(r["updates"] == 2 and r["staleness_max"] <= 3 for r in a.rounds)
+    assert sum(r["stale"] for r in a.rounds) > 0, "slow clients' updates arrive more than 3 versions late"
+    times = [r["modelled_time_s"] for r in a.rounds]
+    assert times == sorted(times) and times[-1] < 40 * 0.5, "fast clients advance the model between slow ones"
+    b = Simulation(_spec(**spec)).run()
+    assert a.model["w"].tobytes() == b.model["w"].tobytes()
+    assert [r["group"] for r in a.rounds] == [r["group"] for r in b.rounds]
+
+
+def test_async_option_combinations_are_refused_before_workers_start() -> None:
+    with pytest.raises(InvalidArgument, match="mode sync"):
+        Simulation(_spec(mode="async", aggregator="median"))
+    with pytest.raises(InvalidArgument, match="deadline"):
+        _spec(mode="async", heterogeneity={"deadline_s": 1.0})
+    with pytest.raises(InvalidArgument, match="only apply to mode async"):
+        Simulation(_spec(buffer_size=4))
+
+
+def test_cli_runs_an_async_simulation(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "fedn", "simulate", "--client", SYNTH, "--client-arg", "params=100"),
+            *("--clients", "8", "--combiners", "2", "--rounds", "4", "--workers", "1", "--no-eval"),
+            *("--mode", "async", "--buffer-size", "2", "--slow-share", "0.5", "--task-time", "0.1"),
+            *("--out", str(out), "--no-progress"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "version   4/4" in proc.stdout and "staleness" in proc.stdout
+    rows = json.loads((out / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and all("staleness_mean" in r for r in rows)
