@@ -39,12 +39,19 @@ from fedn.sampling import select_clients
 from fedn.store.base import ModelStore
 from fedn.wire import Announcement, TaskInfo, UpdateHeaderInfo
 
-__all__ = ["CachedModel", "ClientConnection", "RoundService"]
+__all__ = ["CachedModel", "ClientConnection", "RoundService", "download_concurrency"]
 
 logger = logging.getLogger(__name__)
 
 _MODEL_CACHE_SIZE = 3
 _FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are folded off the event loop
+_STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ahead and gRPC's send queue
+
+
+def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
+    """Downloads of one model streamed at once: each holds up to min(model, ``_STREAM_BUFFER_BYTES``)."""
+    per_stream = max(1, min(model_bytes, _STREAM_BUFFER_BYTES))
+    return max(1, min(max_downloads, max_download_bytes // per_stream))
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class RoundService:
         max_update_bytes: int = 1 << 30,
         max_concurrent_uploads: int = 8,
         max_concurrent_downloads: int = 16,
+        max_download_bytes: int = 16 << 20,
         max_staged_bytes: int = 64 << 20,
         grant_timeout_s: float = 30.0,
         model_cache_bytes: int = 16 << 20,
@@ -124,7 +132,9 @@ class RoundService:
         self._max_staged_bytes = max_staged_bytes
         self._grant_timeout_s = grant_timeout_s
         self._model_cache_bytes = model_cache_bytes
-        self.download_slots = asyncio.Semaphore(max_concurrent_downloads)
+        self._max_downloads = max_concurrent_downloads
+        self._max_download_bytes = max_download_bytes
+        self._download_slots: dict[str, asyncio.Semaphore] = {}
         self.clock = clock
         self._clients: dict[str, ClientConnection] = {}
         self._cache: OrderedDict[str, CachedModel] = OrderedDict()
@@ -257,6 +267,18 @@ class RoundService:
             return decode_payload(model.manifest, model.payload)
         manifest, payload = split_model(await asyncio.to_thread(self._models.get, model.key))
         return decode_payload(manifest, payload)
+
+    def download_slots(self, model: CachedModel) -> asyncio.Semaphore:
+        """How many clients may download ``model`` at once: ``max_concurrent_downloads``, fewer for a large
+        model, since each stream in flight holds up to ``_STREAM_BUFFER_BYTES`` of it in our and gRPC's
+        buffers, and all of them together stay within ``max_download_bytes``."""
+        slots = self._download_slots.get(model.model_id)
+        if slots is None:
+            count = download_concurrency(model.size, self._max_downloads, self._max_download_bytes)
+            while len(self._download_slots) >= 8:  # old models' semaphores; a waiter keeps its own reference
+                self._download_slots.pop(next(iter(self._download_slots)))
+            slots = self._download_slots[model.model_id] = asyncio.Semaphore(count)
+        return slots
 
     def cached_model_ids(self) -> list[str]:
         return list(self._cache)

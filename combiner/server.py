@@ -47,6 +47,7 @@ class CombinerServer:
             max_update_bytes=s.max_update_bytes,
             max_concurrent_uploads=s.max_concurrent_uploads,
             max_concurrent_downloads=s.max_concurrent_downloads,
+            max_download_bytes=s.max_download_bytes,
             max_staged_bytes=s.max_staged_bytes,
             grant_timeout_s=s.upload_grant_timeout_s,
             model_cache_bytes=s.model_cache_bytes,

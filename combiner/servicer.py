@@ -73,7 +73,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
             await context.abort(exc.grpc_status, exc.message)
         header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, model.size)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
-        async with self._rounds.download_slots:
+        async with self._rounds.download_slots(model):
             yield pb.ModelChunk(header=wire.model_header_to_proto(header))
             async for chunk in self._rounds.payload_chunks(model, self._chunk_bytes):
                 yield pb.ModelChunk(data=chunk)

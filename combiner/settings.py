@@ -22,6 +22,11 @@ class CombinerSettings(BaseSettings):
     max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
     max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
     max_concurrent_downloads: int = Field(16, ge=1, description="model downloads streamed at once; bounds memory")
+    max_download_bytes: int = Field(
+        16 << 20,
+        gt=0,
+        description="model bytes all downloads in flight may hold; fewer downloads of a large model run at once",
+    )
     max_staged_bytes: int = Field(
         64 << 20, gt=0, description="bytes of updates staged at once (always at least one update); bounds memory"
     )
