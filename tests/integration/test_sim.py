@@ -103,7 +103,9 @@ def test_a_dead_worker_is_reported_and_nothing_is_left_running() -> None:
 
 @pytest.mark.parametrize(("aggregator", "config"), [("median", {}), ("krum", {"f": 1})])
 def test_robust_rules_see_a_whole_group_at_one_worker(aggregator: str, config: dict) -> None:
-    result = Simulation(_spec(aggregator=aggregator, aggregator_config=config, workers=2, rounds=1)).run()
+    # min_clients 5: the deployment's check, 2f + 3 for krum, applies in the simulator too
+    spec = _spec(aggregator=aggregator, aggregator_config=config, workers=2, rounds=1, min_clients=5)
+    result = Simulation(spec).run()
     assert result.rounds[0]["updates"] == 20
     assert np.isfinite(result.model["w"]).all()
 
@@ -121,6 +123,8 @@ def test_bad_specs_fail_before_any_worker_starts() -> None:
         _spec(partition="zipf")
     with pytest.raises(InvalidArgument, match="unknown strategy"):
         Simulation(_spec(strategy="fedsgd"))
+    with pytest.raises(InvalidArgument, match="krum with f=1 needs min_clients >= 5"):
+        Simulation(_spec(aggregator="krum", aggregator_config={"f": 1}))
     with pytest.raises(InvalidArgument, match="takes no 'partitioner'"):
         Simulation(_spec(client="tests.sim_clients:NoPartitionerClient", partition="iid"))
 
