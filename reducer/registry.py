@@ -16,13 +16,20 @@ __all__ = ["CombinerRegistry"]
 
 logger = logging.getLogger(__name__)
 
+_PENDING_GRACE_S = 30.0  # an assigned client that has not connected by then no longer counts
+
 
 @dataclass
 class _Live:
     record: CombinerRecord
     last_seen: float  # on the registry's clock
     client_ids: set[str] = field(default_factory=set)
-    pending: int = 0  # assignments since its last heartbeat
+    # clients sent here that its heartbeats do not list yet, with when: a heartbeat sent before a
+    # client connected must not make the combiner look emptier than it is about to be
+    pending: dict[str, float] = field(default_factory=dict)
+
+    def load(self) -> int:
+        return len(self.client_ids | self.pending.keys())
 
 
 class CombinerRegistry:
@@ -67,7 +74,11 @@ class CombinerRegistry:
             current = set(client_ids)
             self._mark_clients(current - live.client_ids, combiner_id, NodeStatus.ONLINE)
             self._mark_clients(live.client_ids - current, combiner_id, NodeStatus.OFFLINE)
-            live.client_ids, live.pending, live.last_seen = current, 0, self._clock()
+            clock = self._clock()
+            live.pending = {
+                c: at for c, at in live.pending.items() if c not in current and clock - at < _PENDING_GRACE_S
+            }
+            live.client_ids, live.last_seen = current, clock
             live.record = live.record.model_copy(
                 update={"status": NodeStatus.ONLINE, "num_clients": len(current), "last_seen": now()}
             )
@@ -119,8 +130,7 @@ class CombinerRegistry:
             candidates = [x for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
             if not candidates:
                 raise Unavailable("no live combiner to assign the client to; is one running and registered?")
-            target = min(candidates, key=lambda x: (len(x.client_ids) + x.pending, x.record.id))
-            target.pending += 1
+            target = min(candidates, key=lambda x: (x.load(), x.record.id))
             try:
                 client = self._state.get_client(client_id) if client_id else None
             except NotFound:
@@ -129,6 +139,9 @@ class CombinerRegistry:
                 client = ClientRecord(name=name, status=NodeStatus.OFFLINE, **({"id": client_id} if client_id else {}))
             client = client.model_copy(update={"name": name, "combiner_id": target.record.id, "assigned_at": now()})
             self._state.put_client(client)
+            for live in self._combiners.values():
+                live.pending.pop(client.id, None)
+            target.pending[client.id] = self._clock()
         logger.info("client %s (%s) assigned to combiner %s", client.id, name, target.record.id)
         return {"client_id": client.id, "combiner_id": target.record.id, "combiner_address": target.record.address}
 

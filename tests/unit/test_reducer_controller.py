@@ -204,6 +204,26 @@ def test_registry_assigns_least_loaded_counting_pending(stores):
     assert picks == ["b", "b", "b", "a"]
 
 
+def test_a_heartbeat_from_before_the_clients_connected_does_not_forget_them(stores):
+    state, _ = stores
+    clock = FakeClock()
+    registry = CombinerRegistry(state, combiner_timeout_s=100.0, clock=clock)
+    registry.register("a", "a", "a:1")
+    registry.register("b", "b", "b:1")
+    first = registry.assign("n0")
+    assert first["combiner_id"] == "a"
+    registry.heartbeat("a", [])  # sent before n0 had connected
+    registry.heartbeat("b", [])
+    picks = [registry.assign(f"n{i}")["combiner_id"] for i in (1, 2, 3)]
+    assert picks == ["b", "a", "b"], "n0 still counts at a"
+    registry.heartbeat("a", [first["client_id"]])  # n0 arrived: counted once, not twice
+    assert registry.assign("n4")["combiner_id"] == "a"
+    clock.t += 31  # assigned clients that never connected stop counting
+    registry.heartbeat("a", [first["client_id"]])
+    registry.heartbeat("b", [])
+    assert registry.assign("n5")["combiner_id"] == "b"
+
+
 def test_a_server_optimizer_steps_on_the_merged_model_and_keeps_its_state(stores):
     import math
 
