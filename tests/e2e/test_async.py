@@ -61,3 +61,51 @@ def test_async_session_merges_each_combiner_buffer_into_a_new_version(tmp_path: 
             sync = wait_for_session(api, sync.id, poll_s=0.2, timeout_s=120)
             assert sync.status == SessionStatus.DONE, sync.error
             assert api.list_rounds(sync.id)[0].num_updates == 4
+
+
+def _wait_versions(api, session_id: str, count: int) -> None:
+    for _ in range(1200):
+        if api.get_session(session_id).rounds_done >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"session {session_id} never reached {count} versions")
+
+
+def test_async_sessions_survive_a_killed_reducer_and_a_killed_combiner(tmp_path: Path):
+    import itertools
+    import signal
+
+    from examples.digits import DigitsClient
+
+    spec = FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed")
+    with LocalFederation(spec) as fed:
+        fed.start_clients()
+        api = fed.api()
+        seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+        params = {"mode": "async", "buffer_size": 2, "min_clients": 4, "round_timeout_s": 60.0, "model_id": seed.id}
+        # slow enough tasks that the kills land mid-session
+        session = api.start_session(rounds=12, config={"epochs": 40}, **params)
+        _wait_versions(api, session.id, 2)
+        fed.reducer.signal(signal.SIGKILL)
+        fed.reducer.popen.wait(30)
+        api.close()
+        fed.restart_reducer()  # the combiners kept their clients training meanwhile
+        api = fed.api()
+        session = wait_for_session(api, session.id, poll_s=0.2, timeout_s=300)
+        assert session.status == SessionStatus.DONE, session.error
+        done = [r for r in api.list_rounds(session.id) if r.status == RoundStatus.DONE]
+        assert [r.index for r in done] == list(range(1, 13))
+        assert done[0].model_in == seed.id
+        for before, after in itertools.pairwise(done):
+            assert after.model_in == before.model_out  # the chain of versions is unbroken
+        assert session.model_id == done[-1].model_out
+
+        second = api.start_session(rounds=10, config={"epochs": 40}, **{**params, "min_clients": 2})
+        _wait_versions(api, second.id, 2)
+        fed.combiners[0].signal(signal.SIGKILL)  # its clients move to combiner-1 and keep training there
+        second = wait_for_session(api, second.id, poll_s=0.2, timeout_s=300)
+        assert second.status == SessionStatus.DONE, second.error
+        rounds = api.list_rounds(second.id)
+        assert [r.index for r in rounds] == list(range(1, 11))
+        assert rounds[-1].combiners == ["combiner-1"]
+        api.close()
