@@ -16,11 +16,11 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from fedn import heap
 from fedn.aggregation import MetricsAccumulator, WeightedMean, staleness_weight
-from fedn.codec import TensorSpec, encode_model_chunks
+from fedn.codec import NamedArrays, TensorSpec, encode_model_chunks
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, PayloadTooLarge
 from fedn.models import partial_key
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _KNOWN_VERSIONS = 1000  # model ids remembered per run; older bases are refused as too stale
 _MAX_SEALED = 2  # full buffers waiting for the reducer; past this the open buffer grows beyond K
+_BASES_KEPT = 2
 _MAX_BACKOFF_S = 30.0
 _FOLD_IN_THREAD_BYTES = 4 << 20
 
@@ -44,10 +45,13 @@ class _Stale(FailedPrecondition):
     """An update too old to fold; its client is not to blame."""
 
 
-class _Sealed(NamedTuple):
-    buffer: WeightedMean
-    metrics: MetricsAccumulator
-    accepted: list[str]
+@dataclass(eq=False)
+class _Buffer:
+    """Updates folded since the last partial: their staleness-scaled deltas, metrics and senders."""
+
+    mean: WeightedMean
+    metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
+    accepted: list[str] = field(default_factory=list)
 
 
 def run_id_for(session_id: str) -> str:
@@ -66,10 +70,9 @@ class BufferedRun:
     model_id: str = ""
     version: int = 0
     versions: OrderedDict[str, int] = field(default_factory=OrderedDict)
-    buffer: WeightedMean | None = None
-    metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
-    accepted: list[str] = field(default_factory=list)
-    sealed: deque[_Sealed] = field(default_factory=deque)  # full buffers of exactly K, oldest first
+    buffer: _Buffer | None = None  # the open one
+    sealed: deque[_Buffer] = field(default_factory=deque)  # full buffers of exactly K, oldest first
+    bases: OrderedDict[str, NamedArrays] = field(default_factory=OrderedDict)  # decoded base versions
     failures: dict[str, str] = field(default_factory=dict)
     num_rejected: int = 0
     num_stale: int = 0
@@ -86,7 +89,7 @@ class BufferedRun:
     watchdog: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
-        self.buffer = WeightedMean(self.manifest)
+        self.buffer = _Buffer(WeightedMean(self.manifest))
         self.model_id, self.version = self.plan.model_id, self.plan.model_version
         self.versions[self.model_id] = self.version
         self.last_call = self.service.clock()
@@ -199,29 +202,30 @@ class BufferedRun:
         self.expect(client_id)
         self.uploading.add(client_id)
         ok = False  # a refused update is the client's fault unless it was only too old
+        big = header.model.payload_bytes > _FOLD_IN_THREAD_BYTES
         try:
             self.service.check_header(self.manifest, header)
             self._staleness(header.base_model_id)  # refuse a too-old base before the upload takes a slot
             async with self.gate.slot(client_id):
                 arrays = await self.service.receive_arrays(self.manifest, header, chunks)
-                base = await self.service.model_arrays(header.base_model_id)
+                base = await self._base(header.base_model_id)
                 async with self.lock:
                     if self.closed:
                         raise FailedPrecondition(f"async session {self.session_id!r} ended during the upload")
                     staleness = self._staleness(header.base_model_id)  # the model may have moved on meanwhile
                     scale = staleness_weight(staleness, self.plan.staleness_exponent)
                     buffer = self.buffer
-                    if sum(a.nbytes for a in arrays.values()) > _FOLD_IN_THREAD_BYTES:
-                        await asyncio.to_thread(buffer.add, arrays, header.num_examples, base=base, scale=scale)
+                    if big:
+                        await asyncio.to_thread(buffer.mean.add, arrays, header.num_examples, base=base, scale=scale)
                     else:
-                        buffer.add(arrays, header.num_examples, base=base, scale=scale)
-                    self.metrics.add({**header.metrics, "staleness": staleness}, header.num_examples)
-                    self.accepted.append(client_id)
-                    count = buffer.count
+                        buffer.mean.add(arrays, header.num_examples, base=base, scale=scale)
+                    buffer.metrics.add({**header.metrics, "staleness": staleness}, header.num_examples)
+                    buffer.accepted.append(client_id)
+                    count = buffer.mean.count
                     if count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
                         self._seal()
                 del arrays, base
-            if header.model.payload_bytes > _FOLD_IN_THREAD_BYTES:  # give the staged buffer's memory back
+            if big:  # give the staged buffer's memory back
                 await asyncio.to_thread(heap.trim)
             ok = True
         except _Stale:
@@ -236,6 +240,18 @@ class BufferedRun:
             self.uploading.discard(client_id)
             self.release(client_id, ok)
         return count
+
+    async def _base(self, model_id: str) -> NamedArrays:
+        """The version an update was trained on, decoded. The last two are kept: most updates in a burst
+        share a base, and a large model is otherwise read from the store once per update."""
+        base = self.bases.get(model_id)
+        if base is None:
+            base = await self.service.model_arrays(model_id)
+            self.bases[model_id] = base
+            while len(self.bases) > _BASES_KEPT:
+                self.bases.popitem(last=False)
+        self.bases.move_to_end(model_id)
+        return base
 
     def _staleness(self, base_model_id: str) -> int:
         base_version = self.versions.get(base_model_id)
@@ -258,8 +274,8 @@ class BufferedRun:
 
     def _seal(self) -> None:
         """The open buffer is full: set it aside for the next call, so each partial holds exactly K."""
-        self.sealed.append(_Sealed(self.buffer, self.metrics, self.accepted))
-        self.buffer, self.metrics, self.accepted = WeightedMean(self.manifest), MetricsAccumulator(), []
+        self.sealed.append(self.buffer)
+        self.buffer = _Buffer(WeightedMean(self.manifest))
         self.full.set()
 
     async def flush(self, plan: RoundPlan) -> RoundResult:
@@ -275,23 +291,20 @@ class BufferedRun:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.full.wait(), timeout=remaining)
             async with self.lock:
-                if self.sealed:
-                    buffer, metrics, accepted = self.sealed.popleft()
-                else:
-                    buffer, metrics, accepted = self.buffer, self.metrics, self.accepted
-                    self.buffer, self.metrics, self.accepted = WeightedMean(self.manifest), MetricsAccumulator(), []
-                if self.buffer.count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
+                if not self.sealed:  # the timeout: whatever the open buffer has
+                    self._seal()
+                done = self.sealed.popleft()
+                if self.buffer.mean.count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
                     self._seal()  # it overflowed while the sealed ones waited
                 failures, self.failures = self.failures, {}
                 rejected, self.num_rejected = self.num_rejected, 0
                 stale, self.num_stale = self.num_stale, 0
                 if not self.sealed:
                     self.full.clear()
-            if self.closed:
-                buffer = WeightedMean(self.manifest)  # the session is over: its last updates are not wanted
+            count = 0 if self.closed else done.mean.count  # once the session is over, its last updates are not wanted
             key, total_weight = "", 0.0
-            if buffer.count:
-                partial = await asyncio.to_thread(buffer.finish)
+            if count:
+                partial = await asyncio.to_thread(done.mean.finish)
                 key = partial_key(plan.round_id, self.service.combiner_id)
                 await asyncio.to_thread(self.service.models.put, key, encode_model_chunks(partial.arrays))
                 total_weight = partial.total_weight
@@ -302,7 +315,7 @@ class BufferedRun:
                 "async session %s on %s: partial of %d updates (version %d), %d rejected, %d stale, %d training",
                 self.session_id,
                 self.service.combiner_id,
-                buffer.count,
+                count,
                 self.version,
                 rejected,
                 stale,
@@ -313,15 +326,15 @@ class BufferedRun:
                 combiner_id=self.service.combiner_id,
                 partial_key=key,
                 total_weight=total_weight,
-                num_selected=len(set(accepted) | failures.keys() - {""}),
-                num_updates=buffer.count,
+                num_selected=len(set(done.accepted) | failures.keys() - {""}),
+                num_updates=count,
                 num_rejected=rejected,
                 failures=[
                     ClientFailureRecord(client_id=c, combiner_id=self.service.combiner_id, error=e)
                     for c, e in sorted(failures.items())
                 ],
-                metrics=metrics.summary(),
-                client_ids=accepted,
+                metrics=done.metrics.summary() if count else {},
+                client_ids=done.accepted if count else [],
             )
         finally:
             self.calls -= 1

@@ -306,20 +306,13 @@ class RoundService:
         """
         if plan.mode == SessionMode.ASYNC:
             return await self._run_buffered(plan)
-        if self._buffered is not None:
-            self._buffered.end(f"a synchronous round ({plan.round_id}) started")
-            self._closed_rounds.append(self._buffered.run_id)
-            self._buffered = None
+        self._end_buffered(f"a synchronous round ({plan.round_id}) started")
         current = self._round
         if current is not None and current.task is not None:
             if current.plan.round_id == plan.round_id:
                 logger.info("round %s asked for again (reducer restarted?): joining it", plan.round_id)
                 return await asyncio.shield(current.task)
-            if not current.task.done():
-                logger.warning(
-                    "round %s abandoned: the reducer asked for round %s", current.plan.round_id, plan.round_id
-                )
-                current.all_answered.set()
+            if self._abandon_round(f"the reducer asked for round {plan.round_id}"):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(current.task)
         if plan.timeout_s <= 0:
@@ -358,13 +351,8 @@ class RoundService:
         run = self._buffered
         if run is None or run.closed or run.session_id != plan.session_id:
             model = await self.get_model(plan.model_id)
-            if run is not None:
-                run.end(f"session {plan.session_id} started")
-                self._closed_rounds.append(run.run_id)
-            current = self._round
-            if current is not None and current.task is not None and not current.task.done():
-                logger.warning("round %s abandoned: async session %s started", current.plan.round_id, plan.session_id)
-                current.all_answered.set()
+            self._end_buffered(f"session {plan.session_id} started")
+            self._abandon_round(f"async session {plan.session_id} started")
             run = BufferedRun(self, plan, model.manifest, lease_s=max(60.0, 3 * plan.timeout_s))
             run.gate = self.upload_gate(model.manifest, run.run_id, plan.session_id)
             self._buffered = run
@@ -387,10 +375,25 @@ class RoundService:
         if run is None or run.closed or run.session_id != info.session_id:
             return False
         if info.final:
-            run.end(f"the session ended at version {info.model_version}")
-            self._closed_rounds.append(run.run_id)
+            self._end_buffered(f"the session ended at version {info.model_version}")
         else:
             run.advance(info.model_id, info.model_version)
+        return True
+
+    def _end_buffered(self, reason: str) -> None:
+        """End the async run, if one is on. It stays, closed, to tell late uploads the session ended."""
+        run = self._buffered
+        if run is not None and not run.closed:
+            run.end(reason)
+            self._closed_rounds.append(run.run_id)
+
+    def _abandon_round(self, reason: str) -> bool:
+        """Stop the sync round still running, if any; True if there was one."""
+        current = self._round
+        if current is None or current.task is None or current.task.done():
+            return False
+        logger.warning("round %s abandoned: %s", current.plan.round_id, reason)
+        current.all_answered.set()
         return True
 
     async def _drive(self, rnd: _ActiveRound) -> RoundResult:
@@ -569,8 +572,7 @@ class RoundService:
 
     def close(self) -> None:
         """Close the active round (on shutdown) so nothing waits on it."""
-        if self._buffered is not None:
-            self._buffered.end("the combiner is stopping")
+        self._end_buffered("the combiner is stopping")
         if self._round is not None:
             self._round.closed = True
             self._round.all_answered.set()

@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
+from fedn.aggregation import add_delta
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
 from fedn.errors import FednError, NotFound
 from fedn.models import load_model, model_key, partial_key
@@ -46,7 +45,7 @@ __all__ = ["AsyncSessionRunner"]
 
 logger = logging.getLogger(__name__)
 
-ApplyMerge = Callable[[Session, Round, dict[str, np.ndarray], ServerOptimizer, float], Session]
+ApplyMerge = Callable[..., Session]  # Controller.apply_merge
 
 _ANNOUNCE_TIMEOUT_S = 5.0
 _MAX_RETRY_S = 30.0
@@ -211,11 +210,9 @@ class AsyncSessionRunner:
 
     def _merge_round(self, session: Session, round_: Round, key: str, optimizer: ServerOptimizer) -> Session:
         started = time.monotonic()
-        delta = load_model(self._models, key)
         current = load_model(self._models, model_key(session.model_id))
-        target = {name: np.asarray(current[name], dtype=np.float64) + delta[name] for name in current}
-        del delta
-        return self._apply_merge(session, round_, target, optimizer, started)
+        target = add_delta(current, load_model(self._models, key))
+        return self._apply_merge(session, round_, target, optimizer, started, previous=current)
 
     def _resume(self, session: Session, optimizer: ServerOptimizer) -> Session:
         """A merge the previous reducer started but did not finish is done now, from its stored partial."""

@@ -297,10 +297,13 @@ class Controller:
         optimizer: ServerOptimizer,
         started: float,
         num_partials: int = 1,
+        previous: Mapping[str, np.ndarray] | None = None,
     ) -> Session:
-        """Step the server optimizer from the session's global model towards ``merged``, store the new
-        global (and the optimizer's state) and mark ``round_`` done; returns the advanced session."""
-        previous = load_model(self._models, model_key(session.model_id))
+        """Step the server optimizer from the session's global model (``previous``, read from the store if
+        not given) towards ``merged``, store the new global (and the optimizer's state) and mark ``round_``
+        done; returns the advanced session."""
+        if previous is None:
+            previous = load_model(self._models, model_key(session.model_id))
         if session.strategy_state_key and optimizer.step_count < session.strategy_step:
             optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
         new_global = optimizer.step(previous, merged)

@@ -25,6 +25,7 @@ __all__ = [
     "Partial",
     "TrimmedMean",
     "WeightedMean",
+    "add_delta",
     "aggregator_config",
     "cast_like",
     "get_aggregator",
@@ -90,6 +91,11 @@ def aggregator_config(name: str, config: Mapping[str, object] | None = None) -> 
 def make_aggregator(name: str, manifest: Sequence[TensorSpec], config: Mapping[str, object] | None = None):
     """A fresh aggregator for one round at one combiner."""
     return get_aggregator(name)(manifest, aggregator_config(name, config))
+
+
+def add_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> NamedArrays:
+    """``base + delta`` in float64: where an async buffer's mean delta moves the global model to."""
+    return {name: np.asarray(base[name], dtype=np.float64) + delta[name] for name in base}
 
 
 def cast_like(arrays: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) -> NamedArrays:

@@ -12,6 +12,7 @@ and the next window starts. Memory: one float64 buffer per group and the base ve
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedn.aggregation import WeightedMean, cast_like, merge_metric_summaries, staleness_weight
+from fedn.aggregation import WeightedMean, add_delta, cast_like, merge_metric_summaries, staleness_weight
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, manifest_of
 from fedn.errors import FednError
 from fedn.records import MetricSummary
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["run_buffered"]
 
 _MAX_EMPTY_WINDOWS = 3
+_MAX_IDLE_TASKS_PER_CLIENT = 100
 
 
 @dataclass(order=True)
@@ -121,8 +123,6 @@ def run_buffered(
     on_progress: Callable[[int, int], None] | None,
     workers: int,
 ) -> tuple[list[RoundMetrics], NamedArrays, list[tuple[int, int, str]]]:
-    import time
-
     spec = sim.spec
     manifest = manifest_of(global_arrays)
     limit = max(1, spec.buffer_size)
@@ -138,16 +138,21 @@ def run_buffered(
         t0 = time.perf_counter()
         window: list[_Done] = []
         full = None
+        idle = 0  # finished tasks in a row that brought no update
         while full is None:  # play the schedule to the moment a group's buffer is full
             task, gone = schedule.next_done(version)
             if gone:
                 dropped += 1
+                idle += 1
+                if idle > _MAX_IDLE_TASKS_PER_CLIENT * spec.clients:
+                    raise FednError(f"no update in {idle} finished tasks: every client drops out (--dropout)")
                 continue
             staleness = version - task.base
             if spec.max_staleness and staleness > spec.max_staleness:
                 stale += 1
                 continue
             group = task.client % spec.combiners
+            idle = 0
             window.append(_Done(task.client, group, task.base, staleness))
             pending[group] += 1
             if buffers[group].count + pending[group] >= limit:
@@ -169,8 +174,7 @@ def run_buffered(
         delta = done.mean.finish()
         summary = merge_metric_summaries(done.summaries)
         current = versions[version]
-        target = {name: np.asarray(current[name], dtype=np.float64) + delta.arrays[name] for name in current}
-        new_global = cast_like(sim.optimizer.step(current, target), current)
+        new_global = cast_like(sim.optimizer.step(current, add_delta(current, delta.arrays)), current)
         version += 1
         versions[version] = new_global
         for old in [v for v in versions if v != version and v not in schedule.bases_in_use()]:
@@ -190,11 +194,10 @@ def run_buffered(
         }
         dropped = stale = 0
         last_time = schedule.now
-        for name in ("train_loss", "staleness"):
-            if name in summary:
-                row[name if name != "staleness" else "staleness_mean"] = summary[name].mean
+        if "train_loss" in summary:
+            row["train_loss"] = summary["train_loss"].mean
         if "staleness" in summary:
-            row["staleness_max"] = summary["staleness"].max
+            row["staleness_mean"], row["staleness_max"] = summary["staleness"].mean, summary["staleness"].max
         if evaluate is not None and (version % spec.eval_every == 0 or version == spec.rounds):
             row.update(evaluate(new_global, version))
         row["wall_s"] = time.perf_counter() - t0

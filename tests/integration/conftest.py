@@ -85,3 +85,22 @@ def stub(combiner: CombinerServer) -> Iterator[pb_grpc.CombinerStub]:
     channel = grpc.insecure_channel(f"127.0.0.1:{combiner.port}")
     yield pb_grpc.CombinerStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def start_combiner(loop_thread: LoopThread):
+    """Start combiners with settings of a test's own; each is stopped afterwards. Returns (server, stub)."""
+    started: list[tuple[CombinerServer, grpc.Channel]] = []
+
+    def start(store, **settings) -> tuple[CombinerServer, pb_grpc.CombinerStub]:
+        fields = {"name": "combiner-x", "host": "127.0.0.1", "port": 0, "heartbeat_interval_s": 0.2, **settings}
+        server = CombinerServer(CombinerSettings(**fields), store, reducer=None)
+        loop_thread.run(server.start())
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        started.append((server, channel))
+        return server, pb_grpc.CombinerStub(channel)
+
+    yield start
+    for server, channel in started:
+        channel.close()
+        loop_thread.run(server.stop(0.5))

@@ -180,3 +180,31 @@ def test_a_sync_round_ends_an_async_run_and_bad_async_plans_are_refused(combiner
     thread.join(30)  # the async call returned when its run ended
     assert not thread.is_alive()
     client.close()
+
+
+def test_a_large_base_is_read_from_the_store_once_not_per_update(start_combiner, model_store, global_model):
+    class CountingStore:
+        def __init__(self, inner) -> None:
+            self.inner, self.gets = inner, 0
+
+        def get(self, key):
+            self.gets += 1
+            return self.inner.get(key)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    m0, arrays = global_model
+    store = CountingStore(model_store)
+    server, stub = start_combiner(store, model_cache_bytes=0)
+    clients = [FakeClient(stub, f"c{i}") for i in range(3)]
+    _wait_connected(server, 3)
+    thread, holder = _start_round(stub, _async_plan(m0, buffer_size=3))
+    for i, client in enumerate(clients):
+        client.wait_tasks(1)
+        client.upload(RUN, _shifted(arrays, float(i + 1)), base_model_id=m0)
+    thread.join(30)
+    assert holder["result"].num_updates == 3
+    assert store.gets == 1, "three updates on one base: one read of the base"
+    for client in clients:
+        client.close()

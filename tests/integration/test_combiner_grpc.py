@@ -362,52 +362,40 @@ def test_a_median_round_over_grpc(combiner, stub, global_model, model_store):
         c.close()
 
 
-def test_a_client_without_a_free_slot_is_queued_and_granted_down_its_stream(loop_thread, model_store, global_model):
-    from combiner.server import CombinerServer
-    from combiner.settings import CombinerSettings
-    from fedn.v1 import fedn_pb2_grpc as pb_grpc
-
+def test_a_client_without_a_free_slot_is_queued_and_granted_down_its_stream(start_combiner, model_store, global_model):
     model_id, arrays = global_model
-    settings = CombinerSettings(name="c-one-slot", port=0, heartbeat_interval_s=0.2, max_concurrent_uploads=1)
-    server = CombinerServer(settings, model_store, reducer=None)
-    loop_thread.run(server.start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = pb_grpc.CombinerStub(channel)
-    try:
-        first, second = FakeClient(stub, "first"), FakeClient(stub, "second")
-        _wait_connected(server, 2)
-        thread, holder = _start_round(stub, _plan(model_id))
-        round_id = first.wait_task().round_id
-        second.wait_task()
+    server, stub = start_combiner(model_store, max_concurrent_uploads=1)
+    first, second = FakeClient(stub, "first"), FakeClient(stub, "second")
+    _wait_connected(server, 2)
+    thread, holder = _start_round(stub, _plan(model_id))
+    round_id = first.wait_task().round_id
+    second.wait_task()
 
-        def ask(client):
-            return stub.RequestUpload(pb.UploadRequest(round_id=round_id, client_id=client, payload_bytes=100))
+    def ask(client):
+        return stub.RequestUpload(pb.UploadRequest(round_id=round_id, client_id=client, payload_bytes=100))
 
-        assert ask("first").granted
-        reply = ask("second")
-        assert not reply.granted and reply.queued_before == 0
-        first.upload(round_id, _shifted(arrays, 1.0))
-        for _ in range(100):  # the grant comes down the task stream
-            if any(t.kind == "upload_grant" and t.round_id == round_id for t in second.tasks):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("no upload grant arrived")
-        assert ask("second").granted  # asking again keeps it
-        second.upload(round_id, _shifted(arrays, 2.0))
-        thread.join(30)
-        assert holder["result"].num_updates == 2
-        with pytest.raises(grpc.RpcError) as info:
-            ask("first")  # the round is closed
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        with pytest.raises(grpc.RpcError) as info:
-            stub.RequestUpload(pb.UploadRequest(round_id=round_id, client_id="first", payload_bytes=1 << 40))
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        for c in (first, second):
-            c.close()
-    finally:
-        channel.close()
-        loop_thread.run(server.stop(0.5))
+    assert ask("first").granted
+    reply = ask("second")
+    assert not reply.granted and reply.queued_before == 0
+    first.upload(round_id, _shifted(arrays, 1.0))
+    for _ in range(100):  # the grant comes down the task stream
+        if any(t.kind == "upload_grant" and t.round_id == round_id for t in second.tasks):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no upload grant arrived")
+    assert ask("second").granted  # asking again keeps it
+    second.upload(round_id, _shifted(arrays, 2.0))
+    thread.join(30)
+    assert holder["result"].num_updates == 2
+    with pytest.raises(grpc.RpcError) as info:
+        ask("first")  # the round is closed
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RequestUpload(pb.UploadRequest(round_id=round_id, client_id="first", payload_bytes=1 << 40))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for c in (first, second):
+        c.close()
 
 
 def test_the_cached_model_is_dropped_once_every_client_has_it(combiner, stub, global_model):
@@ -430,33 +418,19 @@ def test_the_cached_model_is_dropped_once_every_client_has_it(combiner, stub, gl
         client.close()
 
 
-def test_a_model_above_the_cache_limit_streams_from_the_store(loop_thread, model_store, global_model):
-    from combiner.server import CombinerServer
-    from combiner.settings import CombinerSettings
-    from fedn.v1 import fedn_pb2_grpc as pb_grpc
-
+def test_a_model_above_the_cache_limit_streams_from_the_store(start_combiner, model_store, global_model):
     model_id, arrays = global_model
-    settings = CombinerSettings(
-        name="c-streams", port=0, heartbeat_interval_s=0.2, model_cache_bytes=0, chunk_bytes=1024
-    )
-    server = CombinerServer(settings, model_store, reducer=None)
-    loop_thread.run(server.start())
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    stub = pb_grpc.CombinerStub(channel)
-    try:
-        client = FakeClient(stub, "c0")
-        _wait_connected(server, 1)
-        thread, holder = _start_round(stub, _plan(model_id))
-        client.wait_task()
-        chunks = list(stub.DownloadModel(pb.DownloadModelRequest(model_id=model_id, client_id="c0")))
-        assert all(len(c.data) <= 1024 for c in chunks[1:]) and len(chunks) > 3  # re-chunked from the file
-        params = client.download(model_id)  # checks the digest and size
-        for name, a in arrays.items():
-            np.testing.assert_array_equal(params[name], a)
-        client.upload("r1", _shifted(params, 1.0))
-        thread.join(30)
-        assert holder["result"].num_updates == 1
-        client.close()
-    finally:
-        channel.close()
-        loop_thread.run(server.stop(0.5))
+    server, stub = start_combiner(model_store, model_cache_bytes=0, chunk_bytes=1024)
+    client = FakeClient(stub, "c0")
+    _wait_connected(server, 1)
+    thread, holder = _start_round(stub, _plan(model_id))
+    client.wait_task()
+    chunks = list(stub.DownloadModel(pb.DownloadModelRequest(model_id=model_id, client_id="c0")))
+    assert all(len(c.data) <= 1024 for c in chunks[1:]) and len(chunks) > 3  # re-chunked from the file
+    params = client.download(model_id)  # checks the digest and size
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(params[name], a)
+    client.upload("r1", _shifted(params, 1.0))
+    thread.join(30)
+    assert holder["result"].num_updates == 1
+    client.close()

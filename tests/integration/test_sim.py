@@ -232,3 +232,9 @@ def test_cli_runs_an_async_simulation(tmp_path) -> None:
     assert "version   4/4" in proc.stdout and "staleness" in proc.stdout
     rows = json.loads((out / "metrics.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [1, 2, 3, 4] and all("staleness_mean" in r for r in rows)
+
+
+def test_async_with_every_client_dropping_out_stops_with_the_reason() -> None:
+    spec = _spec(mode="async", clients=4, combiners=1, buffer_size=2, heterogeneity={"dropout": 1.0})
+    with pytest.raises(FednError, match="every client drops out"):
+        Simulation(spec).run()
