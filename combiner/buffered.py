@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -27,8 +28,8 @@ from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 
 if TYPE_CHECKING:
+    from combiner.grants import GrantGate
     from combiner.rounds import RoundService
-    from combiner.uploads import UploadGate
 
 __all__ = ["BufferedRun", "run_id_for"]
 
@@ -83,7 +84,8 @@ class BufferedRun:
     closed: bool = False
     full: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    gate: UploadGate | None = None
+    gate: GrantGate | None = None  # upload slots
+    tasks: GrantGate | None = None  # tasks out, paced by downloads
     calls: int = 0  # RunRound calls waiting on this run
     last_call: float = 0.0
     watchdog: asyncio.Task | None = None
@@ -141,6 +143,14 @@ class BufferedRun:
                 self.waiting.append(client_id)
             return
         self.training.add(client_id)
+        if self.tasks is None or self.tasks.request(client_id):
+            self.send_task(client_id)
+
+    def send_task(self, client_id: str) -> None:
+        """The task goes out when its download is granted, so it names the newest model at that moment."""
+        conn = self.service.connection(client_id)
+        if self.closed or conn is None or client_id not in self.training:
+            return
         conn.tasks.put_nowait(
             TaskInfo(
                 "train",
@@ -153,6 +163,10 @@ class BufferedRun:
             )
         )
 
+    def downloaded(self, client_id: str) -> None:
+        if self.tasks is not None:
+            self.tasks.release(client_id)
+
     def _fill_slots(self) -> None:
         cap = self.plan.max_clients
         while self.waiting and not self.closed and (not cap or len(self.training) < cap):
@@ -161,6 +175,8 @@ class BufferedRun:
     def release(self, client_id: str, ok: bool) -> None:
         """``client_id`` answered: free its slot, then give it its next task (after a back-off if it failed)."""
         self.training.discard(client_id)
+        if self.tasks is not None:
+            self.tasks.release(client_id)
         self._fill_slots()
         if ok:
             self.strikes.pop(client_id, None)
@@ -172,6 +188,8 @@ class BufferedRun:
 
     def left(self, client_id: str) -> None:
         self.training.discard(client_id)
+        if self.tasks is not None:
+            self.tasks.release(client_id)
         if self.gate is not None:
             self.gate.release(client_id)
         with contextlib.suppress(ValueError):
@@ -207,23 +225,21 @@ class BufferedRun:
             self.service.check_header(self.manifest, header)
             self._staleness(header.base_model_id)  # refuse a too-old base before the upload takes a slot
             async with self.gate.slot(client_id):
-                arrays = await self.service.receive_arrays(self.manifest, header, chunks)
-                base = await self._base(header.base_model_id)
-                async with self.lock:
-                    if self.closed:
-                        raise FailedPrecondition(f"async session {self.session_id!r} ended during the upload")
-                    staleness = self._staleness(header.base_model_id)  # the model may have moved on meanwhile
-                    scale = staleness_weight(staleness, self.plan.staleness_exponent)
-                    buffer = self.buffer
-                    if big:
-                        await asyncio.to_thread(buffer.mean.add, arrays, header.num_examples, base=base, scale=scale)
-                    else:
-                        buffer.mean.add(arrays, header.num_examples, base=base, scale=scale)
-                    buffer.metrics.add({**header.metrics, "staleness": staleness}, header.num_examples)
-                    buffer.accepted.append(client_id)
-                    count = buffer.mean.count
-                    if count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
-                        self._seal()
+                async with self.service.staged_update(self.manifest, header, chunks) as arrays:
+                    base = await self._base(header.base_model_id)
+                    async with self.lock:
+                        if self.closed:
+                            raise FailedPrecondition(f"async session {self.session_id!r} ended during the upload")
+                        staleness = self._staleness(header.base_model_id)  # the model may have moved on meanwhile
+                        scale = staleness_weight(staleness, self.plan.staleness_exponent)
+                        buffer = self.buffer
+                        fold = functools.partial(buffer.mean.add, arrays, header.num_examples, base=base, scale=scale)
+                        await asyncio.to_thread(fold) if big else fold()
+                        buffer.metrics.add({**header.metrics, "staleness": staleness}, header.num_examples)
+                        buffer.accepted.append(client_id)
+                        count = buffer.mean.count
+                        if count >= max(1, self.plan.buffer_size) and len(self.sealed) < _MAX_SEALED:
+                            self._seal()
                 del arrays, base
             if big:  # give the staged buffer's memory back
                 await asyncio.to_thread(heap.trim)
@@ -349,8 +365,9 @@ class BufferedRun:
         self.full.set()
         self.training.clear()
         self.waiting.clear()
-        if self.gate is not None:
-            self.gate.close()
+        for gate in (self.gate, self.tasks):
+            if gate is not None:
+                gate.close()
         if self.watchdog is not None and self.watchdog is not asyncio.current_task():
             self.watchdog.cancel()
         logger.info("async session %s ended on %s: %s", self.session_id, self.service.combiner_id, reason)

@@ -12,18 +12,20 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from combiner.buffered import BufferedRun
-from combiner.uploads import UploadGate
+from combiner.grants import GrantGate
 from fedn import heap
 from fedn.aggregation import MetricsAccumulator, WeightedMean, aggregator_config, make_aggregator
-from fedn.chunking import ChunkAssembler, iter_chunks
+from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler, ChunkSpool, iter_chunks
 from fedn.codec import (
     NamedArrays,
+    SpooledTensor,
     TensorSpec,
-    check_finite,
     check_manifest,
     decode_payload,
     encode_model_chunks,
@@ -31,21 +33,36 @@ from fedn.codec import (
     payload_bytes,
     read_model_header,
     split_model,
+    spooled_arrays,
 )
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument, InvalidModel, PayloadTooLarge
 from fedn.models import model_key, partial_key
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult, SessionMode
 from fedn.sampling import select_clients
 from fedn.store.base import ModelStore
-from fedn.wire import Announcement, TaskInfo, UpdateHeaderInfo
+from fedn.wire import (
+    Announcement,
+    ModelHeaderInfo,
+    TaskInfo,
+    UpdateHeaderInfo,
+    model_data_message,
+    model_header_message,
+)
 
-__all__ = ["CachedModel", "ClientConnection", "RoundService", "download_concurrency"]
+__all__ = ["HEARTBEAT", "CachedModel", "ClientConnection", "RoundService", "download_concurrency"]
 
 logger = logging.getLogger(__name__)
 
 _MODEL_CACHE_SIZE = 3
 _FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are folded off the event loop
 _STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ahead and gRPC's send queue
+# Train tasks out per free download stream: the next client is already asking when a stream frees,
+# which hides a round trip, while the calls that wait stay few (each costs ~20 KiB of gRPC state).
+_TASKS_PER_DOWNLOAD_STREAM = 2
+
+_SPOOL_WRITE_BYTES = 2 << 20  # chunks of a spooled upload written per thread hop
+
+HEARTBEAT = TaskInfo("heartbeat")
 
 
 def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
@@ -56,15 +73,17 @@ def download_concurrency(model_bytes: int, max_downloads: int, max_download_byte
 
 @dataclass(frozen=True)
 class CachedModel:
-    """A global model's manifest and payload digest, and the payload itself when it is small enough
-    to hold (``model_cache_bytes``): then every client is served from the same bytes. A larger one is
-    streamed from the model store to each client, so the combiner never holds a copy of it."""
+    """A global model as downloads send it: its header message, and its data messages when it is small
+    enough to hold (``model_cache_bytes``). Those are serialized once and every client gets the same
+    bytes, with no copy per download. A larger model is streamed from the model store to each client,
+    so the combiner never holds a copy of it."""
 
     model_id: str
     manifest: list[TensorSpec]
     sha256: str
     size: int
-    payload: bytes | memoryview | None
+    header: bytes  # the serialized first message of a download
+    messages: tuple[bytes, ...] | None  # the serialized data messages, if held
     key: str = ""
     offset: int = 0  # where the payload starts in the stored blob
 
@@ -95,11 +114,20 @@ class _ActiveRound:
     closed: bool = False
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    gate: UploadGate | None = None
+    gate: GrantGate | None = None  # upload slots
+    tasks: GrantGate | None = None  # train tasks out, paced by downloads
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def task_info(self) -> TaskInfo:
+        plan = self.plan
+        return TaskInfo(
+            "train", plan.round_id, plan.session_id, plan.model_id, plan.round_index, plan.timeout_s, plan.config
+        )
 
     def answer(self, client_id: str, error: str | None = None) -> None:
         self.answered.add(client_id)
+        if self.tasks is not None:
+            self.tasks.release(client_id)
         if self.gate is not None and client_id not in self.uploading:
             self.gate.release(client_id)  # an uploading client's slot is freed when its staged buffer is
         if error is not None:
@@ -123,6 +151,9 @@ class RoundService:
         max_staged_bytes: int = 64 << 20,
         grant_timeout_s: float = 30.0,
         model_cache_bytes: int = 16 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        spool_over_bytes: int = 16 << 20,
+        spool_dir: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.combiner_id = combiner_id
@@ -132,6 +163,9 @@ class RoundService:
         self._max_staged_bytes = max_staged_bytes
         self._grant_timeout_s = grant_timeout_s
         self._model_cache_bytes = model_cache_bytes
+        self._chunk_bytes = chunk_bytes
+        self._spool_over_bytes = spool_over_bytes
+        self._spool_dir = spool_dir
         self._max_downloads = max_concurrent_downloads
         self._max_download_bytes = max_download_bytes
         self._download_slots: dict[str, asyncio.Semaphore] = {}
@@ -179,6 +213,16 @@ class RoundService:
             rnd.answer(conn.client_id, "client disconnected")
         if self._buffered is not None:
             self._buffered.left(conn.client_id)
+
+    async def send_heartbeats(self, interval_s: float) -> None:
+        """Every ``interval_s``, a heartbeat to each stream with nothing queued, so clients can tell a
+        quiet combiner from a dead one. One loop for all streams: a timer per stream costs memory and
+        CPU per client."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for conn in list(self._clients.values()):
+                if conn.tasks.empty():
+                    conn.tasks.put_nowait(HEARTBEAT)
 
     def connected_client_ids(self) -> list[str]:
         return sorted(self._clients)
@@ -229,18 +273,23 @@ class RoundService:
             size,
             "held in memory" if keep else "streamed from the store",
         )
-        return CachedModel(model_id, manifest, digest.hexdigest(), size, payload, key, offset)
+        sha256 = digest.hexdigest()
+        header = model_header_message(ModelHeaderInfo(model_id, manifest, sha256, size))
+        messages = None if payload is None else tuple(map(model_data_message, iter_chunks(payload, self._chunk_bytes)))
+        return CachedModel(model_id, manifest, sha256, size, header, messages, key, offset)
 
-    async def payload_chunks(self, model: CachedModel, chunk_bytes: int) -> AsyncIterator[bytes]:
-        """The model's payload in ``chunk_bytes`` pieces, from memory or read from the store off the loop."""
-        if model.payload is not None:
-            for chunk in iter_chunks(model.payload, chunk_bytes):
-                yield chunk
+    async def download_messages(self, model: CachedModel) -> AsyncIterator[bytes]:
+        """A download's serialized messages: the header, then the data, held or read from the store off
+        the event loop (and serialized there)."""
+        yield model.header
+        if model.messages is not None:
+            for message in model.messages:
+                yield message
             return
-        pieces = self._stored_payload(model, chunk_bytes)
+        pieces = map(model_data_message, self._stored_payload(model, self._chunk_bytes))
         while batch := await asyncio.to_thread(list, itertools.islice(pieces, 4)):  # 4 reads per thread hop
-            for chunk in batch:
-                yield chunk
+            for message in batch:
+                yield message
 
     def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
         skip, pending, sent = model.offset, bytearray(), 0
@@ -261,10 +310,8 @@ class RoundService:
             raise InvalidModel(f"model {model.model_id} changed in the store while it was served")
 
     async def model_arrays(self, model_id: str) -> NamedArrays:
-        """The model as arrays: views of the held payload, or read from the store for a large one."""
+        """The model as arrays, read from the store (a held model is kept only as download messages)."""
         model = await self.get_model(model_id)
-        if model.payload is not None:
-            return decode_payload(model.manifest, model.payload)
         manifest, payload = split_model(await asyncio.to_thread(self._models.get, model.key))
         return decode_payload(manifest, payload)
 
@@ -286,11 +333,16 @@ class RoundService:
     def download_done(self, model_id: str, client_id: str) -> None:
         """A client has the whole model. Once every client of the round has it, the cached copy is
         dropped: the round's memory is then the running sum and the staged updates, not the model too.
-        A late download reads it from the store again."""
+        A late download reads it from the store again. Either way the client's task grant is done."""
+        run = self._buffered
+        if run is not None and not run.closed:
+            run.downloaded(client_id)
         rnd = self._round
         if rnd is None or rnd.closed or rnd.plan.model_id != model_id or client_id not in rnd.selected:
             return
         rnd.downloaded.add(client_id)
+        if rnd.tasks is not None:
+            rnd.tasks.release(client_id)  # its download is done: the next client gets its task
         async_run = self._buffered is not None and not self._buffered.closed  # it serves base models all along
         if rnd.downloaded >= rnd.selected and not async_run and self._cache.pop(model_id, None) is not None:
             logger.debug("round %s: every client has model %s; dropped it from the cache", rnd.plan.round_id, model_id)
@@ -323,20 +375,30 @@ class RoundService:
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self.clock())
         rnd.gate = self.upload_gate(model.manifest, plan.round_id, plan.session_id)
+        rnd.tasks = self.task_gate(model, lambda client_id: self._send(client_id, rnd.task_info()))
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)
 
-    def upload_gate(self, manifest: list[TensorSpec], round_id: str, session_id: str) -> UploadGate:
+    def upload_gate(self, manifest: list[TensorSpec], round_id: str, session_id: str) -> GrantGate:
         """Staged updates are bounded in count and in bytes, but one may always be staged."""
         slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
 
-        def notify(client_id: str) -> None:
-            conn = self._clients.get(client_id)
-            if conn is not None:
-                conn.tasks.put_nowait(TaskInfo("upload_grant", round_id, session_id))
+        grant = TaskInfo("upload_grant", round_id, session_id)
+        return GrantGate(slots, lambda c: self._send(c, grant), grant_timeout_s=self._grant_timeout_s, clock=self.clock)
 
-        return UploadGate(slots, notify, grant_timeout_s=self._grant_timeout_s, clock=self.clock)
+    def task_gate(self, model: CachedModel, send: Callable[[str], None]) -> GrantGate:
+        """Train tasks are handed out as download grants: a few per download stream of ``model``, the next
+        as a client's download completes (or its grant lapses), so clients that wait cost no open call."""
+        streams = download_concurrency(model.size, self._max_downloads, self._max_download_bytes)
+        return GrantGate(
+            streams * _TASKS_PER_DOWNLOAD_STREAM, send, grant_timeout_s=self._grant_timeout_s, clock=self.clock
+        )
+
+    def _send(self, client_id: str, task: TaskInfo) -> None:
+        conn = self._clients.get(client_id)
+        if conn is not None:
+            conn.tasks.put_nowait(task)
 
     async def _run_buffered(self, plan: RoundPlan) -> RoundResult:
         """Join (or start) the async session of ``plan``; returns the next buffer of updates as a partial."""
@@ -355,6 +417,7 @@ class RoundService:
             self._abandon_round(f"async session {plan.session_id} started")
             run = BufferedRun(self, plan, model.manifest, lease_s=max(60.0, 3 * plan.timeout_s))
             run.gate = self.upload_gate(model.manifest, run.run_id, plan.session_id)
+            run.tasks = self.task_gate(model, run.send_task)
             self._buffered = run
             logger.info(
                 "async session %s started on %s: buffer %d, %d clients",
@@ -409,18 +472,9 @@ class RoundService:
         )
         try:
             if selected:
-                task = TaskInfo(
-                    "train",
-                    plan.round_id,
-                    plan.session_id,
-                    plan.model_id,
-                    plan.round_index,
-                    plan.timeout_s,
-                    plan.config,
-                )
                 for client_id in selected:
-                    if client_id in self._clients:
-                        self._clients[client_id].tasks.put_nowait(task)
+                    if rnd.tasks.request(client_id):
+                        self._send(client_id, rnd.task_info())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rnd.all_answered.wait(), timeout=plan.timeout_s)
             async with rnd.lock:
@@ -428,6 +482,7 @@ class RoundService:
         finally:
             rnd.closed = True
             rnd.gate.close()
+            rnd.tasks.close()
             self._closed_rounds.append(plan.round_id)
         for client_id in sorted(rnd.selected - rnd.answered):
             rnd.failures[client_id] = f"no update within the round deadline ({plan.timeout_s:g}s)"
@@ -521,8 +576,7 @@ class RoundService:
         try:
             self.check_header(rnd.manifest, header)
             async with rnd.gate.slot(client_id):  # held until the fold, so staged buffers stay within the bound
-                arrays = await self.receive_arrays(rnd.manifest, header, chunks)
-                async with rnd.lock:
+                async with self.staged_update(rnd.manifest, header, chunks) as arrays, rnd.lock:
                     if rnd.closed:
                         raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
                     if big:
@@ -559,16 +613,39 @@ class RoundService:
         if size != payload_bytes(manifest):
             raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(manifest)}")
 
-    async def receive_arrays(
+    @contextlib.asynccontextmanager
+    async def staged_update(
         self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
-    ) -> NamedArrays:
-        assembler = ChunkAssembler(header.model.payload_bytes, header.model.sha256, self._max_update_bytes)
-        async for chunk in chunks:
-            assembler.add(chunk)
-        arrays = decode_payload(manifest, assembler.finish())
-        for name, array in arrays.items():
-            check_finite(name, array)
-        return arrays
+    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        """Receive an update whole (its announced size and sha256 checked), then lend its tensors to the
+        aggregator, whose ``add`` checks the values before it folds anything.
+
+        One up to ``spool_over_bytes`` is staged in memory. A larger one goes to a temporary file in
+        ``spool_dir`` and is read back a slice at a time by the checks and the fold, so staging it
+        costs disk, not a copy of the model in memory; the file is gone when the block ends.
+        """
+        size, sha = header.model.payload_bytes, header.model.sha256
+        if size <= self._spool_over_bytes:
+            assembler = ChunkAssembler(size, sha, self._max_update_bytes)
+            async for chunk in chunks:
+                assembler.add(chunk)
+            yield decode_payload(manifest, assembler.finish())
+            return
+        spool = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
+        try:
+            batch: list[bytes] = []
+            batch_bytes = 0
+            async for chunk in chunks:  # written (and hashed) off the event loop, a few chunks per hop
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                if batch_bytes >= _SPOOL_WRITE_BYTES:
+                    await asyncio.to_thread(spool.add_all, batch)
+                    batch, batch_bytes = [], 0
+            await asyncio.to_thread(spool.add_all, batch)
+            del batch
+            yield spooled_arrays(manifest, spool.finish())
+        finally:
+            spool.close()
 
     def close(self) -> None:
         """Close the active round (on shutdown) so nothing waits on it."""
@@ -576,5 +653,6 @@ class RoundService:
         if self._round is not None:
             self._round.closed = True
             self._round.all_answered.set()
-            if self._round.gate is not None:
-                self._round.gate.close()
+            for gate in (self._round.gate, self._round.tasks):
+                if gate is not None:
+                    gate.close()

@@ -14,7 +14,6 @@ from combiner.settings import CombinerSettings
 from fedn.api_client import ReducerAPI
 from fedn.errors import FednError, NotFound
 from fedn.store.base import ModelStore
-from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
 __all__ = ["CombinerServer"]
 
@@ -30,6 +29,7 @@ class CombinerServer:
         self._reducer = reducer
         self._server: grpc.aio.Server | None = None
         self._link: asyncio.Task | None = None
+        self._heartbeats: asyncio.Task | None = None
         self._stopping: asyncio.Event | None = None
         self.rounds: RoundService | None = None
         self.port = 0
@@ -51,6 +51,9 @@ class CombinerServer:
             max_staged_bytes=s.max_staged_bytes,
             grant_timeout_s=s.upload_grant_timeout_s,
             model_cache_bytes=s.model_cache_bytes,
+            chunk_bytes=s.chunk_bytes,
+            spool_over_bytes=s.spool_over_bytes,
+            spool_dir=s.spool_dir,
         )
         message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(
@@ -66,16 +69,14 @@ class CombinerServer:
                 ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
             ]
         )
-        pb_grpc.add_CombinerServicer_to_server(
-            CombinerServicer(self.rounds, heartbeat_interval_s=s.heartbeat_interval_s, chunk_bytes=s.chunk_bytes),
-            self._server,
-        )
+        CombinerServicer(self.rounds).add_to_server(self._server)
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise FednError(f"cannot bind {s.host}:{s.port}")
         await self._server.start()
         logger.info("combiner %s listening on %s:%d (advertised as %s)", s.name, s.host, self.port, self.address)
         self._stopping = asyncio.Event()
+        self._heartbeats = asyncio.create_task(self.rounds.send_heartbeats(s.heartbeat_interval_s))
         if self._reducer is not None:
             self._link = asyncio.create_task(self._reducer_link())
 
@@ -115,10 +116,11 @@ class CombinerServer:
             self._stopping.set()
         if self.rounds is not None:
             self.rounds.close()
-        if self._link is not None:
-            self._link.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._link
+        for task in (self._link, self._heartbeats):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._server is not None:
             await self._server.stop(grace_s)
         logger.info("combiner %s stopped", self.settings.name)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from combiner.rounds import RoundService
+from combiner.rounds import HEARTBEAT, RoundService
 from fedn import wire
 from fedn.errors import FednError, InvalidArgument
 from fedn.v1 import fedn_pb2 as pb
@@ -41,27 +41,48 @@ def _map_errors(method):
     return wrapper
 
 
+def _serialized(message: bytes | pb.ModelChunk) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class _CapturedHandlers:
+    """Stands in for a server to catch the method handlers the generated code registers."""
+
+    service = ""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, generic_handlers: object) -> None:
+        pass  # the same handlers also arrive below, by name
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
 class CombinerServicer(pb_grpc.CombinerServicer):
-    def __init__(self, rounds: RoundService, *, heartbeat_interval_s: float, chunk_bytes: int) -> None:
+    def __init__(self, rounds: RoundService) -> None:
         self._rounds = rounds
-        self._heartbeat_interval_s = heartbeat_interval_s
-        self._chunk_bytes = chunk_bytes
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register the generated handlers, but let DownloadModel send messages it serialized itself: a
+        held model's chunks are serialized once, not once per client."""
+        capture = _CapturedHandlers()
+        pb_grpc.add_CombinerServicer_to_server(self, capture)
+        handlers = dict(capture.handlers)
+        handlers["DownloadModel"] = handlers["DownloadModel"]._replace(response_serializer=_serialized)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+        server.add_registered_method_handlers(capture.service, handlers)
 
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
         try:
             conn = self._rounds.connect(request.client_id, request.client_name)
         except FednError as exc:
             await context.abort(exc.grpc_status, exc.message)
-        heartbeat = wire.task_to_proto(wire.TaskInfo("heartbeat"))
+        heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
             yield heartbeat  # tells the client at once that it is connected
-            while True:
-                try:
-                    task = await asyncio.wait_for(conn.tasks.get(), timeout=self._heartbeat_interval_s)
-                except TimeoutError:
-                    yield heartbeat
-                    continue
-                yield wire.task_to_proto(task)
+            while True:  # heartbeats arrive in the queue too (RoundService.send_heartbeats): no timer per stream
+                task = await conn.tasks.get()
+                yield heartbeat if task is HEARTBEAT else wire.task_to_proto(task)
         finally:
             self._rounds.disconnect(conn)
 
@@ -71,12 +92,10 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         except FednError as exc:
             logger.info("DownloadModel refused for client %s: %s", request.client_id, exc.message)
             await context.abort(exc.grpc_status, exc.message)
-        header = wire.ModelHeaderInfo(model.model_id, model.manifest, model.sha256, model.size)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._rounds.download_slots(model):
-            yield pb.ModelChunk(header=wire.model_header_to_proto(header))
-            async for chunk in self._rounds.payload_chunks(model, self._chunk_bytes):
-                yield pb.ModelChunk(data=chunk)
+            async for message in self._rounds.download_messages(model):
+                yield message  # already serialized (see add_to_server)
         self._rounds.download_done(request.model_id, request.client_id)
 
     @_map_errors

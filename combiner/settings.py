@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedn.chunking import DEFAULT_CHUNK_BYTES
+
 __all__ = ["CombinerSettings"]
 
 
@@ -36,6 +38,17 @@ class CombinerSettings(BaseSettings):
         description="global models up to this size are held in memory and served from there; larger ones are "
         "streamed from the model store to each client, so the combiner holds no copy",
     )
+    spool_over_bytes: int = Field(
+        16 << 20,
+        ge=0,
+        description="updates larger than this are staged in a temporary file while they are checked and folded, "
+        "not in memory",
+    )
+    spool_dir: str | None = Field(
+        None,
+        description="directory of those temporary files [default: the system's, $TMPDIR or /tmp]; put it on disk "
+        "if /tmp is a RAM disk (tmpfs)",
+    )
     upload_grant_timeout_s: float = Field(
         30.0, gt=0, description="seconds a client granted an upload slot has to start using it before it passes on"
     )
@@ -44,4 +57,8 @@ class CombinerSettings(BaseSettings):
         description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "
         "slow links, but every waiting stream may then buffer megabytes, so memory grows with clients",
     )
-    chunk_bytes: int = Field(1 << 20, ge=1024, description="size of model chunks sent to clients")
+    chunk_bytes: int = Field(
+        DEFAULT_CHUNK_BYTES,
+        ge=1024,
+        description="size of model chunks sent to clients; each one in flight is copied a few times on its way",
+    )

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from safetensors import SafetensorError
@@ -28,6 +30,7 @@ from fedn.errors import InvalidModel, NonFiniteValues
 __all__ = [
     "ALLOWED_DTYPES",
     "NamedArrays",
+    "SpooledTensor",
     "TensorSpec",
     "check_finite",
     "check_manifest",
@@ -36,12 +39,14 @@ __all__ = [
     "encode_model",
     "encode_model_chunks",
     "encode_payload",
+    "flat_slices",
     "manifest_of",
     "model_header_size",
     "payload_bytes",
     "read_model_header",
     "sha256_hex",
     "split_model",
+    "spooled_arrays",
 ]
 
 NamedArrays = dict[str, np.ndarray]
@@ -84,7 +89,69 @@ def _as_array(name: str, value: object) -> np.ndarray:
 
 def manifest_of(arrays: Mapping[str, np.ndarray]) -> list[TensorSpec]:
     """The manifest of ``arrays``, in their iteration order."""
-    return [TensorSpec(name, np.asarray(a).dtype.name, tuple(np.shape(a))) for name, a in arrays.items()]
+    return [TensorSpec(name, _dtype_of(a).name, tuple(np.shape(a))) for name, a in arrays.items()]
+
+
+def _dtype_of(array: object) -> np.dtype:
+    dtype = getattr(array, "dtype", None)  # a SpooledTensor has one too: no need to read it
+    return dtype if isinstance(dtype, np.dtype) else np.asarray(array).dtype
+
+
+class SpooledTensor:
+    """A tensor that stays in a file and is read a slice at a time.
+
+    A large update is staged in a temporary file rather than memory; the checks and folds that walk
+    it in order (``flat_slices``) then need one slice of memory, not the tensor. ``np.asarray`` reads
+    it whole, for code that needs it all at once.
+    """
+
+    def __init__(self, file: BinaryIO, offset: int, spec: TensorSpec) -> None:
+        self._file = file  # kept open as long as the tensor lives
+        self._offset = offset
+        self.dtype = np.dtype(spec.dtype)
+        self.shape = spec.shape
+        self.size = spec.size
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` of the flattened tensor, as a new array."""
+        out = np.empty(max(0, stop - start), dtype=self.dtype)
+        view = memoryview(out).cast("B")
+        position, done = self._offset + start * self.dtype.itemsize, 0
+        while done < len(view):
+            read = os.preadv(self._file.fileno(), [view[done:]], position + done)
+            if read == 0:
+                raise InvalidModel("a staged update file ended early")
+            done += read
+        return out
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self.read(0, self.size).reshape(self.shape)
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
+def spooled_arrays(manifest: list[TensorSpec], file: BinaryIO, offset: int = 0) -> dict[str, SpooledTensor]:
+    """The tensors of a payload written to ``file`` at ``offset``, left there."""
+    out: dict[str, SpooledTensor] = {}
+    for spec in manifest:
+        if spec.dtype not in ALLOWED_DTYPES:
+            raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
+        out[spec.name] = SpooledTensor(file, offset, spec)
+        offset += spec.nbytes
+    return out
+
+
+def flat_slices(array: np.ndarray | SpooledTensor, length: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, elements)`` over the flattened ``array`` in pieces of ``length``: an in-memory
+    array is viewed, a spooled one read piece by piece."""
+    if isinstance(array, SpooledTensor):
+        for start in range(0, array.size, length):
+            stop = min(start + length, array.size)
+            yield start, stop, array.read(start, stop)
+        return
+    flat = np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, length):
+        stop = min(start + length, flat.size)
+        yield start, stop, flat[start:stop]
 
 
 def payload_bytes(manifest: list[TensorSpec]) -> int:
@@ -260,13 +327,12 @@ def check_manifest(expected: list[TensorSpec], got: list[TensorSpec], *, ordered
 _FINITE_SLICE = 1 << 18  # elements checked at a time: the temporary stays small whatever the tensor
 
 
-def check_finite(name: str, array: np.ndarray) -> None:
+def check_finite(name: str, array: np.ndarray | SpooledTensor) -> None:
     """Raise NonFiniteValues if a float ``array`` holds NaN or Inf."""
-    if array.dtype.kind != "f":
+    if _dtype_of(array).kind != "f":
         return
-    flat = array.reshape(-1)
-    for start in range(0, flat.size, _FINITE_SLICE):
-        if not np.isfinite(flat[start : start + _FINITE_SLICE]).all():
+    for _, _, part in flat_slices(array, _FINITE_SLICE):
+        if not np.isfinite(part).all():
             raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
 
 

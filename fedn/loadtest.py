@@ -25,7 +25,7 @@ from fedn.codec import decode_payload, encode_model
 from fedn.errors import InvalidArgument, Unavailable
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
-from fedn.sim.memory import rss_mb
+from fedn.sim.memory import peak_rss_mb, rss_mb
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
@@ -200,6 +200,10 @@ def run_load(
                     raise Unavailable(f"load session ended {session.status}: {session.error}")
                 done = [r for r in api.list_rounds(session.id) if r.status == RoundStatus.DONE]
                 done.sort(key=lambda r: r.index)
+            # the kernel's high-water marks catch the spikes that fall between two samples
+            peaks = [max(p, peak_rss_mb(pid)) for p, pid in zip(peaks, combiner_pids, strict=True)]
+            if fed.reducer and fed.reducer.pid:
+                reducer_peak = max(reducer_peak, peak_rss_mb(fed.reducer.pid))
         finally:
             emulated.stop()
     if len(done) != rounds or any(r.num_updates != clients for r in done):

@@ -20,7 +20,9 @@ __all__ = [
     "announcement_to_proto",
     "config_from_proto",
     "config_to_proto",
+    "model_data_message",
     "model_header_from_proto",
+    "model_header_message",
     "model_header_to_proto",
     "pb",
     "round_plan_from_proto",
@@ -130,6 +132,16 @@ def model_header_to_proto(info: ModelHeaderInfo) -> pb.ModelHeader:
         sha256=info.sha256,
         payload_bytes=info.payload_bytes,
     )
+
+
+def model_header_message(info: ModelHeaderInfo) -> bytes:
+    """The first ``ModelChunk`` of a download, serialized: built once per model and sent as is."""
+    return pb.ModelChunk(header=model_header_to_proto(info)).SerializeToString()
+
+
+def model_data_message(data: bytes) -> bytes:
+    """A data ``ModelChunk``, serialized: a held model's are built once and sent to every client as is."""
+    return pb.ModelChunk(data=data).SerializeToString()
 
 
 def model_header_from_proto(msg: pb.ModelHeader) -> ModelHeaderInfo:

@@ -56,7 +56,7 @@ class _Buffered(ABC):
             raise InvalidArgument(f"update weight must be a positive finite number, got {weight}")
         check_manifest(self._manifest, manifest_of(arrays), ordered=False)
         for name, array in arrays.items():
-            check_finite(name, np.asarray(array))
+            check_finite(name, array)
         if self.count >= self.config.max_updates:
             raise PayloadTooLarge(
                 f"{type(self).__name__} holds at most {self.config.max_updates} updates per combiner and round "

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from fedn.codec import NamedArrays, TensorSpec, check_finite, check_manifest, manifest_of
+from fedn.codec import NamedArrays, SpooledTensor, TensorSpec, check_finite, check_manifest, flat_slices, manifest_of
 from fedn.errors import InvalidArgument
 
 __all__ = ["Partial", "WeightedMean", "merge_partials"]
@@ -77,7 +77,7 @@ class WeightedMean:
             raise InvalidArgument(f"update weight must be a positive finite number, got {weight}")
         check_manifest(self._manifest, manifest_of(arrays), ordered=False)  # folds by name
         for name, array in arrays.items():
-            check_finite(name, np.asarray(array))
+            check_finite(name, array)
 
     def add(
         self,
@@ -99,20 +99,18 @@ class WeightedMean:
         if not (np.isfinite(scale) and scale > 0):
             raise InvalidArgument(f"update scale must be a positive finite number, got {scale}")
         for spec in self._manifest:
-            x = np.asarray(arrays[spec.name]).reshape(-1)
             b = None if base is None else np.asarray(base[spec.name]).reshape(-1)
-            self._fold(self._sums[spec.name].reshape(-1), x, float(weight) * float(scale), b)
+            self._fold(self._sums[spec.name].reshape(-1), arrays[spec.name], float(weight) * float(scale), b)
         self._total_weight += float(weight)
         self._count += 1
 
-    def _fold(self, acc: np.ndarray, x: np.ndarray, factor: float, base: np.ndarray | None = None) -> None:
-        for start in range(0, x.size, _SLICE):
-            stop = min(start + _SLICE, x.size)
+    def _fold(self, acc: np.ndarray, x: np.ndarray | SpooledTensor, factor: float, base: np.ndarray | None) -> None:
+        for start, stop, part in flat_slices(x, _SLICE):  # a spooled update is read slice by slice
             tmp = self._scratch[: stop - start]
             if base is None:
-                np.multiply(x[start:stop], np.float64(factor), out=tmp, casting="unsafe")  # float64 math
+                np.multiply(part, np.float64(factor), out=tmp, casting="unsafe")  # float64 math
             else:
-                np.subtract(x[start:stop], base[start:stop], out=tmp, dtype=np.float64, casting="unsafe")
+                np.subtract(part, base[start:stop], out=tmp, dtype=np.float64, casting="unsafe")
                 tmp *= factor
             np.add(acc[start:stop], tmp, out=acc[start:stop])
 

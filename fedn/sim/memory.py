@@ -9,14 +9,24 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RssSampler", "rss_mb"]
+__all__ = ["RssSampler", "peak_rss_mb", "rss_mb"]
 
 
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MiB (0 if it is gone or /proc is absent)."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest resident set ``pid`` has had, in MiB, as the kernel counted it (VmHWM): unlike
+    sampling, a spike between two samples is not missed. 0 if it is gone or /proc is absent."""
+    return _status_mb(pid, "VmHWM:")
+
+
+def _status_mb(pid: int, field: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass

@@ -1,13 +1,18 @@
-"""Upload grants: which clients may stream their update now.
+"""Grants: which clients may use a bounded resource of the combiner now, in arrival order.
 
-A combiner stages only a few updates at once (bounded in count and bytes). A client that
-uploads while every slot is taken would hold an open stream whose data sits in gRPC's buffers,
-so memory would grow with the number of waiting clients. Instead a client asks first
-(``RequestUpload``); if no slot is free it is queued and told later, down its task stream, that
-its turn has come. A waiting client then costs a queue entry, not a stream. A grant that is not
-used within ``grant_timeout_s`` passes to the next client.
+Two resources are granted this way, so memory does not grow with the number of waiting clients:
 
-Clients that upload without asking still work: they wait for a slot inside their stream.
+- **Uploads.** A combiner stages only a few updates at once (bounded in count and bytes). A client
+  that uploads while every slot is taken would hold an open stream whose data sits in gRPC's
+  buffers. Instead it asks first (``RequestUpload``); if no slot is free it is queued and told
+  later, down its task stream, that its turn has come. Clients that upload without asking still
+  work: they wait for a slot inside their stream.
+- **Downloads.** Every download call in flight costs about 20 KiB of gRPC state, even while it only
+  waits for a free download stream, so a round does not send all its clients their train task at
+  once: the task itself is the grant, and the next client gets its task as a download completes.
+
+A waiting client costs a queue entry, not a call. A grant that is not used within
+``grant_timeout_s`` passes to the next client.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["UploadGate"]
+__all__ = ["GrantGate"]
 
 
-class UploadGate:
-    """``capacity`` upload slots, granted in arrival order; ``notify(client_id)`` delivers a queued grant."""
+class GrantGate:
+    """``capacity`` slots, granted in arrival order; ``notify(client_id)`` delivers a queued grant."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from combiner.uploads import UploadGate
+from combiner.grants import GrantGate
 
 
 class Clock:
@@ -17,9 +17,9 @@ class Clock:
         return self.t
 
 
-def _gate(capacity: int, clock: Clock | None = None) -> tuple[UploadGate, list[str]]:
+def _gate(capacity: int, clock: Clock | None = None) -> tuple[GrantGate, list[str]]:
     told: list[str] = []
-    return UploadGate(capacity, told.append, grant_timeout_s=10.0, clock=clock or Clock()), told
+    return GrantGate(capacity, told.append, grant_timeout_s=10.0, clock=clock or Clock()), told
 
 
 def test_grants_in_arrival_order_and_a_release_tells_the_next():

@@ -1,0 +1,172 @@
+"""What keeps a combiner's memory flat: tasks paced by downloads, large updates spooled to disk,
+download messages serialized once, and heartbeats from one loop."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+import combiner.rounds as rounds_module
+from fedn.chunking import ChunkSpool
+from fedn.codec import decode_model
+from tests.integration.test_combiner_grpc import FakeClient, _plan, _shifted, _start_round, _wait_connected
+
+
+def _with_train_task(clients: list[FakeClient]) -> set[str]:
+    return {c.client_id for c in clients if any(t.kind == "train" for t in c.tasks)}
+
+
+def _wait_for(predicate, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _paced_round(start_combiner, model_store, model_id: str, clients: int, grant_timeout_s: float):
+    """A round on a combiner with one download stream, so two train tasks are out at a time."""
+    server, stub = start_combiner(model_store, max_concurrent_downloads=1, upload_grant_timeout_s=grant_timeout_s)
+    fakes = [FakeClient(stub, f"c{i}") for i in range(clients)]
+    _wait_connected(server, clients)
+    thread, holder = _start_round(stub, _plan(model_id))
+    _wait_for(lambda: len(_with_train_task(fakes)) == 2, "the first two tasks")
+    return fakes, thread, holder
+
+
+def test_train_tasks_go_out_as_downloads_complete_or_grants_lapse(start_combiner, model_store, global_model):
+    model_id, _ = global_model
+    # an unused grant passes on after 1 s
+    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 4, grant_timeout_s=1.0)
+    time.sleep(0.5)
+    first = _with_train_task(clients)
+    assert len(first) == 2, first  # the other two wait for a download to finish
+    by_id = {c.client_id: c for c in clients}
+    downloader, idler = (by_id[c] for c in sorted(first))
+    downloader.download(model_id)
+    _wait_for(lambda: len(_with_train_task(clients)) == 3, "a task for the next client once a download is done")
+    assert idler.client_id in _with_train_task(clients)
+    # the idler never downloads: its grant lapses after 1 s and the last client gets its task anyway
+    _wait_for(lambda: len(_with_train_task(clients)) == 4, "a task after an unused grant lapsed", timeout_s=5.0)
+    for i, client in enumerate(clients):
+        task = client.wait_task()
+        client.upload(task.round_id, _shifted(client.download(model_id), float(i)))
+    thread.join(30)
+    assert holder["result"].num_updates == 4
+    for client in clients:
+        client.close()
+
+
+def test_a_client_that_leaves_while_queued_for_its_task_does_not_hold_up_the_round(
+    start_combiner, model_store, global_model
+):
+    model_id, _ = global_model
+    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 3, grant_timeout_s=30.0)
+    queued = next(c for c in clients if c.client_id not in _with_train_task(clients))
+    queued.close()  # gone before its turn: counted as failed, and its place is given up
+    for client in clients:
+        if client is not queued:
+            task = client.wait_task()
+            client.upload(task.round_id, _shifted(client.download(model_id), 1.0))
+    thread.join(30)
+    result = holder["result"]
+    assert result.num_updates == 2
+    assert {f.client_id: f.error for f in result.failures} == {queued.client_id: "client disconnected"}
+    for client in clients:
+        if client is not queued:
+            client.close()
+
+
+@pytest.fixture
+def spools(monkeypatch) -> list[ChunkSpool]:
+    """Every ChunkSpool the combiner opens, to check it was used and closed."""
+    made: list[ChunkSpool] = []
+
+    class Recorded(ChunkSpool):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(rounds_module, "ChunkSpool", Recorded)
+    return made
+
+
+def test_an_update_over_the_spool_limit_is_staged_on_disk_and_folds_the_same(
+    start_combiner, model_store, global_model, tmp_path, spools
+):
+    model_id, arrays = global_model
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    server, stub = start_combiner(model_store, spool_over_bytes=0, spool_dir=str(spool_dir))
+    good, other, bad = (FakeClient(stub, name) for name in ("good", "other", "bad"))
+    _wait_connected(server, 3)
+    thread, holder = _start_round(stub, _plan(model_id))
+    round_id = good.wait_task().round_id
+    updates = {"good": (_shifted(arrays, 1.0), 10.0), "other": (_shifted(arrays, 3.0), 30.0)}
+    good.upload(round_id, *updates["good"])
+    other.wait_task()
+    other.upload(round_id, *updates["other"])
+    bad.wait_task()
+    poisoned = {k: v.copy() for k, v in arrays.items()}
+    poisoned["fc.bias"][-1] = np.nan  # the last value of the last float tensor read back
+    with pytest.raises(grpc.RpcError) as info:
+        bad.upload(round_id, poisoned)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in info.value.details()
+    thread.join(30)
+    result = holder["result"]
+    assert (result.num_updates, result.num_rejected) == (2, 1)
+    partial = decode_model(model_store.get(result.partial_key))
+    for name in arrays:
+        expected = sum(u[name].astype(np.float64) * w for u, w in updates.values()) / 40.0
+        np.testing.assert_allclose(partial[name], expected, rtol=1e-12)
+    assert len(spools) == 3 and all(s._file.closed for s in spools)  # each upload spooled, each file closed
+    assert list(spool_dir.iterdir()) == []
+    for client in (good, other, bad):
+        client.close()
+
+
+def test_a_spooled_upload_with_a_wrong_digest_is_refused_and_its_file_closed(
+    start_combiner, model_store, global_model, spools
+):
+    model_id, arrays = global_model
+    server, stub = start_combiner(model_store, spool_over_bytes=0)
+    client = FakeClient(stub, "c0")
+    _wait_connected(server, 1)
+    thread, holder = _start_round(stub, _plan(model_id, timeout_s=3.0))
+    task = client.wait_task()
+    with pytest.raises(grpc.RpcError) as info:
+        client.upload(task.round_id, _shifted(arrays, 1.0), sha="0" * 64)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    thread.join(30)
+    assert holder["result"].num_updates == 0
+    assert len(spools) == 1 and spools[0]._file.closed
+
+
+def test_a_held_model_is_serialized_once_and_every_download_sends_those_bytes(
+    loop_thread, combiner, stub, global_model
+):
+    model_id, arrays = global_model
+
+    async def messages() -> list[bytes]:
+        model = await combiner.rounds.get_model(model_id)
+        return [m async for m in combiner.rounds.download_messages(model)]
+
+    first, second = loop_thread.run(messages()), loop_thread.run(messages())
+    assert len(first) > 2 and all(a is b for a, b in zip(first, second, strict=True))  # shared, not copied
+    client = FakeClient(stub, "c0")
+    params = client.download(model_id)  # what a client decodes from them: the model, digest checked
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(params[name], value)
+    client.close()
+
+
+def test_an_idle_stream_gets_a_heartbeat_each_interval(combiner, stub):
+    client = FakeClient(stub, "idle")
+    time.sleep(1.3)  # the fixture's interval is 0.2 s
+    beats = sum(t.kind == "heartbeat" for t in client.tasks)
+    client.close()
+    assert 2 <= beats <= 9, beats  # the first on connect, then one per interval (about 7)

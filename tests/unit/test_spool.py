@@ -1,0 +1,120 @@
+"""Updates staged on disk: the spool's checks, tensors read back in slices, and folds that equal the
+in-memory ones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from fedn.aggregation import WeightedMean, make_aggregator
+from fedn.chunking import ChunkSpool, iter_chunks
+from fedn.codec import SpooledTensor, check_finite, encode_payload, flat_slices, manifest_of, spooled_arrays
+from fedn.errors import ChecksumMismatch, InvalidModel, NonFiniteValues, PayloadTooLarge
+from fedn.sim.memory import peak_rss_mb, rss_mb
+
+
+def _spool(arrays: dict[str, np.ndarray], tmp_path, chunk_bytes: int = 999) -> dict[str, SpooledTensor]:
+    manifest, payload = encode_payload(arrays)
+    spool = ChunkSpool(len(payload), hashlib.sha256(payload).hexdigest(), directory=str(tmp_path))
+    spool.add_all(list(iter_chunks(payload, chunk_bytes)))
+    return spooled_arrays(manifest, spool.finish())
+
+
+def _model(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "w": rng.standard_normal((300, 70)).astype(np.float32),
+        "b": rng.standard_normal(70).astype(np.float64),
+        "steps": np.array(7, np.int64),
+    }
+
+
+def test_spooled_tensors_read_back_whole_and_in_slices(tmp_path):
+    arrays = _model()
+    spooled = _spool(arrays, tmp_path)
+    assert manifest_of(spooled) == manifest_of(arrays)  # from the header: nothing read
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(np.asarray(spooled[name]), value)
+        pieces = list(flat_slices(spooled[name], 1000))
+        assert [p[0] for p in pieces] == list(range(0, value.size, 1000))
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in pieces]), value.reshape(-1))
+    assert list(tmp_path.iterdir()) == []  # the file has no name: nothing to leave behind
+
+
+def test_the_spool_refuses_what_the_assembler_refuses(tmp_path):
+    data = os.urandom(5000)
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.raises(PayloadTooLarge, match="limit"):
+        ChunkSpool(10**12, digest, max_bytes=1024, directory=str(tmp_path))
+    over = ChunkSpool(10, digest, directory=str(tmp_path))
+    with pytest.raises(PayloadTooLarge, match="more than"):
+        over.add(data)
+    under = ChunkSpool(len(data), digest, directory=str(tmp_path))
+    under.add(data[:100])
+    with pytest.raises(InvalidModel, match="ended after"):
+        under.finish()
+    wrong = ChunkSpool(len(data), "0" * 64, directory=str(tmp_path))
+    wrong.add_all([data[:2000], data[2000:]])
+    with pytest.raises(ChecksumMismatch):
+        wrong.finish()
+    for spool in (over, under, wrong):
+        spool.close()
+
+
+def test_a_nan_at_the_very_end_of_a_spooled_tensor_is_found(tmp_path):
+    big = np.zeros(600_000, np.float32)  # more than one slice of the check
+    big[-1] = np.inf
+    spooled = _spool({"big": big}, tmp_path, chunk_bytes=1 << 16)
+    with pytest.raises(NonFiniteValues, match="big"):
+        check_finite("big", spooled["big"])
+
+
+def test_a_truncated_spool_file_is_an_error_not_garbage(tmp_path):
+    arrays = {"w": np.ones(1000, np.float32)}
+    spooled = _spool(arrays, tmp_path)
+    spooled["w"]._file.truncate(100)
+    with pytest.raises(InvalidModel, match="ended early"):
+        spooled["w"].read(0, 1000)
+
+
+def test_folding_spooled_updates_equals_folding_them_in_memory(tmp_path):
+    base = _model(9)
+    updates = [(_model(seed), weight) for seed, weight in ((1, 10.0), (2, 30.0), (3, 60.0))]
+    in_memory, on_disk = WeightedMean(manifest_of(base)), WeightedMean(manifest_of(base))
+    for arrays, weight in updates:
+        in_memory.add(arrays, weight, base=base, scale=0.5)
+        on_disk.add(_spool(arrays, tmp_path), weight, base=base, scale=0.5)
+    expected, got = in_memory.partial(), on_disk.partial()
+    for name in base:
+        np.testing.assert_array_equal(got.arrays[name], expected.arrays[name])
+
+
+def test_a_spooled_update_with_a_nan_leaves_the_sum_untouched(tmp_path):
+    arrays = _model()
+    mean = WeightedMean(manifest_of(arrays))
+    mean.add(arrays, 1.0)
+    before = {k: v.copy() for k, v in mean.partial().arrays.items()}
+    bad = {k: v.copy() for k, v in arrays.items()}
+    bad["b"][-1] = np.nan  # in the last tensor folded
+    with pytest.raises(NonFiniteValues):
+        mean.add(_spool(bad, tmp_path), 1.0)
+    assert mean.count == 1
+    for name, value in mean.partial().arrays.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_a_robust_rule_reads_spooled_updates_whole(tmp_path):
+    arrays = [_model(seed) for seed in range(3)]
+    median = make_aggregator("median", manifest_of(arrays[0]))
+    for a in arrays:
+        median.add(_spool(a, tmp_path), 1.0)
+    expected = np.median(np.stack([a["w"] for a in arrays]), axis=0)
+    np.testing.assert_allclose(median.partial().arrays["w"], expected, rtol=1e-6)
+
+
+def test_peak_rss_is_at_least_the_current_rss():
+    assert peak_rss_mb(os.getpid()) >= rss_mb(os.getpid()) > 0
+    assert peak_rss_mb(2**22 + 12345) == 0.0  # no such process
