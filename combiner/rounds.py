@@ -60,7 +60,8 @@ _STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ah
 # which hides a round trip, while the calls that wait stay few (each costs ~20 KiB of gRPC state).
 _TASKS_PER_DOWNLOAD_STREAM = 2
 
-_SPOOL_WRITE_BYTES = 2 << 20  # chunks of a spooled upload written per thread hop
+_SPOOL_WRITE_BYTES = 1 << 20  # chunks of a spooled upload written per thread hop
+_READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
 
 HEARTBEAT = TaskInfo("heartbeat")
 
@@ -287,9 +288,24 @@ class RoundService:
                 yield message
             return
         pieces = map(model_data_message, self._stored_payload(model, self._chunk_bytes))
-        while batch := await asyncio.to_thread(list, itertools.islice(pieces, 4)):  # 4 reads per thread hop
-            for message in batch:
-                yield message
+        per_hop = max(1, _READ_AHEAD_BYTES // self._chunk_bytes)
+
+        def read() -> asyncio.Future:
+            return asyncio.ensure_future(asyncio.to_thread(list, itertools.islice(pieces, per_hop)))
+
+        # The next batch is read while this one is sent: a stream does not wait on a thread handoff
+        # per batch, and holds at most two batches.
+        reading = read()
+        try:
+            while batch := await reading:
+                reading = read()
+                for message in batch:
+                    yield message
+                del batch
+        finally:
+            if not reading.done():  # the client went away mid-download: let the read finish, then drop it
+                with contextlib.suppress(Exception):
+                    await reading
 
     def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
         skip, pending, sent = model.offset, bytearray(), 0
@@ -632,19 +648,30 @@ class RoundService:
             yield decode_payload(manifest, assembler.finish())
             return
         spool = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
+        writing: asyncio.Future | None = None
         try:
+            # Written and hashed off the event loop, a batch at a time, while the next batch arrives: one
+            # write in flight keeps the order, and waiting for each hop would slow the upload to the
+            # pace of thread handoffs.
             batch: list[bytes] = []
             batch_bytes = 0
-            async for chunk in chunks:  # written (and hashed) off the event loop, a few chunks per hop
+            async for chunk in chunks:
                 batch.append(chunk)
                 batch_bytes += len(chunk)
                 if batch_bytes >= _SPOOL_WRITE_BYTES:
-                    await asyncio.to_thread(spool.add_all, batch)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(spool.add_all, batch))
                     batch, batch_bytes = [], 0
-            await asyncio.to_thread(spool.add_all, batch)
+            if writing is not None:
+                await writing
+            spool.add_all(batch)  # less than one batch
             del batch
             yield spooled_arrays(manifest, spool.finish())
         finally:
+            if writing is not None and not writing.done():  # the upload failed mid-way
+                with contextlib.suppress(Exception):
+                    await writing
             spool.close()
 
     def close(self) -> None:

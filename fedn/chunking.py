@@ -13,7 +13,7 @@ from fedn.errors import ChecksumMismatch, InvalidModel, PayloadTooLarge
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "ChunkAssembler", "ChunkSpool", "iter_chunks"]
 
-DEFAULT_CHUNK_BYTES = 256 * 1024
+DEFAULT_CHUNK_BYTES = 512 * 1024
 
 
 def iter_chunks(data: bytes | bytearray | memoryview, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:

@@ -12,7 +12,8 @@ import pytest
 import combiner.rounds as rounds_module
 from fedn.chunking import ChunkSpool
 from fedn.codec import decode_model
-from tests.integration.test_combiner_grpc import FakeClient, _plan, _shifted, _start_round, _wait_connected
+from fedn.v1 import fedn_pb2 as pb
+from tests.integration.test_combiner_grpc import FakeClient, _bad, _plan, _shifted, _start_round, _wait_connected
 
 
 def _with_train_task(clients: list[FakeClient]) -> set[str]:
@@ -129,21 +130,41 @@ def test_an_update_over_the_spool_limit_is_staged_on_disk_and_folds_the_same(
         client.close()
 
 
-def test_a_spooled_upload_with_a_wrong_digest_is_refused_and_its_file_closed(
-    start_combiner, model_store, global_model, spools
-):
+@pytest.mark.parametrize("case", ["nan", "inf", "sha256 mismatch", "short stream", "wrong shape"])
+def test_a_bad_spooled_upload_is_refused_and_its_file_closed(case, start_combiner, model_store, global_model, spools):
     model_id, arrays = global_model
     server, stub = start_combiner(model_store, spool_over_bytes=0)
-    client = FakeClient(stub, "c0")
-    _wait_connected(server, 1)
-    thread, holder = _start_round(stub, _plan(model_id, timeout_s=3.0))
-    task = client.wait_task()
+    good, bad = FakeClient(stub, "good"), FakeClient(stub, "bad")
+    _wait_connected(server, 2)
+    thread, holder = _start_round(stub, _plan(model_id))
+    round_id = good.wait_task().round_id
+    bad.wait_task()
+    good.upload(round_id, _shifted(arrays, 1.0))
+    update, kwargs, code, words = _bad(arrays)[case]
     with pytest.raises(grpc.RpcError) as info:
-        client.upload(task.round_id, _shifted(arrays, 1.0), sha="0" * 64)
-    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+        bad.upload(round_id, update, **kwargs)
+    assert info.value.code() == code and words.lower() in info.value.details().lower()
     thread.join(30)
-    assert holder["result"].num_updates == 0
-    assert len(spools) == 1 and spools[0]._file.closed
+    result = holder["result"]
+    assert (result.num_updates, result.num_rejected) == (1, 1)
+    partial = decode_model(model_store.get(result.partial_key))
+    np.testing.assert_array_equal(partial["fc.weight"], (arrays["fc.weight"] + 1.0).astype(np.float64))
+    assert all(s._file.closed for s in spools) and len(spools) == (1 if case == "wrong shape" else 2)
+    good.close()
+    bad.close()
+
+
+def test_a_download_given_up_midway_leaves_the_combiner_serving(start_combiner, model_store, global_model):
+    model_id, arrays = global_model
+    _, stub = start_combiner(model_store, model_cache_bytes=0, chunk_bytes=1024)  # streamed from the store
+    call = stub.DownloadModel(pb.DownloadModelRequest(model_id=model_id, client_id="quitter"))
+    assert next(call).WhichOneof("part") == "header" and next(call).WhichOneof("part") == "data"
+    call.cancel()
+    client = FakeClient(stub, "c0")
+    params = client.download(model_id)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(params[name], value)
+    client.close()
 
 
 def test_a_held_model_is_serialized_once_and_every_download_sends_those_bytes(
