@@ -302,10 +302,9 @@ class RoundService:
                 for message in batch:
                     yield message
                 del batch
-        finally:
-            if not reading.done():  # the client went away mid-download: let the read finish, then drop it
-                with contextlib.suppress(Exception):
-                    await reading
+        finally:  # the client may have gone mid-download: let a read in flight finish, and drop it
+            with contextlib.suppress(Exception):
+                await reading
 
     def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
         skip, pending, sent = model.offset, bytearray(), 0
@@ -669,7 +668,7 @@ class RoundService:
             del batch
             yield spooled_arrays(manifest, spool.finish())
         finally:
-            if writing is not None and not writing.done():  # the upload failed mid-way
+            if writing is not None:  # the upload may have failed mid-way: let a write in flight end first
                 with contextlib.suppress(Exception):
                     await writing
             spool.close()

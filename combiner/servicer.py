@@ -48,8 +48,9 @@ def _serialized(message: bytes | pb.ModelChunk) -> bytes:
 class _CapturedHandlers:
     """Stands in for a server to catch the method handlers the generated code registers."""
 
-    service = ""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def add_generic_rpc_handlers(self, generic_handlers: object) -> None:
         pass  # the same handlers also arrive below, by name

@@ -16,11 +16,20 @@ from fedn.errors import ChecksumMismatch, InvalidModel, NonFiniteValues, Payload
 from fedn.sim.memory import peak_rss_mb, rss_mb
 
 
-def _spool(arrays: dict[str, np.ndarray], tmp_path, chunk_bytes: int = 999) -> dict[str, SpooledTensor]:
-    manifest, payload = encode_payload(arrays)
-    spool = ChunkSpool(len(payload), hashlib.sha256(payload).hexdigest(), directory=str(tmp_path))
-    spool.add_all(list(iter_chunks(payload, chunk_bytes)))
-    return spooled_arrays(manifest, spool.finish())
+@pytest.fixture
+def spool(tmp_path):
+    """Stage arrays in a ChunkSpool, as a combiner does; every file is closed after the test."""
+    opened: list[ChunkSpool] = []
+
+    def stage(arrays: dict[str, np.ndarray], chunk_bytes: int = 999) -> dict[str, SpooledTensor]:
+        manifest, payload = encode_payload(arrays)
+        opened.append(ChunkSpool(len(payload), hashlib.sha256(payload).hexdigest(), directory=str(tmp_path)))
+        opened[-1].add_all(list(iter_chunks(payload, chunk_bytes)))
+        return spooled_arrays(manifest, opened[-1].finish())
+
+    yield stage
+    for s in opened:
+        s.close()
 
 
 def _model(seed: int = 0) -> dict[str, np.ndarray]:
@@ -32,9 +41,9 @@ def _model(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def test_spooled_tensors_read_back_whole_and_in_slices(tmp_path):
+def test_spooled_tensors_read_back_whole_and_in_slices(spool, tmp_path):
     arrays = _model()
-    spooled = _spool(arrays, tmp_path)
+    spooled = spool(arrays)
     assert manifest_of(spooled) == manifest_of(arrays)  # from the header: nothing read
     for name, value in arrays.items():
         np.testing.assert_array_equal(np.asarray(spooled[name]), value)
@@ -64,35 +73,35 @@ def test_the_spool_refuses_what_the_assembler_refuses(tmp_path):
         spool.close()
 
 
-def test_a_nan_at_the_very_end_of_a_spooled_tensor_is_found(tmp_path):
+def test_a_nan_at_the_very_end_of_a_spooled_tensor_is_found(spool):
     big = np.zeros(600_000, np.float32)  # more than one slice of the check
     big[-1] = np.inf
-    spooled = _spool({"big": big}, tmp_path, chunk_bytes=1 << 16)
+    spooled = spool({"big": big}, chunk_bytes=1 << 16)
     with pytest.raises(NonFiniteValues, match="big"):
         check_finite("big", spooled["big"])
 
 
-def test_a_truncated_spool_file_is_an_error_not_garbage(tmp_path):
+def test_a_truncated_spool_file_is_an_error_not_garbage(spool):
     arrays = {"w": np.ones(1000, np.float32)}
-    spooled = _spool(arrays, tmp_path)
+    spooled = spool(arrays)
     spooled["w"]._file.truncate(100)
     with pytest.raises(InvalidModel, match="ended early"):
         spooled["w"].read(0, 1000)
 
 
-def test_folding_spooled_updates_equals_folding_them_in_memory(tmp_path):
+def test_folding_spooled_updates_equals_folding_them_in_memory(spool):
     base = _model(9)
     updates = [(_model(seed), weight) for seed, weight in ((1, 10.0), (2, 30.0), (3, 60.0))]
     in_memory, on_disk = WeightedMean(manifest_of(base)), WeightedMean(manifest_of(base))
     for arrays, weight in updates:
         in_memory.add(arrays, weight, base=base, scale=0.5)
-        on_disk.add(_spool(arrays, tmp_path), weight, base=base, scale=0.5)
+        on_disk.add(spool(arrays), weight, base=base, scale=0.5)
     expected, got = in_memory.partial(), on_disk.partial()
     for name in base:
         np.testing.assert_array_equal(got.arrays[name], expected.arrays[name])
 
 
-def test_a_spooled_update_with_a_nan_leaves_the_sum_untouched(tmp_path):
+def test_a_spooled_update_with_a_nan_leaves_the_sum_untouched(spool):
     arrays = _model()
     mean = WeightedMean(manifest_of(arrays))
     mean.add(arrays, 1.0)
@@ -100,17 +109,17 @@ def test_a_spooled_update_with_a_nan_leaves_the_sum_untouched(tmp_path):
     bad = {k: v.copy() for k, v in arrays.items()}
     bad["b"][-1] = np.nan  # in the last tensor folded
     with pytest.raises(NonFiniteValues):
-        mean.add(_spool(bad, tmp_path), 1.0)
+        mean.add(spool(bad), 1.0)
     assert mean.count == 1
     for name, value in mean.partial().arrays.items():
         np.testing.assert_array_equal(value, before[name])
 
 
-def test_a_robust_rule_reads_spooled_updates_whole(tmp_path):
+def test_a_robust_rule_reads_spooled_updates_whole(spool):
     arrays = [_model(seed) for seed in range(3)]
     median = make_aggregator("median", manifest_of(arrays[0]))
     for a in arrays:
-        median.add(_spool(a, tmp_path), 1.0)
+        median.add(spool(a), 1.0)
     expected = np.median(np.stack([a["w"] for a in arrays]), axis=0)
     np.testing.assert_allclose(median.partial().arrays["w"], expected, rtol=1e-6)
 
