@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 
 import grpc
 
@@ -16,6 +17,16 @@ from fedn.errors import FednError, NotFound
 from fedn.store.base import ModelStore
 
 __all__ = ["CombinerServer"]
+
+
+def _check_spool_dir(directory: str | None) -> None:
+    """Fail at start, not at the first large upload, if updates cannot be spooled where configured."""
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        where = directory or tempfile.gettempdir()
+        raise FednError(f"cannot write temporary files in the spool directory {where!r} (--spool-dir): {exc}") from exc
+
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,7 @@ class CombinerServer:
 
     async def start(self) -> None:
         s = self.settings
+        _check_spool_dir(s.spool_dir)
         self.rounds = RoundService(
             s.name,
             self._models,

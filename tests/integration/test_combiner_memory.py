@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 import combiner.rounds as rounds_module
+from combiner.server import CombinerServer
+from combiner.settings import CombinerSettings
 from fedn.chunking import ChunkSpool
 from fedn.codec import decode_model
+from fedn.errors import FednError
 from fedn.v1 import fedn_pb2 as pb
 from tests.integration.test_combiner_grpc import FakeClient, _bad, _plan, _shifted, _start_round, _wait_connected
 
@@ -191,3 +194,14 @@ def test_an_idle_stream_gets_a_heartbeat_each_interval(combiner, stub):
     beats = sum(t.kind == "heartbeat" for t in client.tasks)
     client.close()
     assert 2 <= beats <= 9, beats  # the first on connect, then one per interval (about 7)
+
+
+def test_a_combiner_with_an_unusable_spool_dir_refuses_to_start(loop_thread, model_store, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    server = CombinerServer(CombinerSettings(port=0, spool_dir=str(missing)), model_store, reducer=None)
+    try:
+        with pytest.raises(FednError, match="--spool-dir") as info:
+            loop_thread.run(server.start(), timeout_s=30)
+        assert str(missing) in info.value.message
+    finally:
+        loop_thread.run(server.stop(0.1), timeout_s=30)
