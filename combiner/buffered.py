@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from combiner.grants import GrantGate
     from combiner.rounds import RoundService
 
-__all__ = ["BufferedRun", "run_id_for"]
+__all__ = ["FOLD_IN_THREAD_BYTES", "BufferedRun", "run_id_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _KNOWN_VERSIONS = 1000  # model ids remembered per run; older bases are refused 
 _MAX_SEALED = 2  # full buffers waiting for the reducer; past this the open buffer grows beyond K
 _BASES_KEPT = 2
 _MAX_BACKOFF_S = 30.0
-_FOLD_IN_THREAD_BYTES = 4 << 20
+FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are checked and folded off the event loop
 
 
 class _Stale(FailedPrecondition):
@@ -220,7 +220,7 @@ class BufferedRun:
         self.expect(client_id)
         self.uploading.add(client_id)
         ok = False  # a refused update is the client's fault unless it was only too old
-        big = header.model.payload_bytes > _FOLD_IN_THREAD_BYTES
+        big = header.model.payload_bytes > FOLD_IN_THREAD_BYTES
         try:
             self.service.check_header(self.manifest, header)
             self._staleness(header.base_model_id)  # refuse a too-old base before the upload takes a slot

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from combiner.buffered import BufferedRun
+from combiner.buffered import FOLD_IN_THREAD_BYTES, BufferedRun
 from combiner.grants import GrantGate
 from fedn import heap
 from fedn.aggregation import MetricsAccumulator, WeightedMean, aggregator_config, make_aggregator
@@ -26,6 +27,7 @@ from fedn.codec import (
     NamedArrays,
     SpooledTensor,
     TensorSpec,
+    check_finite,
     check_manifest,
     decode_payload,
     encode_model_chunks,
@@ -54,7 +56,6 @@ __all__ = ["HEARTBEAT", "CachedModel", "ClientConnection", "RoundService", "down
 logger = logging.getLogger(__name__)
 
 _MODEL_CACHE_SIZE = 3
-_FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are folded off the event loop
 _STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ahead and gRPC's send queue
 # Train tasks out per free download stream: the next client is already asking when a stream frees,
 # which hides a round trip, while the calls that wait stay few (each costs ~20 KiB of gRPC state).
@@ -64,6 +65,16 @@ _SPOOL_WRITE_BYTES = 1 << 20  # chunks of a spooled upload written per thread ho
 _READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
 
 HEARTBEAT = TaskInfo("heartbeat")
+
+
+async def _check_finite_values(arrays: Mapping[str, np.ndarray | SpooledTensor], *, big: bool) -> None:
+    """Every update is checked here, whatever its aggregator checks (a plug-in may check nothing)."""
+
+    def check() -> None:
+        for name, array in arrays.items():
+            check_finite(name, array)
+
+    await asyncio.to_thread(check) if big else check()
 
 
 def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
@@ -119,7 +130,8 @@ class _ActiveRound:
     tasks: GrantGate | None = None  # train tasks out, paced by downloads
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def task_info(self) -> TaskInfo:
+    @functools.cached_property
+    def train_task(self) -> TaskInfo:
         plan = self.plan
         return TaskInfo(
             "train", plan.round_id, plan.session_id, plan.model_id, plan.round_index, plan.timeout_s, plan.config
@@ -390,7 +402,7 @@ class RoundService:
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         rnd = _ActiveRound(plan, model.manifest, aggregator, set(selected), self.clock())
         rnd.gate = self.upload_gate(model.manifest, plan.round_id, plan.session_id)
-        rnd.tasks = self.task_gate(model, lambda client_id: self._send(client_id, rnd.task_info()))
+        rnd.tasks = self.task_gate(model, lambda client_id: self._send(client_id, rnd.train_task))
         self._round = rnd
         rnd.task = asyncio.create_task(self._drive(rnd), name=f"round-{plan.round_id}")
         return await asyncio.shield(rnd.task)
@@ -489,7 +501,7 @@ class RoundService:
             if selected:
                 for client_id in selected:
                     if rnd.tasks.request(client_id):
-                        self._send(client_id, rnd.task_info())
+                        self._send(client_id, rnd.train_task)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rnd.all_answered.wait(), timeout=plan.timeout_s)
             async with rnd.lock:
@@ -587,11 +599,12 @@ class RoundService:
             return await run.receive(header, chunks)
         rnd = self._open_round_for(round_id, client_id)
         rnd.uploading.add(client_id)
-        big = header.model.payload_bytes > _FOLD_IN_THREAD_BYTES
+        big = header.model.payload_bytes > FOLD_IN_THREAD_BYTES
         try:
             self.check_header(rnd.manifest, header)
             async with rnd.gate.slot(client_id):  # held until the fold, so staged buffers stay within the bound
-                async with self.staged_update(rnd.manifest, header, chunks) as arrays, rnd.lock:
+                spool = getattr(rnd.aggregator, "reads_spooled", False)
+                async with self.staged_update(rnd.manifest, header, chunks, spool=spool) as arrays, rnd.lock:
                     if rnd.closed:
                         raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
                     if big:
@@ -630,23 +643,25 @@ class RoundService:
 
     @contextlib.asynccontextmanager
     async def staged_update(
-        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]
+        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes], *, spool: bool = True
     ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
-        """Receive an update whole (its announced size and sha256 checked), then lend its tensors to the
-        aggregator, whose ``add`` checks the values before it folds anything.
+        """Receive an update whole and check it (size, sha256, finite values), then lend its tensors.
 
-        One up to ``spool_over_bytes`` is staged in memory. A larger one goes to a temporary file in
-        ``spool_dir`` and is read back a slice at a time by the checks and the fold, so staging it
-        costs disk, not a copy of the model in memory; the file is gone when the block ends.
+        One up to ``spool_over_bytes``, or any when ``spool`` is false (an aggregator that needs numpy
+        arrays), is staged in memory. A larger one goes to a temporary file in ``spool_dir`` and is
+        read back a slice at a time by the checks and the fold, so staging it costs disk, not a copy
+        of the model in memory; the file is gone when the block ends.
         """
         size, sha = header.model.payload_bytes, header.model.sha256
-        if size <= self._spool_over_bytes:
+        if size <= self._spool_over_bytes or not spool:
             assembler = ChunkAssembler(size, sha, self._max_update_bytes)
             async for chunk in chunks:
                 assembler.add(chunk)
-            yield decode_payload(manifest, assembler.finish())
+            arrays = decode_payload(manifest, assembler.finish())
+            await _check_finite_values(arrays, big=size > FOLD_IN_THREAD_BYTES)
+            yield arrays
             return
-        spool = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
+        spooler = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
         writing: asyncio.Future | None = None
         try:
             # Written and hashed off the event loop, a batch at a time, while the next batch arrives: one
@@ -660,18 +675,20 @@ class RoundService:
                 if batch_bytes >= _SPOOL_WRITE_BYTES:
                     if writing is not None:
                         await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(spool.add_all, batch))
+                    writing = asyncio.ensure_future(asyncio.to_thread(spooler.add_all, batch))
                     batch, batch_bytes = [], 0
             if writing is not None:
                 await writing
-            spool.add_all(batch)  # less than one batch
+            spooler.add_all(batch)  # less than one batch
             del batch
-            yield spooled_arrays(manifest, spool.finish())
+            spooled = spooled_arrays(manifest, spooler.finish())
+            await _check_finite_values(spooled, big=True)
+            yield spooled
         finally:
             if writing is not None:  # the upload may have failed mid-way: let a write in flight end first
                 with contextlib.suppress(Exception):
                     await writing
-            spool.close()
+            spooler.close()
 
     def close(self) -> None:
         """Close the active round (on shutdown) so nothing waits on it."""

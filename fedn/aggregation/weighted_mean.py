@@ -44,6 +44,9 @@ class WeightedMean:
     # partials of disjoint sets of updates merge into the partial of their union, so the
     # simulator may split a combiner group's clients over worker processes
     mergeable: ClassVar[bool] = True
+    # ``add`` reads each tensor through ``flat_slices``/``np.asarray``, so a combiner may hand it a large
+    # update as SpooledTensors still on disk; an aggregator without this flag always gets numpy arrays
+    reads_spooled: ClassVar[bool] = True
 
     class Config(BaseModel):
         """FedAvg has no parameters."""

@@ -127,6 +127,16 @@ def _start_round(stub, plan: RoundPlan):
     return thread, holder
 
 
+def _round_with(server, stub, names: list[str], plan: RoundPlan):
+    """Connect a FakeClient per name, start ``plan``, and wait until each has its train task."""
+    clients = [FakeClient(stub, name) for name in names]
+    _wait_connected(server, len(names))
+    thread, holder = _start_round(stub, plan)
+    for client in clients:
+        client.wait_task()
+    return clients, thread, holder
+
+
 def _shifted(arrays, delta: float):
     return {k: (v + delta).astype(v.dtype) for k, v in arrays.items()}
 
@@ -248,12 +258,10 @@ BAD_CASES = list(
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_update_is_rejected_and_the_aggregate_is_unchanged(case, combiner, stub, global_model, model_store):
     model_id, arrays = global_model
-    good, bad = FakeClient(stub, "good"), FakeClient(stub, "bad")
-    _wait_connected(combiner, 2)
     # A headerless stream never names its round, so that round waits for its deadline: keep it short.
-    thread, holder = _start_round(stub, _plan(model_id, timeout_s=2.0 if case == "no header" else 20.0))
+    plan = _plan(model_id, timeout_s=2.0 if case == "no header" else 20.0)
+    (good, bad), thread, holder = _round_with(combiner, stub, ["good", "bad"], plan)
     task = good.wait_task()
-    bad.wait_task()
     good_update = _shifted(arrays, 1.0)
     good.upload(task.round_id, good_update, 5.0)
     update, kwargs, code, words = _bad(arrays)[case]
@@ -365,11 +373,8 @@ def test_a_median_round_over_grpc(combiner, stub, global_model, model_store):
 def test_a_client_without_a_free_slot_is_queued_and_granted_down_its_stream(start_combiner, model_store, global_model):
     model_id, arrays = global_model
     server, stub = start_combiner(model_store, max_concurrent_uploads=1)
-    first, second = FakeClient(stub, "first"), FakeClient(stub, "second")
-    _wait_connected(server, 2)
-    thread, holder = _start_round(stub, _plan(model_id))
+    (first, second), thread, holder = _round_with(server, stub, ["first", "second"], _plan(model_id))
     round_id = first.wait_task().round_id
-    second.wait_task()
 
     def ask(client):
         return stub.RequestUpload(pb.UploadRequest(round_id=round_id, client_id=client, payload_bytes=100))
@@ -400,11 +405,7 @@ def test_a_client_without_a_free_slot_is_queued_and_granted_down_its_stream(star
 
 def test_the_cached_model_is_dropped_once_every_client_has_it(combiner, stub, global_model):
     model_id, arrays = global_model
-    clients = [FakeClient(stub, f"c{i}") for i in range(2)]
-    _wait_connected(combiner, 2)
-    thread, holder = _start_round(stub, _plan(model_id))
-    for client in clients:
-        client.wait_task()
+    clients, thread, holder = _round_with(combiner, stub, ["c0", "c1"], _plan(model_id))
     clients[0].download(model_id)
     assert combiner.rounds.cached_model_ids() == [model_id]
     clients[1].download(model_id)

@@ -12,11 +12,20 @@ import pytest
 import combiner.rounds as rounds_module
 from combiner.server import CombinerServer
 from combiner.settings import CombinerSettings
+from fedn.aggregation import WeightedMean
 from fedn.chunking import ChunkSpool
 from fedn.codec import decode_model
 from fedn.errors import FednError
 from fedn.v1 import fedn_pb2 as pb
-from tests.integration.test_combiner_grpc import FakeClient, _bad, _plan, _shifted, _start_round, _wait_connected
+from tests.integration.test_combiner_grpc import (
+    FakeClient,
+    _bad,
+    _plan,
+    _round_with,
+    _shifted,
+    _start_round,
+    _wait_connected,
+)
 
 
 def _with_train_task(clients: list[FakeClient]) -> set[str]:
@@ -106,15 +115,11 @@ def test_an_update_over_the_spool_limit_is_staged_on_disk_and_folds_the_same(
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     server, stub = start_combiner(model_store, spool_over_bytes=0, spool_dir=str(spool_dir))
-    good, other, bad = (FakeClient(stub, name) for name in ("good", "other", "bad"))
-    _wait_connected(server, 3)
-    thread, holder = _start_round(stub, _plan(model_id))
+    (good, other, bad), thread, holder = _round_with(server, stub, ["good", "other", "bad"], _plan(model_id))
     round_id = good.wait_task().round_id
     updates = {"good": (_shifted(arrays, 1.0), 10.0), "other": (_shifted(arrays, 3.0), 30.0)}
     good.upload(round_id, *updates["good"])
-    other.wait_task()
     other.upload(round_id, *updates["other"])
-    bad.wait_task()
     poisoned = {k: v.copy() for k, v in arrays.items()}
     poisoned["fc.bias"][-1] = np.nan  # the last value of the last float tensor read back
     with pytest.raises(grpc.RpcError) as info:
@@ -128,7 +133,6 @@ def test_an_update_over_the_spool_limit_is_staged_on_disk_and_folds_the_same(
         expected = sum(u[name].astype(np.float64) * w for u, w in updates.values()) / 40.0
         np.testing.assert_allclose(partial[name], expected, rtol=1e-12)
     assert len(spools) == 3 and all(s._file.closed for s in spools)  # each upload spooled, each file closed
-    assert list(spool_dir.iterdir()) == []
     for client in (good, other, bad):
         client.close()
 
@@ -137,11 +141,8 @@ def test_an_update_over_the_spool_limit_is_staged_on_disk_and_folds_the_same(
 def test_a_bad_spooled_upload_is_refused_and_its_file_closed(case, start_combiner, model_store, global_model, spools):
     model_id, arrays = global_model
     server, stub = start_combiner(model_store, spool_over_bytes=0)
-    good, bad = FakeClient(stub, "good"), FakeClient(stub, "bad")
-    _wait_connected(server, 2)
-    thread, holder = _start_round(stub, _plan(model_id))
+    (good, bad), thread, holder = _round_with(server, stub, ["good", "bad"], _plan(model_id))
     round_id = good.wait_task().round_id
-    bad.wait_task()
     good.upload(round_id, _shifted(arrays, 1.0))
     update, kwargs, code, words = _bad(arrays)[case]
     with pytest.raises(grpc.RpcError) as info:
@@ -205,3 +206,36 @@ def test_a_combiner_with_an_unusable_spool_dir_refuses_to_start(loop_thread, mod
         assert str(missing) in info.value.message
     finally:
         loop_thread.run(server.stop(0.1), timeout_s=30)
+
+
+class _LaxMean(WeightedMean):
+    """A plug-in that checks nothing and wants numpy arrays: the combiner must do both for it."""
+
+    reads_spooled = False
+
+    def validate(self, arrays, weight) -> None:
+        pass
+
+    def add(self, arrays, weight, **kwargs) -> None:
+        assert all(isinstance(a, np.ndarray) for a in arrays.values()), "got tensors still on disk"
+        super().add(arrays, weight, **kwargs)
+
+
+def test_a_plugin_aggregator_gets_checked_numpy_arrays(monkeypatch, start_combiner, model_store, global_model, spools):
+    import fedn.aggregation as aggregation
+
+    monkeypatch.setattr(aggregation, "_aggregators", lambda: {**aggregation.AGGREGATORS, "lax": _LaxMean})
+    model_id, arrays = global_model
+    server, stub = start_combiner(model_store, spool_over_bytes=0)  # every update over the spool limit
+    plan = _plan(model_id).model_copy(update={"aggregator": "lax"})
+    (good, bad), thread, holder = _round_with(server, stub, ["good", "bad"], plan)
+    good.upload("r1", _shifted(arrays, 1.0))
+    update, kwargs, code, words = _bad(arrays)["nan"]
+    with pytest.raises(grpc.RpcError) as info:
+        bad.upload("r1", update, **kwargs)
+    assert info.value.code() == code and words in info.value.details()
+    thread.join(30)
+    assert (holder["result"].num_updates, holder["result"].num_rejected) == (1, 1)
+    assert spools == []  # staged in memory: this aggregator does not read spooled tensors
+    good.close()
+    bad.close()

@@ -8,7 +8,7 @@ import numpy as np
 
 from fedn.codec import decode_model, encode_model
 from fedn.errors import Unavailable
-from fedn.models import model_key, partial_key, save_model
+from fedn.models import model_key, partial_key
 from fedn.records import (
     CombinerRecord,
     MetricSummary,
@@ -23,7 +23,7 @@ from fedn.records import (
 from fedn.store import LocalModelStore
 from fedn.wire import Announcement
 from reducer.controller import Controller
-from reducer.registry import CombinerRegistry
+from tests.unit.test_reducer_controller import _combiners_and_seed
 
 
 class AsyncGateway:
@@ -66,12 +66,7 @@ class AsyncGateway:
 
 def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0):
     state, models = stores
-    registry = CombinerRegistry(state, combiner_timeout_s=10.0)
-    for cid in behaviour:
-        registry.register(cid, cid, f"{cid}:1")
-        registry.heartbeat(cid, [f"{cid}-c1", f"{cid}-c2"])
-    seed = save_model(models, {"w": np.zeros(4, np.float32)})
-    state.put_model(seed)
+    registry, seed = _combiners_and_seed(stores, behaviour)
     session = Session(
         rounds=rounds,
         round_timeout_s=timeout_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -67,15 +68,22 @@ class FakeGateway:
         pass
 
 
-def _setup(stores, behaviour, *, min_clients=2, rounds=2):
+def _combiners_and_seed(stores, behaviour, clock=None):
+    """A registry with each combiner of ``behaviour`` online with two clients, and a stored zero seed model."""
     state, models = stores
-    clock = FakeClock()
-    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock or time.monotonic)
     for cid in behaviour:
         registry.register(cid, cid, f"{cid}:1")
         registry.heartbeat(cid, [f"{cid}-c1", f"{cid}-c2"])
     seed = save_model(models, {"w": np.zeros(4, np.float32)})
     state.put_model(seed)
+    return registry, seed
+
+
+def _setup(stores, behaviour, *, min_clients=2, rounds=2):
+    state, models = stores
+    clock = FakeClock()
+    registry, seed = _combiners_and_seed(stores, behaviour, clock)
     session = Session(
         rounds=rounds,
         min_clients=min_clients,
