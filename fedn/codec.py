@@ -112,9 +112,9 @@ class SpooledTensor:
         self.shape = spec.shape
         self.size = spec.size
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Elements ``start:stop`` of the flattened tensor, as a new array."""
-        out = np.empty(max(0, stop - start), dtype=self.dtype)
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``start:stop`` of the flattened tensor, into ``out`` if given (else a new array)."""
+        out = np.empty(max(0, stop - start), dtype=self.dtype) if out is None else out[: max(0, stop - start)]
         view = memoryview(out).cast("B")
         position, done = self._offset + start * self.dtype.itemsize, 0
         while done < len(view):
@@ -142,11 +142,13 @@ def spooled_arrays(manifest: list[TensorSpec], file: BinaryIO, offset: int = 0) 
 
 def flat_slices(array: np.ndarray | SpooledTensor, length: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, elements)`` over the flattened ``array`` in pieces of ``length``: an in-memory
-    array is viewed, a spooled one read piece by piece."""
+    array is viewed, a spooled one read piece by piece into one buffer (so a piece is valid until the
+    next one is read)."""
     if isinstance(array, SpooledTensor):
+        buffer = np.empty(min(length, array.size), dtype=array.dtype)
         for start in range(0, array.size, length):
             stop = min(start + length, array.size)
-            yield start, stop, array.read(start, stop)
+            yield start, stop, array.read(start, stop, buffer)
         return
     flat = np.asarray(array).reshape(-1)
     for start in range(0, flat.size, length):

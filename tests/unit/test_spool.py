@@ -47,7 +47,7 @@ def test_spooled_tensors_read_back_whole_and_in_slices(spool):
     assert manifest_of(spooled) == manifest_of(arrays)  # from the header: nothing read
     for name, value in arrays.items():
         np.testing.assert_array_equal(np.asarray(spooled[name]), value)
-        pieces = list(flat_slices(spooled[name], 1000))
+        pieces = [(start, stop, part.copy()) for start, stop, part in flat_slices(spooled[name], 1000)]  # reused
         assert [p[0] for p in pieces] == list(range(0, value.size, 1000))
         np.testing.assert_array_equal(np.concatenate([p[2] for p in pieces]), value.reshape(-1))
 
