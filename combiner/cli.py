@@ -8,6 +8,7 @@ import signal
 
 from combiner.server import CombinerServer
 from combiner.settings import CombinerSettings
+from fedn import heap
 from fedn.api_client import ReducerAPI
 from fedn.config import add_settings_arguments, settings_from_args
 from fedn.logs import configure_logging
@@ -36,6 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _start(args: argparse.Namespace) -> int:
     settings = settings_from_args(CombinerSettings, args)
+    heap.limit_arenas(settings.malloc_arenas)  # before gRPC and the worker threads start
     configure_logging(args.log_level, service=settings.name)
     models = open_model_store(settings.models)
     with ReducerAPI(settings.reducer, timeout_s=10.0) as reducer:

@@ -57,6 +57,13 @@ class CombinerSettings(BaseSettings):
         description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "
         "slow links, but every waiting stream may then buffer megabytes, so memory grows with clients",
     )
+    malloc_arenas: int = Field(
+        1,
+        ge=0,
+        description="heap arenas the combiner's threads share (glibc); one lets memory freed by any thread serve "
+        "the next allocation, so peak memory stays near what the combiner holds; 0 leaves the C library's "
+        "default (eight per core, or MALLOC_ARENA_MAX)",
+    )
     chunk_bytes: int = Field(
         DEFAULT_CHUNK_BYTES,
         ge=1024,

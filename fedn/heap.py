@@ -1,9 +1,17 @@
-"""Give freed heap memory back to the operating system after large, short-lived buffers.
+"""Keep a server's resident memory close to what it holds, under glibc's allocator.
 
 glibc keeps freed memory in its heap for reuse, and raises its mmap threshold after large frees,
 so a server that streams and folds models of tens of MB keeps its peak as resident memory. The
 combiner calls :func:`trim` after each large update and round, so its resident size follows what
-it holds. Elsewhere (musl, macOS) this is a no-op.
+it holds.
+
+glibc also gives each new thread its own heap ("arena"), up to eight per core. A chunk that gRPC's
+threads receive, the event loop hands on and a worker thread folds is allocated in one arena and
+freed into another, where it can serve only that arena's next requests. The process then holds the
+high-water mark of every arena at once. :func:`limit_arenas` caps their number when the process
+starts, before it has threads.
+
+Elsewhere (musl, macOS) both are no-ops.
 """
 
 from __future__ import annotations
@@ -11,25 +19,42 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 
-__all__ = ["trim"]
+__all__ = ["limit_arenas", "trim"]
+
+logger = logging.getLogger(__name__)
+
+_M_ARENA_MAX = -8  # mallopt parameter, from glibc's <malloc.h>
 
 
 @functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    if not name:
+def _libc_function(name: str, argtypes: tuple, restype):
+    lib = ctypes.util.find_library("c")
+    if not lib:
         return None
     try:
-        fn = ctypes.CDLL(name).malloc_trim
+        fn = getattr(ctypes.CDLL(lib), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
+    fn.argtypes = list(argtypes)
+    fn.restype = restype
     return fn
 
 
 def trim() -> bool:
     """Return free heap pages to the OS; True if anything was released."""
-    fn = _malloc_trim()
+    fn = _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
     return bool(fn(0)) if fn is not None else False
+
+
+def limit_arenas(count: int) -> bool:
+    """Let the threads started from now on share at most ``count`` heap arenas (0: leave the C
+    library's default, or ``MALLOC_ARENA_MAX``). Call it before any thread starts. True if applied."""
+    if count <= 0:
+        return False
+    fn = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    if fn is None or not fn(_M_ARENA_MAX, count):
+        logger.debug("heap arenas left to the C library: mallopt(M_ARENA_MAX) is not available here")
+        return False
+    return True

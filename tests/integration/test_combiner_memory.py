@@ -3,7 +3,11 @@ download messages serialized once, and heartbeats from one loop."""
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,6 +20,7 @@ from fedn.aggregation import WeightedMean
 from fedn.chunking import ChunkSpool
 from fedn.codec import decode_model
 from fedn.errors import FednError
+from fedn.launcher import ManagedProcess
 from fedn.v1 import fedn_pb2 as pb
 from tests.integration.test_combiner_grpc import (
     FakeClient,
@@ -206,6 +211,54 @@ def test_a_combiner_with_an_unusable_spool_dir_refuses_to_start(loop_thread, mod
         assert str(missing) in info.value.message
     finally:
         loop_thread.run(server.stop(0.1), timeout_s=30)
+
+
+_ARENA_HEAP_BYTES = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: each thread arena is one such mapping
+
+
+def _thread_arenas(pid: int) -> int:
+    """glibc thread arenas in a process's map: 64 MiB-aligned anonymous mappings of exactly 64 MiB,
+    the used part read-write and the rest reserved (---p)."""
+    regions = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        regions.append((lo, hi, fields[1], len(fields) > 5))
+    count = 0
+    for i, (lo, hi, perms, named) in enumerate(regions):
+        if lo % _ARENA_HEAP_BYTES or named or not perms.startswith("rw"):
+            continue
+        if hi - lo == _ARENA_HEAP_BYTES:
+            count += 1
+        elif i + 1 < len(regions):
+            lo2, hi2, perms2, named2 = regions[i + 1]
+            count += lo2 == hi and perms2 == "---p" and not named2 and hi2 - lo == _ARENA_HEAP_BYTES
+    return count
+
+
+def _serving_combiner_arenas(tmp_path: Path, arenas: str | None) -> int:
+    """Start `fedn combiner start` (its reducer absent: it serves anyway) and count its arenas."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MALLOC_ARENA_MAX", "FEDN_COMBINER_MALLOC_ARENAS"}}
+    if arenas is not None:
+        env["FEDN_COMBINER_MALLOC_ARENAS"] = arenas
+    argv = [sys.executable, "-m", "fedn", "combiner", "start", "--port", "0", "--reducer", "http://127.0.0.1:9"]
+    argv += ["--models", (tmp_path / "models").as_uri()]
+    proc = ManagedProcess(f"combiner-{arenas}", argv, tmp_path / f"combiner-{arenas}.log")
+    proc.start(env)
+    try:
+        _wait_for(lambda: "listening on" in proc.log_tail(), "the combiner to listen", timeout_s=60)
+        _wait_for(lambda: "reducer unreachable" in proc.log_tail(), "its first call to the reducer", timeout_s=60)
+        return _thread_arenas(proc.pid)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="heap arenas are glibc's")
+def test_a_combiner_process_keeps_its_threads_in_one_heap_arena(tmp_path):
+    # gRPC's threads receive chunks and worker threads fold them: in per-thread arenas, memory
+    # freed by one could not serve the other, and the peak would be every arena's at once.
+    assert _serving_combiner_arenas(tmp_path, None) == 0  # the default: all threads share the main heap
+    assert _serving_combiner_arenas(tmp_path, "0") > 0  # glibc's own default: an arena per thread
 
 
 class _LaxMean(WeightedMean):
