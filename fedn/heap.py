@@ -11,7 +11,10 @@ freed into another, where it can serve only that arena's next requests. The proc
 high-water mark of every arena at once. :func:`limit_arenas` caps their number when the process
 starts, before it has threads.
 
-Elsewhere (musl, macOS) both are no-ops.
+A load generator wants the opposite of a server: :func:`keep_freed_memory` makes it reuse the pages
+of buffers it freed instead of faulting in fresh ones for every model it receives and sends.
+
+Elsewhere (musl, macOS) these are no-ops.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import ctypes.util
 import functools
 import logging
 
-__all__ = ["limit_arenas", "trim"]
+__all__ = ["keep_freed_memory", "limit_arenas", "trim"]
 
 logger = logging.getLogger(__name__)
 
-_M_ARENA_MAX = -8  # mallopt parameter, from glibc's <malloc.h>
+# mallopt parameters, from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -48,13 +54,25 @@ def trim() -> bool:
     return bool(fn(0)) if fn is not None else False
 
 
+def _mallopt(param: int, value: int) -> bool:
+    fn = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    return fn is not None and bool(fn(param, value))
+
+
 def limit_arenas(count: int) -> bool:
     """Let the threads started from now on share at most ``count`` heap arenas (0: leave the C
     library's default, or ``MALLOC_ARENA_MAX``). Call it before any thread starts. True if applied."""
     if count <= 0:
         return False
-    fn = _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
-    if fn is None or not fn(_M_ARENA_MAX, count):
+    if not _mallopt(_M_ARENA_MAX, count):
         logger.debug("heap arenas left to the C library: mallopt(M_ARENA_MAX) is not available here")
         return False
     return True
+
+
+def keep_freed_memory() -> bool:
+    """Serve every allocation from one heap that is never trimmed, so freed buffers are reused, not
+    unmapped and faulted in again (each fresh page of a 40 MB buffer is a page fault). For a load
+    generator only: a server would keep its peak resident. Call it before any thread starts: with no
+    mmap, a thread's own arena could not hold a buffer over 64 MiB. True if applied."""
+    return _mallopt(_M_ARENA_MAX, 1) and _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)

@@ -275,6 +275,15 @@ class LocalFederation:
         )
         for arg in [*self.spec.client_args, *extra_args]:
             argv += ["--client-arg", arg]
+        return self._start_client_process(name, argv)
+
+    def start_client_process(self, name: str, python_args: Sequence[str]) -> ManagedProcess:
+        """Start ``python *python_args`` as a process of clients (a load generator, say): it is placed,
+        logged and stopped like the clients are."""
+        prefix, _ = self.spec.place(name)
+        return self._start_client_process(name, [*prefix, sys.executable, *python_args])
+
+    def _start_client_process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
         proc.start(self._env())
         self.clients.append(proc)

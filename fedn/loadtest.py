@@ -2,24 +2,27 @@
 
 The emulated clients do what the client runtime does (ask the reducer for a combiner, open a task
 stream, download the model, upload an update) but train by adding a constant, so the numbers are
-those of the framework: assignment, streaming, validation, folding, merging and the stores. Many
-clients share one process and a few channels, which is how 1000 fit on two cores.
+those of the framework: assignment, streaming, validation, folding, merging and the stores. The
+clients share one process of their own (``python -m fedn.loadtest``, see :func:`main`) and a few
+channels, which is how 1000 fit on two cores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
+import json
+import signal
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 
-from fedn import wire
+from fedn import heap, wire
 from fedn.chunking import ChunkAssembler
 from fedn.codec import decode_payload, encode_model
 from fedn.errors import InvalidArgument, Unavailable
@@ -64,15 +67,25 @@ class LoadResult:
         }
 
 
-async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected: Callable[[], None]) -> None:
+def _train_and_encode(
+    task: wire.TaskInfo, client_id: str, header: wire.ModelHeaderInfo, chunks: list[bytes]
+) -> list[pb.UpdateChunk]:
+    """What a client does between download and upload: verify, decode, train (add a constant), encode."""
+    assembler = ChunkAssembler(header.payload_bytes, header.sha256)
+    for chunk in chunks:
+        assembler.add(chunk)
+    chunks.clear()
+    arrays = decode_payload(header.tensors, assembler.finish())
+    update = {k: v + v.dtype.type(1e-3) for k, v in arrays.items()}  # the trivial train step
+    del arrays, assembler
+    return list(wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update))
+
+
+async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str) -> None:
     call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id))
-    first = True
     waiting: tuple[str, list[pb.UpdateChunk]] | None = None  # an update waiting for its upload grant
     try:
         async for msg in call:
-            if first:
-                connected()
-                first = False
             task = wire.task_from_proto(msg)
             if task.kind == "upload_grant" and waiting is not None and waiting[0] == task.round_id:
                 await stub.UploadUpdate(iter(waiting[1]))
@@ -80,20 +93,16 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected
             if task.kind != "train":
                 continue
             stream = stub.DownloadModel(pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id))
-            header, assembler = None, None
+            header, chunks = None, []
             async for msg in stream:
                 if header is None:
                     header = wire.model_header_from_proto(msg.header)
-                    assembler = ChunkAssembler(header.payload_bytes, header.sha256)
                 else:
-                    assembler.add(msg.data)
-            arrays = decode_payload(header.tensors, assembler.finish())
-            update = {k: v + v.dtype.type(1e-3) for k, v in arrays.items()}  # the trivial train step
-            del arrays, assembler
-            messages = list(
-                wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update)
-            )
-            del update
+                    chunks.append(msg.data)
+            # Off the loop that carries every emulated client's streams: each real client has its own
+            # machine for this, and hashing and numpy release the GIL.
+            messages = await asyncio.to_thread(_train_and_encode, task, client_id, header, chunks)
+            del chunks
             size = messages[0].header.model.payload_bytes
             grant = await stub.RequestUpload(
                 pb.UploadRequest(round_id=task.round_id, client_id=client_id, payload_bytes=size)
@@ -108,48 +117,45 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, connected
         call.cancel()
 
 
-class _Clients:
-    """N emulated clients on an event loop in a background thread."""
-
-    def __init__(self, assignments: list[tuple[str, str]]) -> None:
-        self.assignments = assignments
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="emulated-clients", daemon=True)
-        self.connected = 0
-        self.channels: list[grpc.aio.Channel] = []
-        self.tasks: list[asyncio.Task] = []
-
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
-
-    async def _start(self) -> None:
-        by_address: dict[str, list[str]] = defaultdict(list)
-        for client_id, address in self.assignments:
-            by_address[address].append(client_id)
-
-        def connected() -> None:
-            self.connected += 1
-
+async def _serve_clients(assignments: list[tuple[str, str]]) -> None:
+    """Run every emulated client, a few channels per combiner, until SIGTERM or SIGINT."""
+    by_address: dict[str, list[str]] = defaultdict(list)
+    for client_id, address in assignments:
+        by_address[address].append(client_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    channels: list[grpc.aio.Channel] = []
+    tasks: list[asyncio.Task] = []
+    try:
         for address, ids in by_address.items():
-            channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, len(ids) // CLIENTS_PER_CHANNEL))]
-            self.channels.extend(channels)
+            group = [grpc.aio.insecure_channel(address) for _ in range(max(1, len(ids) // CLIENTS_PER_CHANNEL))]
+            channels.extend(group)
             for i, client_id in enumerate(ids):
-                stub = pb_grpc.CombinerStub(channels[i % len(channels)])
-                self.tasks.append(asyncio.ensure_future(_emulated_client(stub, client_id, connected)))
+                stub = pb_grpc.CombinerStub(group[i % len(group)])
+                tasks.append(asyncio.ensure_future(_emulated_client(stub, client_id)))
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in channels:
+            await c.close()
 
-    def stop(self) -> None:
-        async def _stop() -> None:
-            for t in self.tasks:
-                t.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-            for c in self.channels:
-                await c.close()
 
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fedn.loadtest ASSIGNMENTS_JSON``: the emulated clients, in a process of their own.
+
+    Real clients run on machines of their own; here they share the cores with the servers, so what
+    they cost is kept low: their allocator reuses freed buffers (:func:`fedn.heap.keep_freed_memory`)
+    instead of faulting in fresh pages for every model, and none of it runs in the process that
+    measures.
+    """
+    heap.keep_freed_memory()
+    (path,) = sys.argv[1:] if argv is None else argv
+    assignments = [(client_id, address) for client_id, address in json.loads(Path(path).read_text())]
+    asyncio.run(_serve_clients(assignments))
 
 
 def run_load(
@@ -176,10 +182,14 @@ def run_load(
             for i in range(clients):
                 a = api.assign_client(f"load-{i}")
                 assignments.append((a["client_id"], a["combiner_address"]))
-        emulated = _Clients(assignments)
-        emulated.start()
+        assignments_path = fed.workdir / "emulated-clients.json"
+        assignments_path.write_text(json.dumps(assignments))
+        emulated = fed.start_client_process("emulated-clients", ["-m", "fedn.loadtest", str(assignments_path)])
         try:
-            fed.wait_for_clients(clients, timeout_s=max(60.0, clients * 0.2))
+            try:
+                fed.wait_for_clients(clients, timeout_s=max(60.0, clients * 0.2))
+            except Unavailable as exc:
+                raise Unavailable(f"{exc.message}; the emulated clients' log:\n{emulated.log_tail()}") from None
             time.sleep(1.0)  # let the last streams settle
             connected = [rss_mb(pid) for pid in combiner_pids]
             with fed.api() as api:
@@ -218,3 +228,7 @@ def run_load(
         combiner_rss_peak_mb=peaks,
         reducer_rss_peak_mb=reducer_peak,
     )
+
+
+if __name__ == "__main__":
+    main()
