@@ -12,11 +12,12 @@ import numpy as np
 
 from fedn.aggregation import Partial, cast_like, merge_metric_summaries, merge_partials
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
-from fedn.codec import encode_model
+from fedn.codec import NamedArrays, encode_model
 from fedn.errors import FednError, StoreError
 from fedn.models import load_model, model_key, save_model
 from fedn.records import (
     ClientFailureRecord,
+    CombinerRecord,
     Round,
     RoundPlan,
     RoundResult,
@@ -232,10 +233,15 @@ class Controller:
         )
         results: list[RoundResult] = []
         failures: list[ClientFailureRecord] = []
-        with ThreadPoolExecutor(max_workers=max(1, len(combiners)), thread_name_prefix="run-round") as pool:
+        partials: list[Partial] = []
+        used: list[RoundResult] = []
+        # The merge waits for the slowest combiner; what can be read before (the other partials, the
+        # current global model) is read while it works, so the merge itself only folds and stores.
+        with ThreadPoolExecutor(max_workers=len(combiners) + 1, thread_name_prefix="run-round") as pool:
+            previous = pool.submit(load_model, self._models, model_key(session.model_id))
             futures = {
                 c.id: pool.submit(
-                    self._gateway.run_round,
+                    self._round_at,
                     c,
                     plan.model_copy(update={"max_clients": shares.get(c.id, 0)}),
                     session.round_timeout_s + self._rpc_grace_s,
@@ -244,30 +250,20 @@ class Controller:
             }
             for combiner_id, future in futures.items():
                 try:
-                    results.append(future.result())
+                    result, partial = future.result()
                 except FednError as exc:
                     logger.warning("round %s: %s", round_.id, exc.message)
                     failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=exc.message))
+                    continue
+                results.append(result)
+                failures.extend(result.failures)
+                if isinstance(partial, str):
+                    failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=partial))
+                elif partial is not None:
+                    partials.append(Partial(partial, result.total_weight, result.num_updates))
+                    used.append(result)
         if self._stop.is_set():
             return session  # left running: a restarted reducer runs it again
-
-        partials: list[Partial] = []
-        used: list[RoundResult] = []
-        for result in results:
-            failures.extend(result.failures)
-            if not result.partial_key:
-                continue
-            try:
-                arrays = load_model(self._models, result.partial_key)
-            except FednError as exc:
-                failures.append(
-                    ClientFailureRecord(
-                        client_id="", combiner_id=result.combiner_id, error=f"partial unreadable: {exc.message}"
-                    )
-                )
-                continue
-            partials.append(Partial(arrays, result.total_weight, result.num_updates))
-            used.append(result)
 
         num_updates = sum(r.num_updates for r in used)
         round_ = round_.model_copy(
@@ -287,7 +283,24 @@ class Controller:
             return self._fail(session, round_, reason, started)
 
         merged = merge_partials(partials)
-        return self.apply_merge(session, round_, merged.arrays, optimizer, started, len(used))
+        try:
+            current = previous.result()
+        except FednError:
+            current = None  # apply_merge reads it again, and reports the error if it persists
+        return self.apply_merge(session, round_, merged.arrays, optimizer, started, len(used), previous=current)
+
+    def _round_at(
+        self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float
+    ) -> tuple[RoundResult, NamedArrays | str | None]:
+        """Run ``plan`` at one combiner and read its partial as soon as it is stored: the partial's
+        arrays, the reason it could not be read, or None if the combiner had no updates."""
+        result = self._gateway.run_round(combiner, plan, timeout_s)
+        if not result.partial_key:
+            return result, None
+        try:
+            return result, load_model(self._models, result.partial_key)
+        except FednError as exc:
+            return result, f"partial unreadable: {exc.message}"
 
     def apply_merge(
         self,

@@ -80,7 +80,7 @@ def _combiners_and_seed(stores, behaviour, clock=None):
     return registry, seed
 
 
-def _setup(stores, behaviour, *, min_clients=2, rounds=2):
+def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None):
     state, models = stores
     clock = FakeClock()
     registry, seed = _combiners_and_seed(stores, behaviour, clock)
@@ -93,7 +93,7 @@ def _setup(stores, behaviour, *, min_clients=2, rounds=2):
         config={"epochs": 1},
     )
     state.put_session(session)
-    gateway = FakeGateway(models, behaviour)
+    gateway = (gateway_class or FakeGateway)(models, behaviour)
     return Controller(state, models, registry, gateway, rpc_grace_s=1.0), gateway, session, registry, clock
 
 
@@ -124,6 +124,28 @@ def test_a_failing_combiner_is_recorded_and_the_round_completes(stores):
     round_ = state.list_rounds(session.id)[0]
     assert round_.num_updates == 2
     assert any(f.combiner_id == "b" and "UNAVAILABLE" in f.error for f in round_.failures)
+
+
+class _CorruptPartialGateway(FakeGateway):
+    """Combiner b reports a partial whose blob is not a model."""
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        result = super().run_round(combiner, plan, timeout_s)
+        if combiner.id == "b":
+            self.models.put(result.partial_key, b"not a model")
+        return result
+
+
+def test_an_unreadable_partial_is_recorded_and_the_round_merges_the_others(stores):
+    state, models = stores
+    behaviour = {"a": (1.0, 10.0), "b": (4.0, 30.0)}
+    controller, _, session, _, _ = _setup(stores, behaviour, rounds=1, gateway_class=_CorruptPartialGateway)
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE
+    round_ = state.list_rounds(session.id)[0]
+    assert round_.num_updates == 2 and round_.total_weight == 10.0  # a's alone
+    assert any(f.combiner_id == "b" and f.error.startswith("partial unreadable") for f in round_.failures)
+    np.testing.assert_allclose(decode_model(models.get(model_key(final.model_id)))["w"], np.ones(4))
 
 
 def test_too_few_updates_fail_round_and_session_with_the_reason(stores):
