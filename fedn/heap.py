@@ -1,15 +1,16 @@
-"""Keep a server's resident memory close to what it holds, under glibc's allocator.
+"""glibc allocator policies: a server's resident memory close to what it holds, a load generator's
+page faults few.
 
 glibc keeps freed memory in its heap for reuse, and raises its mmap threshold after large frees,
 so a server that streams and folds models of tens of MB keeps its peak as resident memory. The
 combiner calls :func:`trim` after each large update and round, so its resident size follows what
 it holds.
 
-glibc also gives each new thread its own heap ("arena"), up to eight per core. A chunk that gRPC's
-threads receive, the event loop hands on and a worker thread folds is allocated in one arena and
-freed into another, where it can serve only that arena's next requests. The process then holds the
-high-water mark of every arena at once. :func:`limit_arenas` caps their number when the process
-starts, before it has threads.
+glibc also gives each new thread its own heap ("arena"), up to eight per core. A chunk that one of
+gRPC's threads receives, and a worker thread folds, goes back to the receiving thread's arena when
+freed, where the worker's own allocations cannot reuse it. The process then holds the high-water
+mark of every arena at once. :func:`limit_arenas` caps their number when the process starts, before
+it has threads.
 
 A load generator wants the opposite of a server: :func:`keep_freed_memory` makes it reuse the pages
 of buffers it freed instead of faulting in fresh ones for every model it receives and sends.
