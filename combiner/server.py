@@ -18,6 +18,8 @@ from fedn.store.base import ModelStore
 
 __all__ = ["CombinerServer"]
 
+logger = logging.getLogger(__name__)
+
 
 def _check_spool_dir(directory: str | None) -> None:
     """Fail at start, not at the first large upload, if updates cannot be spooled where configured."""
@@ -26,9 +28,6 @@ def _check_spool_dir(directory: str | None) -> None:
     except OSError as exc:
         where = directory or tempfile.gettempdir()
         raise FednError(f"cannot write temporary files in the spool directory {where!r} (--spool-dir): {exc}") from exc
-
-
-logger = logging.getLogger(__name__)
 
 
 class CombinerServer:

@@ -41,10 +41,6 @@ def _map_errors(method):
     return wrapper
 
 
-def _serialized(message: bytes | pb.ModelChunk) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
 class _CapturedHandlers:
     """Stands in for a server to catch the method handlers the generated code registers."""
 
@@ -69,7 +65,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         capture = _CapturedHandlers()
         pb_grpc.add_CombinerServicer_to_server(self, capture)
         handlers = dict(capture.handlers)
-        handlers["DownloadModel"] = handlers["DownloadModel"]._replace(response_serializer=_serialized)
+        handlers["DownloadModel"] = handlers["DownloadModel"]._replace(response_serializer=None)  # sent as is
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
         server.add_registered_method_handlers(capture.service, handlers)
 
