@@ -62,7 +62,8 @@ def _mallopt(param: int, value: int) -> bool:
 
 def limit_arenas(count: int) -> bool:
     """Let the threads started from now on share at most ``count`` heap arenas (0: leave the C
-    library's default, or ``MALLOC_ARENA_MAX``). Call it before any thread starts. True if applied."""
+    library's default, or ``MALLOC_ARENA_MAX``). Call it early: a thread that already made an arena
+    (numpy's BLAS threads start when numpy is imported) keeps it. True if applied."""
     if count <= 0:
         return False
     if not _mallopt(_M_ARENA_MAX, count):

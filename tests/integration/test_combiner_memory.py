@@ -257,8 +257,10 @@ def _serving_combiner_arenas(tmp_path: Path, arenas: str | None) -> int:
 def test_a_combiner_process_keeps_its_threads_in_one_heap_arena(tmp_path):
     # gRPC's threads receive chunks and worker threads fold them: in per-thread arenas, memory
     # freed by one could not serve the other, and the peak would be every arena's at once.
-    assert _serving_combiner_arenas(tmp_path, None) == 0  # the default: all threads share the main heap
-    assert _serving_combiner_arenas(tmp_path, "0") > 0  # glibc's own default: an arena per thread
+    # The default: the combiner's threads share the main heap. A thread started before the CLI runs
+    # (numpy's BLAS thread, started at import) may have made one arena of its own first.
+    assert _serving_combiner_arenas(tmp_path, None) <= 1
+    assert _serving_combiner_arenas(tmp_path, "0") > 2  # glibc's own default: an arena per thread
 
 
 class _LaxMean(WeightedMean):
