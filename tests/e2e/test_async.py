@@ -24,6 +24,12 @@ def test_async_session_merges_each_combiner_buffer_into_a_new_version(tmp_path: 
         fed.start_clients()
         with fed.api() as api:
             seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+            # A client's first training takes about 1 s (the first torch.optim optimizer imports
+            # torch._dynamo), later ones about 10 ms: without this sync round, the client that warms up
+            # first can make all ten versions before the other combiner's clients answer once.
+            warm = api.start_session(rounds=1, min_clients=4, round_timeout_s=60.0, model_id=seed.id)
+            warm = wait_for_session(api, warm.id, poll_s=0.2, timeout_s=120)
+            assert warm.status == SessionStatus.DONE, warm.error
             session = api.start_session(
                 rounds=10,
                 mode="async",
