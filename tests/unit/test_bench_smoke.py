@@ -11,3 +11,30 @@ def test_aggregation_bench_smoke(capsys):
     aggregation.main(["--params", "1000", "--updates", "3", "--repeats", "1"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["bench"] for r in rows} == {"encode_payload", "encode_safetensors", "fold_updates", "merge_partials"}
+
+
+def test_bench_runs_each_benchmark_in_its_own_interpreter_and_reports_failures(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    import bench.__main__ as runner
+
+    commands = []
+
+    def run(cmd, check):
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 3 if cmd[-1] == "bench.sim" else 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", run)
+    assert runner.main([]) == 1
+    # every benchmark ran, the ones after the failure too, each in a fresh interpreter
+    assert commands == [[sys.executable, "-m", f"bench.{name}"] for name in runner.BENCHMARKS]
+    assert "bench.sim failed (exit status 3)" in capsys.readouterr().err
+
+    commands.clear()
+    assert runner.main(["grpc_load", "aggregation"]) == 0
+    assert [c[-1] for c in commands] == ["bench.grpc_load", "bench.aggregation"]
+
+    commands.clear()
+    assert runner.main(["grpc_load", "nope"]) == 2
+    assert commands == [] and "unknown benchmark nope" in capsys.readouterr().err
