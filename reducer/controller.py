@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fedn.aggregation import Partial, cast_like, merge_metric_summaries, merge_partials
+from fedn.aggregation import Partial, PartialMerge, cast_like, merge_metric_summaries
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
-from fedn.codec import NamedArrays, encode_model
+from fedn.codec import TensorSpec, encode_model
 from fedn.errors import FednError, StoreError
 from fedn.models import load_model, model_key, save_model
 from fedn.records import (
@@ -36,6 +36,31 @@ from reducer.registry import CombinerRegistry
 __all__ = ["Controller"]
 
 logger = logging.getLogger(__name__)
+
+
+class _PartialFolder:
+    """Reads and folds one round's partials one at a time, as their combiners return: the reducer holds
+    the running sum and one partial, however many combiners there are or finish at once."""
+
+    def __init__(self, models: ModelStore, like: list[TensorSpec] | None) -> None:
+        self._models = models
+        self._lock = threading.Lock()
+        self.merge = PartialMerge(like)
+
+    def fold(self, result: RoundResult) -> str:
+        """Fold ``result``'s partial; returns why it could not be ("" if it was)."""
+        with self._lock:
+            try:
+                arrays = load_model(self._models, result.partial_key)
+            except FednError as exc:
+                return f"partial unreadable: {exc.message}"
+            try:
+                self.merge.add(Partial(arrays, result.total_weight, result.num_updates))
+            except FednError as exc:
+                return f"partial refused: {exc.message}"
+            finally:
+                del arrays  # before the next fold reads its partial
+            return ""
 
 
 class Controller:
@@ -233,10 +258,11 @@ class Controller:
         )
         results: list[RoundResult] = []
         failures: list[ClientFailureRecord] = []
-        partials: list[Partial] = []
+        partials = _PartialFolder(self._models, self._manifest_of(session.model_id))
         used: list[RoundResult] = []
-        # The merge waits for the slowest combiner; what can be read before (the other partials, the
-        # current global model) is read while it works, so the merge itself only folds and stores.
+        # The merge waits for the slowest combiner; what can be done before (reading and folding the
+        # other partials, reading the current global model) is done while it works, one partial at a
+        # time, so the reducer holds one partial, not one per combiner, and the merge only stores.
         with ThreadPoolExecutor(max_workers=len(combiners) + 1, thread_name_prefix="run-round") as pool:
             previous = pool.submit(load_model, self._models, model_key(session.model_id))
             futures = {
@@ -245,22 +271,23 @@ class Controller:
                     c,
                     plan.model_copy(update={"max_clients": shares.get(c.id, 0)}),
                     session.round_timeout_s + self._rpc_grace_s,
+                    partials,
                 )
                 for c in combiners
             }
             for combiner_id, future in futures.items():
                 try:
-                    result, partial = future.result()
+                    result, unusable = future.result()
                 except FednError as exc:
                     logger.warning("round %s: %s", round_.id, exc.message)
                     failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=exc.message))
                     continue
                 results.append(result)
                 failures.extend(result.failures)
-                if isinstance(partial, str):
-                    failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=partial))
-                elif partial is not None:
-                    partials.append(Partial(partial, result.total_weight, result.num_updates))
+                if unusable:
+                    logger.warning("round %s: combiner %s: %s", round_.id, combiner_id, unusable)
+                    failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=unusable))
+                elif result.partial_key:
                     used.append(result)
         if self._stop.is_set():
             return session  # left running: a restarted reducer runs it again
@@ -282,25 +309,29 @@ class Controller:
                 reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in failures[:5])
             return self._fail(session, round_, reason, started)
 
-        merged = merge_partials(partials)
+        merged = partials.merge.finish()
         try:
             current = previous.result()
         except FednError:
             current = None  # apply_merge reads it again, and reports the error if it persists
         return self.apply_merge(session, round_, merged.arrays, optimizer, started, len(used), previous=current)
 
-    def _round_at(
-        self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float
-    ) -> tuple[RoundResult, NamedArrays | str | None]:
-        """Run ``plan`` at one combiner and read its partial as soon as it is stored: the partial's
-        arrays, the reason it could not be read, or None if the combiner had no updates."""
-        result = self._gateway.run_round(combiner, plan, timeout_s)
-        if not result.partial_key:
-            return result, None
+    def _manifest_of(self, model_id: str) -> list[TensorSpec] | None:
+        """The global model's tensors as its record lists them, which partials must match; None if
+        the record cannot be read (then the first partial sets them)."""
         try:
-            return result, load_model(self._models, result.partial_key)
-        except FednError as exc:
-            return result, f"partial unreadable: {exc.message}"
+            tensors = self._state.get_model(model_id).tensors
+        except FednError:
+            return None
+        return [TensorSpec.from_dict(t) for t in tensors] or None
+
+    def _round_at(
+        self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float, partials: _PartialFolder
+    ) -> tuple[RoundResult, str]:
+        """Run ``plan`` at one combiner and fold its partial in as soon as it is stored; returns the
+        combiner's result and why its partial could not be used ("" if it was, or if it had none)."""
+        result = self._gateway.run_round(combiner, plan, timeout_s)
+        return result, partials.fold(result) if result.partial_key else ""
 
     def apply_merge(
         self,

@@ -9,6 +9,7 @@ FedAvg over all clients (up to float64 rounding).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from fedn.codec import NamedArrays, SpooledTensor, TensorSpec, check_finite, check_manifest, flat_slices, manifest_of
 from fedn.errors import InvalidArgument
 
-__all__ = ["Partial", "WeightedMean", "merge_partials"]
+__all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials"]
 
 # Fold in slices so the float64 scratch buffer stays small (DESIGN §11: 2.4x faster than astype).
 _SLICE = 1 << 17
@@ -135,13 +136,45 @@ class WeightedMean:
         return Partial(arrays=mean, total_weight=self._total_weight, count=self._count)
 
 
+class PartialMerge:
+    """Partials folded one at a time, from any thread, as they come: whoever merges holds one float64
+    model and the partial being folded, not every partial at once.
+
+    A partial must have the tensor names and shapes of ``like`` (the global model's manifest; a
+    partial is float64 whatever the model's dtypes), or without ``like`` those of the first partial.
+    One that does not fit is refused (InvalidModel) and leaves the sum as it was.
+    """
+
+    def __init__(self, like: Sequence[TensorSpec] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._mean = WeightedMean([TensorSpec(s.name, "float64", s.shape) for s in like]) if like else None
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Updates the partials folded so far stand for."""
+        return self._count
+
+    def add(self, partial: Partial) -> None:
+        if partial.count <= 0:
+            return
+        with self._lock:
+            if self._mean is None:
+                self._mean = WeightedMean(manifest_of(partial.arrays))
+            self._mean.add(partial.arrays, partial.total_weight)
+            self._count += partial.count
+
+    def finish(self) -> Partial:
+        with self._lock:
+            if self._mean is None:
+                raise InvalidArgument("no partials to merge")
+            merged = self._mean.finish()
+            return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=self._count)
+
+
 def merge_partials(partials: Sequence[Partial]) -> Partial:
     """Merge partials by their total weight: equals flat FedAvg over all their updates."""
-    partials = [p for p in partials if p.count > 0]
-    if not partials:
-        raise InvalidArgument("no partials to merge")
-    acc = WeightedMean(manifest_of(partials[0].arrays))
+    merge = PartialMerge()
     for p in partials:
-        acc.add(p.arrays, p.total_weight)
-    merged = acc.finish()
-    return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=sum(p.count for p in partials))
+        merge.add(p)
+    return merge.finish()

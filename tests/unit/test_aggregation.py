@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from fedn.aggregation import (
     MetricsAccumulator,
+    Partial,
+    PartialMerge,
     WeightedMean,
     cast_like,
     get_aggregator,
@@ -129,6 +131,55 @@ def test_unknown_aggregator_names_known_ones():
 def test_merge_requires_a_partial():
     with pytest.raises(InvalidArgument):
         merge_partials([])
+    with pytest.raises(InvalidArgument):
+        PartialMerge(manifest_of({"w": np.zeros(3, np.float32)})).finish()
+
+
+def _group_partials(seed: int, n: int, groups: int) -> tuple[list[Partial], dict]:
+    updates, weights = _updates(seed, n)
+    partials = []
+    for g in range(groups):
+        acc = WeightedMean(manifest_of(updates[0]))
+        for i in range(g, n, groups):
+            acc.add(updates[i], weights[i])
+        partials.append(acc.partial())
+    return partials, _flat_fedavg(updates, weights)
+
+
+def test_partials_folded_from_many_threads_equal_flat_fedavg():
+    import threading
+
+    partials, expected = _group_partials(3, 48, 8)
+    model = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}  # the global model's dtypes
+    merge = PartialMerge(manifest_of(model))
+    threads = [threading.Thread(target=merge.add, args=(p,)) for p in partials]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    merged = merge.finish()
+    assert merge.count == merged.count == 48
+    for k in SHAPES:
+        np.testing.assert_allclose(merged.arrays[k], expected[k], rtol=1e-6, atol=1e-9)
+
+
+def test_a_partial_that_does_not_fit_the_global_model_is_refused_and_changes_nothing():
+    partials, _ = _group_partials(4, 12, 3)
+    model = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    wrong = Partial({**partials[0].arrays, "layer.b": np.zeros(6)}, 5.0, 4)
+    merge = PartialMerge(manifest_of(model))
+    with pytest.raises(InvalidModel, match=r"layer\.b"):
+        merge.add(wrong)  # refused even as the first partial: the global model sets the shapes
+    for p in partials:
+        merge.add(p)
+    assert merge.count == 12
+    np.testing.assert_allclose(merge.finish().arrays["scale"], merge_partials(partials).arrays["scale"])
+
+    without_like = PartialMerge()  # the first partial sets the shapes
+    without_like.add(partials[0])
+    with pytest.raises(InvalidModel, match=r"layer\.b"):
+        without_like.add(wrong)
+    assert without_like.count == 4
 
 
 def test_cast_like_restores_dtypes_and_rounds_integers():

@@ -136,15 +136,40 @@ class _CorruptPartialGateway(FakeGateway):
         return result
 
 
-def test_an_unreadable_partial_is_recorded_and_the_round_merges_the_others(stores):
+class _MisshapenPartialGateway(FakeGateway):
+    """Combiner b stores a partial of the wrong shape, and reports first: it must not set the shapes."""
+
+    def __init__(self, models, behaviour) -> None:
+        super().__init__(models, behaviour)
+        self.b_reported = threading.Event()
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        if combiner.id == "a":
+            assert self.b_reported.wait(10)
+            return super().run_round(combiner, plan, timeout_s)
+        result = super().run_round(combiner, plan, timeout_s)
+        self.models.put(result.partial_key, encode_model({"w": np.zeros(5)}))
+        self.b_reported.set()
+        return result
+
+
+@pytest.mark.parametrize(
+    ("gateway_class", "reason"),
+    [
+        (_CorruptPartialGateway, "partial unreadable: "),
+        (_MisshapenPartialGateway, "partial refused: tensor 'w' has shape [5], expected [4]"),
+    ],
+)
+def test_a_partial_that_cannot_be_used_is_recorded_and_the_round_merges_the_others(stores, gateway_class, reason):
     state, models = stores
     behaviour = {"a": (1.0, 10.0), "b": (4.0, 30.0)}
-    controller, _, session, _, _ = _setup(stores, behaviour, rounds=1, gateway_class=_CorruptPartialGateway)
+    controller, _, session, _, _ = _setup(stores, behaviour, rounds=1, gateway_class=gateway_class)
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE
     round_ = state.list_rounds(session.id)[0]
     assert round_.num_updates == 2 and round_.total_weight == 10.0  # a's alone
-    assert any(f.combiner_id == "b" and f.error.startswith("partial unreadable") for f in round_.failures)
+    refused = [f.error for f in round_.failures if f.combiner_id == "b" and f.client_id == ""]
+    assert len(refused) == 1 and refused[0].startswith(reason), refused
     np.testing.assert_allclose(decode_model(models.get(model_key(final.model_id)))["w"], np.ones(4))
 
 
