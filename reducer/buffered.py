@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fedn.aggregation import add_delta
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
-from fedn.errors import FednError, NotFound
+from fedn.codec import TensorSpec, check_manifest, manifest_of
+from fedn.errors import FednError, InvalidArgument, NotFound
 from fedn.models import load_model, model_key, partial_key
 from fedn.records import (
     CombinerRecord,
@@ -46,6 +47,11 @@ __all__ = ["AsyncSessionRunner"]
 logger = logging.getLogger(__name__)
 
 ApplyMerge = Callable[..., Session]  # Controller.apply_merge
+
+
+class _PartialRefused(FednError):
+    """A combiner's partial could not be read or does not fit the global model: its round failed."""
+
 
 _ANNOUNCE_TIMEOUT_S = 5.0
 _MAX_RETRY_S = 30.0
@@ -107,14 +113,16 @@ class AsyncSessionRunner:
             else:
                 self._in_flight.discard(combiner_id)
             if isinstance(outcome, FednError):
-                self._failures[combiner_id] = failures = self._failures.get(combiner_id, 0) + 1
-                delay = min(_MAX_RETRY_S, 0.5 * 2**failures)
-                self._retry_at[combiner_id] = time.monotonic() + delay
-                logger.warning("async session %s: %s; retrying in %.1fs", session.id, outcome.message, delay)
-            elif outcome is not None:
+                self._back_off(session, combiner_id, outcome.message)
+            elif outcome is not None and not outcome.partial_key:
                 self._failures.pop(combiner_id, None)
-                if outcome.partial_key:
+            elif outcome is not None:
+                try:
                     session = self._merge(session, outcome, optimizer)
+                except _PartialRefused as exc:  # recorded as a failed round; that combiner backs off
+                    self._back_off(session, combiner_id, exc.message)
+                else:
+                    self._failures.pop(combiner_id, None)
                     last_merge = time.monotonic()
                     if session.rounds_done < session.rounds:
                         self._announce(pool, session, final=False)
@@ -123,6 +131,12 @@ class AsyncSessionRunner:
             if idle_s > session.round_timeout_s + self._rpc_grace_s:
                 return self._fail(session, f"no combiner sent a partial for {idle_s:.0f}s (round_timeout_s)")
         return session
+
+    def _back_off(self, session: Session, combiner_id: str, reason: str) -> None:
+        self._failures[combiner_id] = failures = self._failures.get(combiner_id, 0) + 1
+        delay = min(_MAX_RETRY_S, 0.5 * 2**failures)
+        self._retry_at[combiner_id] = time.monotonic() + delay
+        logger.warning("async session %s: %s; retrying in %.1fs", session.id, reason, delay)
 
     # -- calls to the combiners ----------------------------------------------
 
@@ -211,7 +225,21 @@ class AsyncSessionRunner:
     def _merge_round(self, session: Session, round_: Round, key: str, optimizer: ServerOptimizer) -> Session:
         started = time.monotonic()
         current = load_model(self._models, model_key(session.model_id))
-        target = add_delta(current, load_model(self._models, key))
+        try:
+            delta = load_model(self._models, key)
+            # a partial is float64 whatever the model's dtypes; numpy would broadcast a wrong shape
+            check_manifest(
+                [TensorSpec(s.name, "float64", s.shape) for s in manifest_of(current)],
+                manifest_of(delta),
+                ordered=False,
+            )
+        except (InvalidArgument, NotFound) as exc:
+            reason = f"partial refused: {exc.message}"
+            self._state.put_round(
+                round_.model_copy(update={"status": RoundStatus.FAILED, "reason": reason, "finished_at": now()})
+            )
+            raise _PartialRefused(f"combiner {', '.join(round_.combiners)}: {reason}") from exc
+        target = add_delta(current, delta)
         return self._apply_merge(session, round_, target, optimizer, started, previous=current)
 
     def _resume(self, session: Session, optimizer: ServerOptimizer) -> Session:
@@ -224,6 +252,9 @@ class AsyncSessionRunner:
                 logger.info("async session %s: finishing the merge of version %d", session.id, round_.index)
                 try:
                     session = self._merge_round(session, round_, key, optimizer)
+                    continue
+                except _PartialRefused as exc:  # its round is marked failed
+                    logger.warning("async session %s: %s", session.id, exc.message)
                     continue
                 except NotFound:
                     pass

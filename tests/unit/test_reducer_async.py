@@ -29,7 +29,7 @@ from tests.unit.test_reducer_controller import _combiners_and_seed
 class AsyncGateway:
     """Each call returns at once with a buffer whose mean delta is ``delta`` (or raises, or is empty)."""
 
-    def __init__(self, models: LocalModelStore, behaviour: dict[str, float | Exception | None]) -> None:
+    def __init__(self, models: LocalModelStore, behaviour: dict[str, float | np.ndarray | Exception | None]) -> None:
         self.models, self.behaviour = models, behaviour
         self.plans: list[tuple[str, RoundPlan]] = []
         self.announcements: list[tuple[str, Announcement]] = []
@@ -44,7 +44,7 @@ class AsyncGateway:
         if what is None:
             return RoundResult(round_id=plan.round_id, combiner_id=combiner.id)
         key = partial_key(plan.round_id, combiner.id)
-        self.models.put(key, encode_model({"w": np.full(4, what)}))
+        self.models.put(key, encode_model({"w": what if isinstance(what, np.ndarray) else np.full(4, what)}))
         return RoundResult(
             round_id=plan.round_id,
             combiner_id=combiner.id,
@@ -64,7 +64,7 @@ class AsyncGateway:
         pass
 
 
-def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0):
+def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0, gateway_class=None):
     state, models = stores
     registry, seed = _combiners_and_seed(stores, behaviour)
     session = Session(
@@ -77,7 +77,7 @@ def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0):
         max_staleness=3,
     )
     state.put_session(session)
-    gateway = AsyncGateway(models, behaviour)
+    gateway = (gateway_class or AsyncGateway)(models, behaviour)
     return Controller(state, models, registry, gateway, rpc_grace_s=0.1), gateway, session
 
 
@@ -119,6 +119,37 @@ def test_a_failing_combiner_is_retried_while_the_other_carries_on(stores):
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE
     assert {c for c, _ in gateway.plans} == {"a", "b"}
+
+
+class _MisshapenFirstGateway(AsyncGateway):
+    """b's partial (of the wrong shape) reaches the reducer before any of a's."""
+
+    def __init__(self, models, behaviour) -> None:
+        super().__init__(models, behaviour)
+        self.b_returned = threading.Event()
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        if combiner.id == "a":
+            assert self.b_returned.wait(10)
+            return super().run_round(combiner, plan, timeout_s)
+        try:
+            return super().run_round(combiner, plan, timeout_s)
+        finally:
+            self.b_returned.set()
+
+
+def test_a_partial_that_does_not_fit_the_global_model_is_refused_and_the_session_goes_on(stores):
+    state, models = stores
+    controller, _, session = _setup(stores, {"a": 1.0, "b": np.zeros(5)}, gateway_class=_MisshapenFirstGateway)
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE and final.rounds_done == 4
+    rounds = state.list_rounds(session.id)
+    done = [r for r in rounds if r.status == RoundStatus.DONE]
+    assert [r.index for r in done] == [1, 2, 3, 4] and all(r.combiners == ["a"] for r in done)
+    refused = [r for r in rounds if r.status == RoundStatus.FAILED]
+    assert refused and all(r.combiners == ["b"] for r in refused)
+    assert refused[0].reason.startswith("partial refused: tensor 'w' has shape [5], expected [4]")
+    np.testing.assert_allclose(_w(models, final.model_id), np.full(4, 4.0))  # a's deltas alone
 
 
 def test_no_partial_within_the_timeout_fails_the_session(stores):
