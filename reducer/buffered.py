@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fedn.aggregation import add_delta
+from fedn.aggregation import add_delta, partial_manifest
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
-from fedn.codec import TensorSpec, check_manifest, manifest_of
+from fedn.codec import check_manifest, manifest_of
 from fedn.errors import FednError, InvalidArgument, NotFound
 from fedn.models import load_model, model_key, partial_key
 from fedn.records import (
@@ -227,12 +227,8 @@ class AsyncSessionRunner:
         current = load_model(self._models, model_key(session.model_id))
         try:
             delta = load_model(self._models, key)
-            # a partial is float64 whatever the model's dtypes; numpy would broadcast a wrong shape
-            check_manifest(
-                [TensorSpec(s.name, "float64", s.shape) for s in manifest_of(current)],
-                manifest_of(delta),
-                ordered=False,
-            )
+            # numpy would broadcast a wrong shape into the new global model
+            check_manifest(partial_manifest(manifest_of(current)), manifest_of(delta), ordered=False)
         except (InvalidArgument, NotFound) as exc:
             reason = f"partial refused: {exc.message}"
             self._state.put_round(

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from fedn.aggregation.metrics import MetricsAccumulator, merge_metric_summaries
 from fedn.aggregation.robust import CoordinateMedian, Krum, TrimmedMean
 from fedn.aggregation.staleness import staleness_weight
-from fedn.aggregation.weighted_mean import Partial, PartialMerge, WeightedMean, merge_partials
+from fedn.aggregation.weighted_mean import Partial, PartialMerge, WeightedMean, merge_partials, partial_manifest
 from fedn.codec import NamedArrays, TensorSpec
 from fedn.errors import InvalidArgument, validation_problem
 
@@ -33,6 +33,7 @@ __all__ = [
     "make_aggregator",
     "merge_metric_summaries",
     "merge_partials",
+    "partial_manifest",
     "staleness_weight",
 ]
 

@@ -9,7 +9,6 @@ FedAvg over all clients (up to float64 rounding).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from fedn.codec import NamedArrays, SpooledTensor, TensorSpec, check_finite, check_manifest, flat_slices, manifest_of
 from fedn.errors import InvalidArgument
 
-__all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials"]
+__all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials", "partial_manifest"]
 
 # Fold in slices so the float64 scratch buffer stays small (DESIGN §11: 2.4x faster than astype).
 _SLICE = 1 << 17
@@ -136,18 +135,23 @@ class WeightedMean:
         return Partial(arrays=mean, total_weight=self._total_weight, count=self._count)
 
 
-class PartialMerge:
-    """Partials folded one at a time, from any thread, as they come: whoever merges holds one float64
-    model and the partial being folded, not every partial at once.
+def partial_manifest(model: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """The manifest of a partial (or a mean delta) of a model: its names and shapes, all float64,
+    since sums stay float64 whatever the model's dtypes."""
+    return [TensorSpec(s.name, "float64", s.shape) for s in model]
 
-    A partial must have the tensor names and shapes of ``like`` (the global model's manifest; a
-    partial is float64 whatever the model's dtypes), or without ``like`` those of the first partial.
-    One that does not fit is refused (InvalidModel) and leaves the sum as it was.
+
+class PartialMerge:
+    """Partials folded one at a time as they come, so whoever merges holds one float64 model and the
+    partial being folded, not every partial at once. Not thread-safe: callers fold in turn.
+
+    A partial must fit ``like`` (the global model's manifest, see :func:`partial_manifest`), or
+    without ``like`` the first partial. One that does not is refused (InvalidModel) and leaves the
+    sum as it was.
     """
 
     def __init__(self, like: Sequence[TensorSpec] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._mean = WeightedMean([TensorSpec(s.name, "float64", s.shape) for s in like]) if like else None
+        self._mean = WeightedMean(partial_manifest(like)) if like else None
         self._count = 0
 
     @property
@@ -158,18 +162,16 @@ class PartialMerge:
     def add(self, partial: Partial) -> None:
         if partial.count <= 0:
             return
-        with self._lock:
-            if self._mean is None:
-                self._mean = WeightedMean(manifest_of(partial.arrays))
-            self._mean.add(partial.arrays, partial.total_weight)
-            self._count += partial.count
+        if self._mean is None:
+            self._mean = WeightedMean(manifest_of(partial.arrays))
+        self._mean.add(partial.arrays, partial.total_weight)
+        self._count += partial.count
 
     def finish(self) -> Partial:
-        with self._lock:
-            if self._mean is None:
-                raise InvalidArgument("no partials to merge")
-            merged = self._mean.finish()
-            return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=self._count)
+        if self._mean is None:
+            raise InvalidArgument("no partials to merge")
+        merged = self._mean.finish()
+        return Partial(arrays=merged.arrays, total_weight=merged.total_weight, count=self._count)
 
 
 def merge_partials(partials: Sequence[Partial]) -> Partial:

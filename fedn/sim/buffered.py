@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedn.aggregation import WeightedMean, add_delta, cast_like, merge_metric_summaries, staleness_weight
-from fedn.codec import NamedArrays, TensorSpec, encode_payload, manifest_of
+from fedn.aggregation import (
+    WeightedMean,
+    add_delta,
+    cast_like,
+    merge_metric_summaries,
+    partial_manifest,
+    staleness_weight,
+)
+from fedn.codec import NamedArrays, encode_payload, manifest_of
 from fedn.errors import FednError
 from fedn.records import MetricSummary
 from fedn.sampling import sample_seed, sample_size, select_clients
@@ -53,7 +60,7 @@ class _Buffer:
     summaries: list[tuple[dict[str, MetricSummary], float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:  # it sums worker partials, which are float64
-        self.mean = WeightedMean([TensorSpec(t.name, "float64", t.shape) for t in self.manifest])
+        self.mean = WeightedMean(partial_manifest(self.manifest))
 
 
 @dataclass

@@ -146,17 +146,12 @@ def _group_partials(seed: int, n: int, groups: int) -> tuple[list[Partial], dict
     return partials, _flat_fedavg(updates, weights)
 
 
-def test_partials_folded_from_many_threads_equal_flat_fedavg():
-    import threading
-
+def test_float64_partials_of_a_float32_model_merge_to_flat_fedavg():
     partials, expected = _group_partials(3, 48, 8)
     model = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}  # the global model's dtypes
     merge = PartialMerge(manifest_of(model))
-    threads = [threading.Thread(target=merge.add, args=(p,)) for p in partials]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for p in partials:
+        merge.add(p)
     merged = merge.finish()
     assert merge.count == merged.count == 48
     for k in SHAPES:

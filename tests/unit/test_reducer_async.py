@@ -23,7 +23,7 @@ from fedn.records import (
 from fedn.store import LocalModelStore
 from fedn.wire import Announcement
 from reducer.controller import Controller
-from tests.unit.test_reducer_controller import _combiners_and_seed
+from tests.unit.test_reducer_controller import BFirst, _combiners_and_seed
 
 
 class AsyncGateway:
@@ -121,26 +121,13 @@ def test_a_failing_combiner_is_retried_while_the_other_carries_on(stores):
     assert {c for c, _ in gateway.plans} == {"a", "b"}
 
 
-class _MisshapenFirstGateway(AsyncGateway):
-    """b's partial (of the wrong shape) reaches the reducer before any of a's."""
-
-    def __init__(self, models, behaviour) -> None:
-        super().__init__(models, behaviour)
-        self.b_returned = threading.Event()
-
-    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
-        if combiner.id == "a":
-            assert self.b_returned.wait(10)
-            return super().run_round(combiner, plan, timeout_s)
-        try:
-            return super().run_round(combiner, plan, timeout_s)
-        finally:
-            self.b_returned.set()
+class _BFirstAsyncGateway(BFirst, AsyncGateway):
+    pass
 
 
 def test_a_partial_that_does_not_fit_the_global_model_is_refused_and_the_session_goes_on(stores):
     state, models = stores
-    controller, _, session = _setup(stores, {"a": 1.0, "b": np.zeros(5)}, gateway_class=_MisshapenFirstGateway)
+    controller, _, session = _setup(stores, {"a": 1.0, "b": np.zeros(5)}, gateway_class=_BFirstAsyncGateway)
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE and final.rounds_done == 4
     rounds = state.list_rounds(session.id)

@@ -38,7 +38,8 @@ class FakeClock:
 
 
 class FakeGateway:
-    """Each combiner 'trains' by adding its offset to the global model, with a given weight."""
+    """Each combiner 'trains' by adding its offset to the global model, with a given weight (an array
+    offset is stored as the partial itself)."""
 
     def __init__(self, models: LocalModelStore, behaviour: dict[str, tuple[float, float] | Exception]) -> None:
         self.models, self.behaviour, self.plans = models, behaviour, []
@@ -50,7 +51,11 @@ class FakeGateway:
             raise what
         offset, weight = what
         arrays = decode_model(self.models.get(model_key(plan.model_id)))
-        partial = {k: v.astype(np.float64) + offset for k, v in arrays.items()}
+        loss = float(np.mean(offset))
+        if isinstance(offset, np.ndarray):
+            partial = {k: offset for k in arrays}
+        else:
+            partial = {k: v.astype(np.float64) + offset for k, v in arrays.items()}
         key = partial_key(plan.round_id, combiner.id)
         self.models.put(key, encode_model(partial))
         return RoundResult(
@@ -61,7 +66,7 @@ class FakeGateway:
             num_selected=2,
             num_updates=2,
             failures=[ClientFailureRecord(client_id="x", combiner_id=combiner.id, error="boom")],
-            metrics={"train_loss": MetricSummary(mean=offset, min=offset, max=offset, count=2)},
+            metrics={"train_loss": MetricSummary(mean=loss, min=loss, max=loss, count=2)},
         )
 
     def close(self) -> None:
@@ -136,33 +141,41 @@ class _CorruptPartialGateway(FakeGateway):
         return result
 
 
-class _MisshapenPartialGateway(FakeGateway):
-    """Combiner b stores a partial of the wrong shape, and reports first: it must not set the shapes."""
+class BFirst:
+    """Mixin for a fake gateway: combiner a's calls wait until b's first call has returned, so b's
+    partial reaches the reducer first."""
 
-    def __init__(self, models, behaviour) -> None:
-        super().__init__(models, behaviour)
-        self.b_reported = threading.Event()
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.b_returned = threading.Event()
 
     def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
         if combiner.id == "a":
-            assert self.b_reported.wait(10)
+            assert self.b_returned.wait(10)
             return super().run_round(combiner, plan, timeout_s)
-        result = super().run_round(combiner, plan, timeout_s)
-        self.models.put(result.partial_key, encode_model({"w": np.zeros(5)}))
-        self.b_reported.set()
-        return result
+        try:
+            return super().run_round(combiner, plan, timeout_s)
+        finally:
+            self.b_returned.set()
+
+
+class _BFirstGateway(BFirst, FakeGateway):
+    pass
 
 
 @pytest.mark.parametrize(
-    ("gateway_class", "reason"),
+    ("gateway_class", "b_offset", "reason"),
     [
-        (_CorruptPartialGateway, "partial unreadable: "),
-        (_MisshapenPartialGateway, "partial refused: tensor 'w' has shape [5], expected [4]"),
+        (_CorruptPartialGateway, 4.0, "partial unreadable: "),
+        # b's partial comes first, yet does not set the shapes: the global model does
+        (_BFirstGateway, np.zeros(5), "partial refused: tensor 'w' has shape [5], expected [4]"),
     ],
 )
-def test_a_partial_that_cannot_be_used_is_recorded_and_the_round_merges_the_others(stores, gateway_class, reason):
+def test_a_partial_that_cannot_be_used_is_recorded_and_the_round_merges_the_others(
+    stores, gateway_class, b_offset, reason
+):
     state, models = stores
-    behaviour = {"a": (1.0, 10.0), "b": (4.0, 30.0)}
+    behaviour = {"a": (1.0, 10.0), "b": (b_offset, 30.0)}
     controller, _, session, _, _ = _setup(stores, behaviour, rounds=1, gateway_class=gateway_class)
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE
