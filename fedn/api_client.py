@@ -13,14 +13,6 @@ __all__ = ["DEFAULT_REDUCER_URL", "Assignment", "ReducerAPI"]
 
 DEFAULT_REDUCER_URL = "http://127.0.0.1:8092"
 
-_BY_STATUS: dict[int, type[errors.FednError]] = {
-    400: errors.InvalidArgument,
-    404: errors.NotFound,
-    409: errors.Conflict,
-    413: errors.PayloadTooLarge,
-    503: errors.Unavailable,
-}
-
 
 class Assignment(dict):
     """``{"client_id", "combiner_id", "combiner_address"}`` as returned by the reducer."""
@@ -55,8 +47,7 @@ class ReducerAPI:
                 message = body.get("detail") or body.get("error") or response.text
             except ValueError:
                 message = response.text[:500]
-            cls = _BY_STATUS.get(response.status_code, errors.FednError)
-            raise cls(f"{method} {path}: {message}")
+            raise errors.error_from_http(response.status_code, f"{method} {path}: {message}")
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -13,7 +13,11 @@ errors in one place (a gRPC decorator, a Flask error handler)::
     ├── Conflict                    409 / ALREADY_EXISTS     duplicate update, existing id
     ├── FailedPrecondition          409 / FAILED_PRECONDITION round closed or not for this combiner
     ├── Unavailable                 503 / UNAVAILABLE        no live combiner, peer unreachable
+    │   └── DeadlineExceeded        504 / DEADLINE_EXCEEDED  a peer did not answer in time
     └── StoreError                  503 / UNAVAILABLE        a backing store failed
+
+What arrives from a peer as a status is turned back into the class above by
+:func:`error_from_grpc` and :func:`error_from_http`, so a client keeps the meaning the server gave.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import ValidationError
 __all__ = [
     "ChecksumMismatch",
     "Conflict",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "FednError",
     "InvalidArgument",
@@ -33,6 +38,8 @@ __all__ = [
     "PayloadTooLarge",
     "StoreError",
     "Unavailable",
+    "error_from_grpc",
+    "error_from_http",
     "validation_problem",
 ]
 
@@ -99,6 +106,12 @@ class Unavailable(FednError):
     title = "unavailable"
 
 
+class DeadlineExceeded(Unavailable):
+    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    title = "deadline exceeded"
+
+
 def validation_problem(exc: ValidationError, context: str = "") -> InvalidArgument:
     """One InvalidArgument listing every problem pydantic found, each as ``field: message``."""
     problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
@@ -109,3 +122,35 @@ class StoreError(FednError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
     http_status = 503
     title = "store error"
+
+
+# Where several classes share a status, the most general one stands for it.
+_PEER_ERRORS: tuple[type[FednError], ...] = (
+    InvalidArgument,
+    ChecksumMismatch,
+    PayloadTooLarge,
+    NotFound,
+    Conflict,
+    FailedPrecondition,
+    Unavailable,
+    DeadlineExceeded,
+)
+
+
+def error_from_grpc(code: grpc.StatusCode, message: str) -> FednError:
+    """The error a peer meant by ``code``; a status with no class of its own is a plain FednError
+    (INTERNAL), except CANCELLED, which is Unavailable (the call did not complete)."""
+    for cls in _PEER_ERRORS:
+        if cls.grpc_status == code:
+            return cls(message)
+    if code == grpc.StatusCode.CANCELLED:
+        return Unavailable(message)
+    return FednError(message)
+
+
+def error_from_http(status: int, message: str) -> FednError:
+    """The error a server meant by HTTP ``status`` (409 is Conflict; 5xx without a class is FednError)."""
+    for cls in _PEER_ERRORS:
+        if cls.http_status == status:
+            return cls(message)
+    return InvalidArgument(message) if 400 <= status < 500 else FednError(message)
