@@ -32,8 +32,11 @@ def check_session_options(
     """Raise InvalidArgument for a bad rule, strategy, or combination of them; ``given`` names the
     options the caller set explicitly (async-only options are refused in sync mode)."""
     rule = aggregator_config(aggregator, aggregator_params)
-    if aggregator == "krum" and min_clients < 2 * rule.f + 3:
-        raise InvalidArgument(f"krum with f={rule.f} needs min_clients >= {2 * rule.f + 3}")
+    if aggregator == "krum" and min_clients < max(2 * rule.f + 3, rule.m + rule.f):
+        # Krum scores need n >= 2f + 3; Multi-Krum averages m of the n - f candidates
+        if min_clients < 2 * rule.f + 3:
+            raise InvalidArgument(f"krum with f={rule.f} needs min_clients >= {2 * rule.f + 3}")
+        raise InvalidArgument(f"multi-krum with m={rule.m} and f={rule.f} needs min_clients >= {rule.m + rule.f}")
     make_server_optimizer(strategy, strategy_params)
     mode = SessionMode(mode)
     if mode == SessionMode.ASYNC and aggregator != "fedavg":

@@ -7,7 +7,9 @@ Registered in pyproject.toml::
 
 and then used like any built-in rule: ``fedn session start --aggregator clipped_mean
 --aggregator-config '{"max_norm": 10}'``. An aggregator is a class taking ``(manifest, config)``
-with a nested pydantic ``Config``, and offering ``validate``, ``add``, ``partial``, ``count``.
+with a nested pydantic ``Config``, implementing the ``Aggregator`` protocol of
+``fedn/aggregation/aggregator.py``; a registered class lacking part of it is logged and left out
+when the registry is first loaded. Subclassing ``WeightedMean``, as here, provides all of it.
 Here the clipping is on each update's distance from the origin of its own values, which bounds
 what any single client can contribute; it streams like FedAvg, holding one model in memory.
 """

@@ -1,7 +1,8 @@
 """Server optimizers applied by the reducer to the merged pseudo-gradient (Reddi et al., ICLR 2021).
 
 With ``x`` the global model and ``merged`` the weighted mean of the clients' models, the
-pseudo-gradient is ``Δ = merged - x``. Algorithm 2 of "Adaptive Federated Optimization":
+pseudo-gradient is ``Δ = merged - x``, the example-weighted mean of the clients' deltas (Algorithm 2
+writes the plain mean ``1/|S|·Σ Δ_i``; FedAvg's weighting is what the combiners compute). Then:
 
     m ← β1·m + (1 - β1)·Δ
     v ← v + Δ²                               (FedAdagrad)
@@ -9,10 +10,17 @@ pseudo-gradient is ``Δ = merged - x``. Algorithm 2 of "Adaptive Federated Optim
     v ← v - (1 - β2)·Δ²·sign(v - Δ²)         (FedYogi)
     x ← x + η·m / (√v + τ)
 
-with ``m`` starting at 0 and ``v`` at τ². FedAvgM is server momentum ``m ← β·m + Δ; x ← x + η·m``;
-FedAvg is ``x ← merged``. Adam and Yogi can divide ``m`` and ``v`` by ``1 - β^t`` (bias correction,
-off by default as in the paper). Only floating-point tensors are optimized; others take the merged
-value. State (``m``, ``v``, step count) is explicit so the reducer can store it with the session.
+with ``m`` starting at 0 and ``v`` at τ². FedAdam and FedYogi accept ``bias_correction`` (off by
+default, as in the paper), which makes the step Kingma & Ba's Adam: ``m`` and ``v`` start at 0 and
+
+    x ← x + η·m̂ / (√v̂ + τ),   m̂ = m / (1 - β1^t),   v̂ = v / (1 - β2^t)
+
+with ``t`` the step count. Yogi's ``v`` is not a moving average, but it starts at 0 and moves by at
+most ``(1 - β2)·Δ²`` a step, so the same divisor removes its start-up bias (as TensorFlow Addons'
+Yogi does). FedAdagrad has neither ``beta2`` nor ``bias_correction`` and refuses them.
+FedAvgM is server momentum ``m ← β·m + Δ; x ← x + η·m``; FedAvg is ``x ← merged``. Only
+floating-point tensors are optimized; others take the merged value. State (``m``, ``v``, step count)
+is explicit so the reducer can store it with the session.
 """
 
 from __future__ import annotations
@@ -133,14 +141,20 @@ class FedAvgM(ServerOptimizer):
         return x + self.config.eta * m
 
 
+class _AdaptiveConfig(_Config):
+    eta: float = Field(0.1, gt=0, description="server learning rate η")
+    eta_l: float | None = Field(None, gt=0, description="client learning rate η_l, sent to clients as lr")
+    beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay β1")
+    tau: float = Field(1e-3, gt=0, description="adaptivity τ; v starts at τ² (at 0 with bias correction)")
+
+
+class _MomentsConfig(_AdaptiveConfig):
+    beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay β2")
+    bias_correction: bool = Field(False, description="Adam's: m, v start at 0 and are divided by 1 - β^t")
+
+
 class _Adaptive(ServerOptimizer, ABC):
-    class Config(_Config):
-        eta: float = Field(0.1, gt=0, description="server learning rate η")
-        eta_l: float | None = Field(None, gt=0, description="client learning rate η_l, sent to clients as lr")
-        beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay β1")
-        beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay β2 (Adam, Yogi)")
-        tau: float = Field(1e-3, gt=0, description="adaptivity τ; v starts at τ²")
-        bias_correction: bool = Field(False, description="divide m and v by 1 - β^t (Adam, Yogi)")
+    Config: type[_AdaptiveConfig] = _AdaptiveConfig
 
     @abstractmethod
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> None:
@@ -148,20 +162,23 @@ class _Adaptive(ServerOptimizer, ABC):
 
     def _update(self, name, x, delta):
         c = self.config
+        corrected = getattr(c, "bias_correction", False)
         m = self._moment("m", name, x, 0.0)
-        v = self._moment("v", name, x, c.tau**2)
+        v = self._moment("v", name, x, 0.0 if corrected else c.tau**2)
         m *= c.beta1
         m += (1 - c.beta1) * delta
         self._second_moment(v, delta * delta)
-        m_hat, v_hat = m, v
-        if c.bias_correction and self.name != "fedadagrad":
-            m_hat = m / (1 - c.beta1**self.step_count)
-            v_hat = v / (1 - c.beta2**self.step_count)
+        if not corrected:
+            return x + c.eta * m / (np.sqrt(v) + c.tau)
+        t = self.step_count
+        m_hat = m / (1 - c.beta1**t)
+        v_hat = v / (1 - c.beta2**t)
         return x + c.eta * m_hat / (np.sqrt(v_hat) + c.tau)
 
 
 class FedAdagrad(_Adaptive):
     name = "fedadagrad"
+    Config = _AdaptiveConfig  # no beta2, no bias_correction: asking for them is an error
 
     def _second_moment(self, v, delta_sq):
         v += delta_sq
@@ -169,6 +186,7 @@ class FedAdagrad(_Adaptive):
 
 class FedAdam(_Adaptive):
     name = "fedadam"
+    Config = _MomentsConfig
 
     def _second_moment(self, v, delta_sq):
         v *= self.config.beta2
@@ -177,6 +195,7 @@ class FedAdam(_Adaptive):
 
 class FedYogi(_Adaptive):
     name = "fedyogi"
+    Config = _MomentsConfig
 
     def _second_moment(self, v, delta_sq):
         v -= (1 - self.config.beta2) * delta_sq * np.sign(v - delta_sq)

@@ -10,13 +10,13 @@ FedAvg over all clients (up to float64 rounding).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from fedn.codec import NamedArrays, SpooledTensor, TensorSpec, check_finite, check_manifest, flat_slices, manifest_of
+from fedn.aggregation.aggregator import AggregatorBase, Partial
+from fedn.codec import SpooledTensor, TensorSpec, check_finite, check_manifest, flat_slices, manifest_of
 from fedn.errors import InvalidArgument
 
 __all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials", "partial_manifest"]
@@ -25,28 +25,15 @@ __all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials", "partial
 _SLICE = 1 << 17
 
 
-@dataclass(frozen=True)
-class Partial:
-    """A weighted mean of some updates, with the weight it stands for."""
-
-    arrays: NamedArrays
-    total_weight: float
-    count: int
-
-
-class WeightedMean:
-    """Running weighted mean over updates that share one manifest.
+class WeightedMean(AggregatorBase):
+    """Running weighted mean over updates that share one manifest (FedAvg's rule).
 
     Memory is one float64 copy of the model plus a small scratch buffer, no
     matter how many updates are added.
     """
 
-    # partials of disjoint sets of updates merge into the partial of their union, so the
-    # simulator may split a combiner group's clients over worker processes
-    mergeable: ClassVar[bool] = True
-    # ``add`` reads each tensor through ``flat_slices``/``np.asarray``, so a combiner may hand it a large
-    # update as SpooledTensors still on disk; an aggregator without this flag always gets numpy arrays
-    reads_spooled: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = True  # see fedn.aggregation.aggregator
+    reads_spooled: ClassVar[bool] = True  # ``add`` reads tensors slice by slice
 
     class Config(BaseModel):
         """FedAvg has no parameters."""
@@ -54,17 +41,12 @@ class WeightedMean:
         model_config = ConfigDict(extra="forbid")
 
     def __init__(self, manifest: Sequence[TensorSpec], config: BaseModel | None = None) -> None:
-        self.config = config or self.Config()
-        self._manifest = list(manifest)
+        super().__init__(manifest, config)
         self._sums = {spec.name: np.zeros(spec.shape, dtype=np.float64) for spec in self._manifest}
         largest = max((spec.size for spec in self._manifest), default=0)
         self._scratch = np.empty(min(largest, _SLICE), dtype=np.float64)
         self._total_weight = 0.0
         self._count = 0
-
-    @property
-    def manifest(self) -> list[TensorSpec]:
-        return list(self._manifest)
 
     @property
     def count(self) -> int:

@@ -183,6 +183,36 @@ def test_cast_like_restores_dtypes_and_rounds_integers():
     assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 3
 
 
+def test_cast_like_clips_to_the_target_range():
+    like = {
+        "u8": np.zeros(4, np.uint8),
+        "i8": np.zeros(2, np.int8),
+        "i64": np.zeros(2, np.int64),
+        "flag": np.zeros(3, np.bool_),
+        "h": np.zeros(3, np.float16),
+        "f": np.zeros(2, np.float32),
+    }
+    out = cast_like(
+        {
+            "u8": np.array([-1.0, 255.4, 300.0, 7.6]),
+            "i8": np.array([200.0, -200.0]),
+            "i64": np.array([1e19, -1e19]),
+            "flag": np.array([-1.0, 0.7, 2.0]),
+            "h": np.array([7e4, -7e4, 65519.0]),
+            "f": np.array([1e39, -1e300]),
+        },
+        like,
+    )
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in like.items()}
+    assert out["u8"].tolist() == [0, 255, 255, 8]  # no wrap-around: -1 is 0, not 255
+    assert out["i8"].tolist() == [127, -128]
+    assert out["i64"][0] > 2**62 and out["i64"][1] == np.iinfo(np.int64).min
+    assert out["flag"].tolist() == [False, True, True]
+    assert out["h"].tolist() == [65504.0, -65504.0, 65504.0]  # finite stays finite
+    f32 = float(np.finfo(np.float32).max)
+    assert out["f"].tolist() == [f32, -f32]
+
+
 def test_metric_summaries_merge_like_flat():
     values = [(0.5, 10.0), (1.5, 30.0), (3.0, 60.0)]
     flat = MetricsAccumulator()

@@ -9,8 +9,11 @@ import pytest
 
 import fedn.aggregation as aggregation
 import fedn.aggregation.server_optimizers as server_optimizers
-from fedn.aggregation import aggregator_config, make_aggregator
+from examples.plugins.clipped_mean import ClippedMean
+from fedn.aggregation import AGGREGATORS, Aggregator, AggregatorBase, aggregator_config, make_aggregator
+from fedn.aggregation.aggregator import missing_members
 from fedn.aggregation.server_optimizers import FedAvg, make_server_optimizer
+from fedn.aggregation.weighted_mean import Partial
 from fedn.codec import manifest_of
 from fedn.errors import InvalidArgument
 
@@ -76,3 +79,50 @@ def test_aggregator_plugins_cannot_shadow_built_ins(monkeypatch, caplog):
         assert "built-in name" in caplog.text
     finally:
         aggregation._aggregators.cache_clear()
+
+
+class _NoPartial(AggregatorBase):
+    """Validates and adds, but cannot report: not an Aggregator."""
+
+    count = 0
+    total_weight = 0.0
+
+    def validate(self, arrays, weight):
+        pass
+
+    def add(self, arrays, weight):
+        pass
+
+
+class _Complete(_NoPartial):
+    def partial(self):
+        return Partial(arrays={}, total_weight=0.0, count=0)
+
+
+def test_aggregator_plugins_lacking_part_of_the_interface_are_refused(monkeypatch, caplog):
+    eps = [
+        _EntryPoint("nopartial", "pkg:NoPartial", _NoPartial),
+        _EntryPoint("notaclass", "pkg:rule", lambda manifest, config: None),
+        _EntryPoint("complete", "pkg:Complete", _Complete),
+    ]
+    monkeypatch.setattr(aggregation, "entry_points", lambda group: eps if group == "fedn.aggregators" else [])
+    aggregation._aggregators.cache_clear()
+    try:
+        assert aggregation.get_aggregator("complete") is _Complete
+        for name in ("nopartial", "notaclass"):
+            with pytest.raises(InvalidArgument, match="unknown aggregator"):
+                aggregation.get_aggregator(name)
+        assert "nopartial=pkg:NoPartial ignored: not an Aggregator (lacks partial)" in caplog.text
+        assert "notaclass=pkg:rule ignored" in caplog.text
+        assert "complete" not in caplog.text
+    finally:
+        aggregation._aggregators.cache_clear()
+
+
+@pytest.mark.parametrize("cls", [*AGGREGATORS.values(), ClippedMean], ids=lambda c: c.__name__)
+def test_every_built_in_aggregator_offers_the_whole_interface(cls):
+    assert missing_members(cls) == []
+    instance = cls(manifest_of({"w": np.zeros(3, np.float32)}), cls.Config())
+    assert isinstance(instance, Aggregator)
+    instance.add({"w": np.ones(3, np.float32)}, 2.0)
+    assert (instance.count, instance.total_weight) == (1, 2.0)
