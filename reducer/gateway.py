@@ -7,7 +7,7 @@ from typing import Protocol
 
 import grpc
 
-from fedn.errors import Unavailable
+from fedn.errors import error_from_grpc
 from fedn.records import CombinerRecord, RoundPlan, RoundResult
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 from fedn.wire import Announcement, announcement_to_proto, round_plan_to_proto, round_result_from_proto
@@ -24,7 +24,9 @@ class CombinerGateway(Protocol):
 
 
 class GrpcCombinerGateway:
-    """One channel per combiner address; any RPC failure becomes Unavailable with the combiner's name."""
+    """One channel per combiner address. An RPC failure is raised as the fedn error of its status, with
+    the combiner's name: a plan the combiner refused stays InvalidArgument, a call that ran out of time
+    is DeadlineExceeded (an Unavailable), so callers can tell a bad request from an absent peer."""
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.Channel] = {}
@@ -38,14 +40,17 @@ class GrpcCombinerGateway:
                 self._channels[address] = channel
             return channel
 
+    def _stub(self, combiner: CombinerRecord) -> pb_grpc.CombinerStub:
+        return pb_grpc.CombinerStub(self._channel(combiner.address))
+
     def _call(self, combiner: CombinerRecord, method: str, request, timeout_s: float):
-        stub = pb_grpc.CombinerStub(self._channel(combiner.address))
+        stub = self._stub(combiner)
         try:
             return getattr(stub, method)(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise Unavailable(
-                f"combiner {combiner.id} at {combiner.address}: {exc.code().name}: {exc.details()}"
-            ) from None
+            code = exc.code()
+            message = f"combiner {combiner.id} at {combiner.address}: {code.name}: {exc.details()}"
+            raise error_from_grpc(code, message) from None
 
     def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
         return round_result_from_proto(self._call(combiner, "RunRound", round_plan_to_proto(plan), timeout_s))

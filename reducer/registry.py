@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fedn.clock import Clock, SystemClock
 from fedn.errors import NotFound, Unavailable
 from fedn.records import ClientRecord, CombinerRecord, NodeStatus, now
 from fedn.store.base import StateStore
@@ -35,11 +34,12 @@ class _Live:
 class CombinerRegistry:
     """Liveness from heartbeats (on an injected clock) and least-loaded assignment of clients."""
 
-    def __init__(self, state: StateStore, *, combiner_timeout_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, state: StateStore, *, combiner_timeout_s: float, clock: Clock | None = None) -> None:
         self._state = state
         self._timeout_s = combiner_timeout_s
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._combiners: dict[str, _Live] = {}
+        self._waiters: set[threading.Event] = set()  # one per wait_for_clients call in progress
         self.changed = threading.Condition()
 
     def load(self) -> None:
@@ -59,9 +59,9 @@ class CombinerRegistry:
                 id=combiner_id, name=name or combiner_id, address=address, registered_at=registered_at, last_seen=now()
             )
             old = self._combiners.get(combiner_id)
-            self._combiners[combiner_id] = _Live(record, self._clock(), old.client_ids if old else set())
+            self._combiners[combiner_id] = _Live(record, self._clock.now(), old.client_ids if old else set())
             self._state.put_combiner(record)
-            self.changed.notify_all()
+            self._notify()
         logger.info("combiner %s registered at %s", combiner_id, address)
         return record
 
@@ -74,7 +74,7 @@ class CombinerRegistry:
             current = set(client_ids)
             self._mark_clients(current - live.client_ids, combiner_id, NodeStatus.ONLINE)
             self._mark_clients(live.client_ids - current, combiner_id, NodeStatus.OFFLINE)
-            clock = self._clock()
+            clock = self._clock.now()
             live.pending = {
                 c: at for c, at in live.pending.items() if c not in current and clock - at < _PENDING_GRACE_S
             }
@@ -85,7 +85,7 @@ class CombinerRegistry:
             self._state.put_combiner(live.record)
             if came_back:
                 logger.info("combiner %s is back online", combiner_id)
-            self.changed.notify_all()
+            self._notify()
             return live.record
 
     def _mark_clients(self, client_ids: set[str], combiner_id: str, status: NodeStatus) -> None:
@@ -104,14 +104,14 @@ class CombinerRegistry:
         """Mark combiners whose heartbeats stopped as offline, and their clients with them."""
         with self.changed:
             for live in self._combiners.values():
-                silent = self._clock() - live.last_seen > self._timeout_s
+                silent = self._clock.now() - live.last_seen > self._timeout_s
                 if silent and live.record.status == NodeStatus.ONLINE:
                     logger.warning("combiner %s missed heartbeats for %.0fs: offline", live.record.id, self._timeout_s)
                     self._mark_clients(live.client_ids, live.record.id, NodeStatus.OFFLINE)
                     live.client_ids = set()
                     live.record = live.record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0})
                     self._state.put_combiner(live.record)
-                    self.changed.notify_all()
+                    self._notify()
 
     def live(self) -> list[CombinerRecord]:
         self.refresh()
@@ -141,17 +141,37 @@ class CombinerRegistry:
             self._state.put_client(client)
             for live in self._combiners.values():
                 live.pending.pop(client.id, None)
-            target.pending[client.id] = self._clock()
+            target.pending[client.id] = self._clock.now()
         logger.info("client %s (%s) assigned to combiner %s", client.id, name, target.record.id)
         return {"client_id": client.id, "combiner_id": target.record.id, "combiner_address": target.record.address}
 
     def wait_for_clients(self, count: int, timeout_s: float, stop: threading.Event) -> int:
-        """Block until live combiners hold ``count`` clients, the timeout, or ``stop``; returns the count seen."""
-        deadline = time.monotonic() + timeout_s  # real time: this waits, the injected clock only judges liveness
-        while True:
-            seen = self.clients_online()
-            remaining = deadline - time.monotonic()
-            if seen >= count or remaining <= 0 or stop.is_set():
-                return seen
+        """Block until live combiners hold ``count`` clients, ``timeout_s`` passed on the clock, or
+        ``stop`` (with :meth:`wake_waiters`); returns the count seen."""
+        deadline = self._clock.now() + timeout_s
+        changed = threading.Event()
+        with self.changed:
+            self._waiters.add(changed)
+        try:
+            while True:
+                changed.clear()  # before counting: a change after the count wakes the wait below
+                seen = self.clients_online()
+                remaining = deadline - self._clock.now()
+                if seen >= count or remaining <= 0 or stop.is_set():
+                    return seen
+                # liveness is judged on the clock too: look again at least once a (clock) second
+                self._clock.wait(changed, min(remaining, 1.0))
+        finally:
             with self.changed:
-                self.changed.wait(timeout=min(remaining, 1.0))
+                self._waiters.discard(changed)
+
+    def wake_waiters(self) -> None:
+        """Make every :meth:`wait_for_clients` look again now (e.g. because its ``stop`` was set)."""
+        with self.changed:
+            self._notify()
+
+    def _notify(self) -> None:
+        """Called with ``changed`` held."""
+        self.changed.notify_all()
+        for waiter in self._waiters:
+            waiter.set()

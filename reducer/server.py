@@ -7,6 +7,7 @@ import threading
 
 from waitress.server import create_server
 
+from fedn.clock import SystemClock
 from fedn.records import NodeStatus
 from fedn.store import open_model_store, open_state_store
 from fedn.store.redact import redact_url
@@ -43,10 +44,11 @@ class ReducerServer:
         state = open_state_store(s.state)
         models = open_model_store(s.models)
         self._stores = [state, models]
-        registry = CombinerRegistry(state, combiner_timeout_s=s.combiner_timeout_s)
+        clock = SystemClock()  # one clock judges liveness, waits and deadlines alike
+        registry = CombinerRegistry(state, combiner_timeout_s=s.combiner_timeout_s, clock=clock)
         registry.load()
         self._gateway = GrpcCombinerGateway()
-        self._controller = Controller(state, models, registry, self._gateway, rpc_grace_s=s.rpc_grace_s)
+        self._controller = Controller(state, models, registry, self._gateway, rpc_grace_s=s.rpc_grace_s, clock=clock)
         app = create_app(ApiContext(state, models, registry, self._controller, max_model_bytes=s.max_model_bytes))
         self._server = create_server(app, host=s.host, port=s.port, threads=s.threads, ident="fedn")
         self.port = self._server.effective_port

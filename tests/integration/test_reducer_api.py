@@ -1,20 +1,26 @@
-"""The reducer's REST API: every route, and JSON 4xx errors for bad input, never a stack trace."""
+"""The reducer's REST API: every route, and JSON 4xx errors for bad input, never a stack trace; and its
+gateway to the combiners keeping a combiner's gRPC status over a real channel."""
 
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from fedn.api_client import ReducerAPI
 from fedn.codec import encode_model
-from fedn.errors import InvalidArgument, NotFound
-from fedn.records import NodeStatus
+from fedn.errors import DeadlineExceeded, InvalidArgument, NotFound
+from fedn.records import CombinerRecord, NodeStatus, RoundPlan
 from fedn.store import LocalModelStore, SQLiteStateStore
+from fedn.v1 import fedn_pb2_grpc as pb_grpc
 from reducer.api import ApiContext
 from reducer.app import create_app
+from reducer.gateway import GrpcCombinerGateway
 from reducer.registry import CombinerRegistry
 from reducer.server import ReducerServer
 from reducer.settings import ReducerSettings
@@ -198,3 +204,37 @@ def test_real_server_with_the_api_client(tmp_path: Path):
             assert api.download_model(seed.id) == encode_model(MODEL)
     finally:
         server.stop()
+
+
+class _RefusingCombiner(pb_grpc.CombinerServicer):
+    """Refuses every plan with INVALID_ARGUMENT, or never answers (``stall``): the deadline runs out."""
+
+    def __init__(self, stall: bool) -> None:
+        self._stall = stall
+
+    def RunRound(self, request, context):
+        if self._stall:
+            ended = threading.Event()
+            context.add_callback(ended.set)  # runs when the client's deadline ends the call
+            ended.wait(10)
+            return None
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "aggregator 'nope' is not registered")
+
+
+@pytest.mark.parametrize(("stall", "expected"), [(False, InvalidArgument), (True, DeadlineExceeded)])
+def test_the_gateway_keeps_the_status_a_real_combiner_gave(stall, expected):
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_CombinerServicer_to_server(_RefusingCombiner(stall), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gateway = GrpcCombinerGateway()
+    try:
+        combiner = CombinerRecord(id="c1", name="c1", address=f"127.0.0.1:{port}")
+        plan = RoundPlan(round_id="r", session_id="s", round_index=1, model_id="m", aggregator="nope")
+        with pytest.raises(expected) as raised:
+            gateway.run_round(combiner, plan, 0.5)
+        assert type(raised.value) is expected
+        assert raised.value.message.startswith(f"combiner c1 at 127.0.0.1:{port}: {expected.grpc_status.name}: ")
+    finally:
+        gateway.close()
+        server.stop(grace=None)

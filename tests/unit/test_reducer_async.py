@@ -1,13 +1,15 @@
-"""The reducer's async (FedBuff) session runner with a fake gateway: merges, resume, failures."""
+"""The reducer's async (FedBuff) sessions with a fake gateway: flushes merged into versions, resume, failures."""
 
 from __future__ import annotations
 
 import threading
 
 import numpy as np
+import pytest
 
+from fedn.clock import ManualClock
 from fedn.codec import decode_model, encode_model
-from fedn.errors import Unavailable
+from fedn.errors import InvalidArgument, Unavailable
 from fedn.models import model_key, partial_key
 from fedn.records import (
     CombinerRecord,
@@ -23,7 +25,7 @@ from fedn.records import (
 from fedn.store import LocalModelStore
 from fedn.wire import Announcement
 from reducer.controller import Controller
-from tests.unit.test_reducer_controller import BFirst, _combiners_and_seed
+from tests.unit.test_reducer_controller import BFirst, _combiners_and_seed, _run_in_thread
 
 
 class AsyncGateway:
@@ -64,9 +66,9 @@ class AsyncGateway:
         pass
 
 
-def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0, gateway_class=None):
+def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0, gateway_class=None, clock=None):
     state, models = stores
-    registry, seed = _combiners_and_seed(stores, behaviour)
+    registry, seed = _combiners_and_seed(stores, behaviour, clock)
     session = Session(
         rounds=rounds,
         round_timeout_s=timeout_s,
@@ -78,7 +80,7 @@ def _setup(stores, behaviour, *, rounds=4, timeout_s=5.0, gateway_class=None):
     )
     state.put_session(session)
     gateway = (gateway_class or AsyncGateway)(models, behaviour)
-    return Controller(state, models, registry, gateway, rpc_grace_s=0.1), gateway, session
+    return Controller(state, models, registry, gateway, rpc_grace_s=0.1, clock=clock), gateway, session
 
 
 def _w(models, model_id):
@@ -114,8 +116,9 @@ def test_a_server_optimizer_steps_on_each_merge(stores):
     assert final.strategy_step == 2 and final.strategy_state_key
 
 
-def test_a_failing_combiner_is_retried_while_the_other_carries_on(stores):
-    controller, gateway, session = _setup(stores, {"a": 1.0, "b": Unavailable("combiner b: UNAVAILABLE")})
+@pytest.mark.parametrize("error", [Unavailable("combiner b: UNAVAILABLE"), InvalidArgument("combiner b: refused")])
+def test_a_failing_combiner_is_retried_while_the_other_carries_on(stores, error):
+    controller, gateway, session = _setup(stores, {"a": 1.0, "b": error})
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE
     assert {c for c, _ in gateway.plans} == {"a", "b"}
@@ -139,12 +142,41 @@ def test_a_partial_that_does_not_fit_the_global_model_is_refused_and_the_session
     np.testing.assert_allclose(_w(models, final.model_id), np.full(4, 4.0))  # a's deltas alone
 
 
+class _HoldingGateway(AsyncGateway):
+    """Like a combiner whose buffer never fills: each call is held until ``release`` is set."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.called, self.release, self.calls = threading.Event(), threading.Event(), 0
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        self.calls += 1
+        self.called.set()
+        self.release.wait(10)
+        return super().run_round(combiner, plan, timeout_s)
+
+
 def test_no_partial_within_the_timeout_fails_the_session(stores):
     state, _ = stores
-    controller, _, session = _setup(stores, {"a": None}, timeout_s=0.3)
-    final = controller.run_session(session)
-    assert final.status == SessionStatus.FAILED and "no combiner sent a partial" in final.error
+    clock = ManualClock()
+    controller, gateway, session = _setup(
+        stores, {"a": None}, timeout_s=30.0, clock=clock, gateway_class=_HoldingGateway
+    )
+    thread, out = _run_in_thread(controller, session)
+    try:
+        assert gateway.called.wait(5), "its combiner is called"
+        clock.advance(30.0)  # round_timeout_s + rpc_grace_s is 30.1
+        thread.join(0.1)
+        assert thread.is_alive()
+        clock.advance(0.1)
+        thread.join(5)
+    finally:
+        gateway.release.set()
+    assert not thread.is_alive()
+    final = out[0]
+    assert final.status == SessionStatus.FAILED and "no combiner sent a partial for 30s" in final.error
     assert state.get_session(session.id).status == SessionStatus.FAILED
+    assert gateway.calls == 1  # one call held, not one per poll
 
 
 def test_a_merge_cut_short_by_a_reducer_restart_is_finished_from_its_stored_partial(stores):

@@ -1,16 +1,16 @@
-"""Controller and registry logic with a fake combiner gateway and a fake clock: no network."""
+"""Controller, sync sessions and registry with a fake combiner gateway and a manual clock: no network."""
 
 from __future__ import annotations
 
 import itertools
 import threading
-import time
 
 import numpy as np
 import pytest
 
+from fedn.clock import ManualClock
 from fedn.codec import decode_model, encode_model
-from fedn.errors import NotFound, Unavailable
+from fedn.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from fedn.models import model_key, partial_key, save_model
 from fedn.records import (
     ClientFailureRecord,
@@ -27,14 +27,7 @@ from fedn.records import (
 from fedn.store import LocalModelStore
 from reducer.controller import Controller
 from reducer.registry import CombinerRegistry
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from reducer.sync_session import SyncSession
 
 
 class FakeGateway:
@@ -76,7 +69,7 @@ class FakeGateway:
 def _combiners_and_seed(stores, behaviour, clock=None):
     """A registry with each combiner of ``behaviour`` online with two clients, and a stored zero seed model."""
     state, models = stores
-    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock or time.monotonic)
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)
     for cid in behaviour:
         registry.register(cid, cid, f"{cid}:1")
         registry.heartbeat(cid, [f"{cid}-c1", f"{cid}-c2"])
@@ -85,9 +78,9 @@ def _combiners_and_seed(stores, behaviour, clock=None):
     return registry, seed
 
 
-def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None):
+def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None, clock=None):
+    """A controller on ``clock`` (the real one if None) over the combiners of ``behaviour``."""
     state, models = stores
-    clock = FakeClock()
     registry, seed = _combiners_and_seed(stores, behaviour, clock)
     session = Session(
         rounds=rounds,
@@ -99,7 +92,8 @@ def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None):
     )
     state.put_session(session)
     gateway = (gateway_class or FakeGateway)(models, behaviour)
-    return Controller(state, models, registry, gateway, rpc_grace_s=1.0), gateway, session, registry, clock
+    controller = Controller(state, models, registry, gateway, rpc_grace_s=1.0, clock=clock)
+    return controller, gateway, session, registry, clock
 
 
 def test_rounds_merge_partials_by_weight(stores):
@@ -121,14 +115,22 @@ def test_rounds_merge_partials_by_weight(stores):
     assert all(plan.config == {"epochs": 1} and plan.timeout_s == 5.0 for _, plan in gateway.plans)
 
 
-def test_a_failing_combiner_is_recorded_and_the_round_completes(stores):
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("combiner b: UNAVAILABLE"),
+        DeadlineExceeded("combiner b: DEADLINE_EXCEEDED"),
+        InvalidArgument("combiner b: INVALID_ARGUMENT: plan refused"),  # the gateway keeps the status
+    ],
+)
+def test_a_failing_combiner_is_recorded_and_the_round_completes(stores, error):
     state, _ = stores
-    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": Unavailable("combiner b: UNAVAILABLE")})
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0), "b": error})
     final = controller.run_session(session)
     assert final.status == SessionStatus.DONE
     round_ = state.list_rounds(session.id)[0]
     assert round_.num_updates == 2
-    assert any(f.combiner_id == "b" and "UNAVAILABLE" in f.error for f in round_.failures)
+    assert any(f.combiner_id == "b" and error.message in f.error for f in round_.failures)
 
 
 class _CorruptPartialGateway(FakeGateway):
@@ -197,22 +199,58 @@ def test_too_few_updates_fail_round_and_session_with_the_reason(stores):
     assert "round 1 failed" in state.get_session(session.id).error
 
 
-def test_not_enough_clients_fails_after_waiting(stores):
+def _run_in_thread(controller: Controller, session: Session) -> tuple[threading.Thread, list[Session]]:
+    out: list[Session] = []
+    thread = threading.Thread(target=lambda: out.append(controller.run_session(session)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _advance_until_done(clock: ManualClock, thread: threading.Thread, step_s: float = 0.5, limit_s: float = 600.0):
+    """Move the clock in steps until ``thread`` ends (each step gives it a few real ms to react)."""
+    moved = 0.0
+    while thread.is_alive() and moved < limit_s:
+        clock.advance(step_s)
+        moved += step_s
+        thread.join(0.01)
+    assert not thread.is_alive(), "the session did not end"
+
+
+def test_not_enough_clients_fails_once_the_round_timeout_passed_on_the_clock(stores):
     state, _ = stores
-    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, min_clients=5)
-    session = session.model_copy(update={"round_timeout_s": 0.05})
-    final = controller.run_session(session)
-    assert final.status == SessionStatus.FAILED
+    clock = ManualClock(1000.0)
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, min_clients=5, clock=clock)
+    thread, out = _run_in_thread(controller, session)
+    thread.join(0.1)
+    assert thread.is_alive(), "it waits for clients while the clock stands still"
+    clock.advance(session.round_timeout_s - 0.5)
+    thread.join(0.05)
+    assert thread.is_alive()
+    _advance_until_done(clock, thread)
+    assert out[0].status == SessionStatus.FAILED
     assert "only 2 clients connected" in state.list_rounds(session.id)[0].reason
+    assert "round 1 failed: only 2 clients" in state.get_session(session.id).error
+
+
+def test_the_wait_for_clients_ends_when_enough_connect(stores):
+    clock = ManualClock()
+    controller, gateway, session, registry, _ = _setup(stores, {"a": (1.0, 10.0)}, min_clients=3, clock=clock)
+    thread, out = _run_in_thread(controller, session.model_copy(update={"rounds": 1}))
+    thread.join(0.1)
+    assert thread.is_alive() and gateway.plans == []
+    registry.heartbeat("a", ["a-c1", "a-c2", "a-c3"])  # no time passes: the heartbeat wakes the wait
+    thread.join(5)
+    assert not thread.is_alive() and clock.now() == 0.0
+    assert [c for c, _ in gateway.plans] == ["a"]  # the round ran (its fake combiner reports 2 updates)
+    assert "2 updates arrived, min_clients is 3" in out[0].error
 
 
 def test_a_running_session_resumes_at_its_unfinished_round(stores):
     state, _ = stores
     controller, gateway, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, rounds=3)
-    controller.run_round(
-        session,
-        __import__("fedn.records", fromlist=["Round"]).Round(session_id=session.id, index=1, model_in=session.model_id),
-    )
+    runner = controller.session_runner(session)
+    assert isinstance(runner, SyncSession)
+    runner.run_round(session, Round(session_id=session.id, index=1, model_in=session.model_id))
     session = state.get_session(session.id)
     assert session.rounds_done == 1
     # as if the reducer died while round 2 was running
@@ -244,13 +282,13 @@ def test_controller_thread_runs_queued_sessions_and_stops(stores):
 
 def test_registry_liveness_follows_the_clock(stores):
     state, _ = stores
-    clock = FakeClock()
+    clock = ManualClock(1000.0)
     registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)
     registry.register("a", "a", "a:1")
     registry.heartbeat("a", ["c1"])
-    clock.t += 9.0
+    clock.advance(9.0)
     assert [c.id for c in registry.live()] == ["a"]
-    clock.t += 2.0
+    clock.advance(2.0)
     assert registry.live() == []
     assert state.get_combiner("a").status == NodeStatus.OFFLINE
     assert state.get_client("c1").status == NodeStatus.OFFLINE
@@ -264,7 +302,7 @@ def test_registry_liveness_follows_the_clock(stores):
 
 def test_registry_assigns_least_loaded_counting_pending(stores):
     state, _ = stores
-    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=FakeClock())
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=ManualClock())
     registry.register("a", "a", "a:1")
     registry.register("b", "b", "b:1")
     registry.heartbeat("a", ["x1", "x2", "x3"])
@@ -274,7 +312,7 @@ def test_registry_assigns_least_loaded_counting_pending(stores):
 
 def test_a_heartbeat_from_before_the_clients_connected_does_not_forget_them(stores):
     state, _ = stores
-    clock = FakeClock()
+    clock = ManualClock(1000.0)
     registry = CombinerRegistry(state, combiner_timeout_s=100.0, clock=clock)
     registry.register("a", "a", "a:1")
     registry.register("b", "b", "b:1")
@@ -286,7 +324,7 @@ def test_a_heartbeat_from_before_the_clients_connected_does_not_forget_them(stor
     assert picks == ["b", "a", "b"], "n0 still counts at a"
     registry.heartbeat("a", [first["client_id"]])  # n0 arrived: counted once, not twice
     assert registry.assign("n4")["combiner_id"] == "a"
-    clock.t += 31  # assigned clients that never connected stop counting
+    clock.advance(31)  # assigned clients that never connected stop counting
     registry.heartbeat("a", [first["client_id"]])
     registry.heartbeat("b", [])
     assert registry.assign("n5")["combiner_id"] == "b"

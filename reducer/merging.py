@@ -1,0 +1,191 @@
+"""Turning partials into the next global model, and the one way a round and its session fail.
+
+Sync and async sessions are both given one :class:`Merger`. It folds partials (sync), adds a
+flush's mean delta (async), steps the server optimizer, stores the new global model, marks the round
+done and advances the session, in that order: each write comes after what it refers to is stored,
+so a reducer that dies between two writes resumes to "not merged" or "merged", never in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedn.aggregation import Partial, PartialMerge, add_delta, cast_like, partial_manifest
+from fedn.aggregation.server_optimizers import ServerOptimizer
+from fedn.clock import Clock
+from fedn.codec import NamedArrays, TensorSpec, check_manifest, encode_model, manifest_of
+from fedn.errors import FednError, InvalidArgument, NotFound
+from fedn.models import load_model, model_key, save_model
+from fedn.records import Round, RoundResult, RoundStatus, Session, SessionMode, SessionStatus, now
+from fedn.store.base import ModelStore, StateStore
+
+__all__ = ["Merger", "PartialFolder", "PartialRefused"]
+
+logger = logging.getLogger(__name__)
+
+_OPEN = (RoundStatus.PENDING, RoundStatus.RUNNING)
+
+
+class PartialRefused(FednError):
+    """A partial could not be read or does not fit the global model; its round is already marked failed."""
+
+
+class PartialFolder:
+    """Reads and folds one round's partials one at a time, as their combiners return: the reducer holds
+    the running sum and one partial, however many combiners there are or finish at once."""
+
+    def __init__(self, models: ModelStore, like: list[TensorSpec] | None) -> None:
+        self._models = models
+        self._lock = threading.Lock()
+        self.merge = PartialMerge(like)
+
+    def fold(self, result: RoundResult) -> str:
+        """Fold ``result``'s partial; returns why it could not be ("" if it was)."""
+        with self._lock:
+            try:
+                arrays = load_model(self._models, result.partial_key)
+            except FednError as exc:
+                return f"partial unreadable: {exc.message}"
+            try:
+                self.merge.add(Partial(arrays, result.total_weight, result.num_updates))
+            except FednError as exc:
+                return f"partial refused: {exc.message}"
+            finally:
+                del arrays  # before the next fold reads its partial
+            return ""
+
+
+class Merger:
+    """Steps, stores and records merges for sync rounds and async flushes, and fails them."""
+
+    def __init__(self, state: StateStore, models: ModelStore, clock: Clock) -> None:
+        self._state = state
+        self._models = models
+        self._clock = clock
+
+    def folder(self, model_id: str) -> PartialFolder:
+        """A folder whose partials must match the global model ``model_id`` as its record lists it (if the
+        record cannot be read, the first partial sets the shapes)."""
+        try:
+            tensors = self._state.get_model(model_id).tensors
+        except FednError:
+            tensors = []
+        return PartialFolder(self._models, [TensorSpec.from_dict(t) for t in tensors] or None)
+
+    def load_global(self, session: Session) -> NamedArrays:
+        return load_model(self._models, model_key(session.model_id))
+
+    def apply_delta(self, session: Session, round_: Round, key: str, optimizer: ServerOptimizer) -> Session:
+        """Merge an async flush: global + the partial's mean delta at ``key``, through the optimizer.
+
+        Raises PartialRefused (after marking ``round_`` failed) if the partial is gone or does not fit
+        the global model, which numpy would otherwise broadcast into it.
+        """
+        started = self._clock.now()
+        current = self.load_global(session)
+        try:
+            delta = load_model(self._models, key)
+            check_manifest(partial_manifest(manifest_of(current)), manifest_of(delta), ordered=False)
+        except (InvalidArgument, NotFound) as exc:
+            reason = f"partial refused: {exc.message}"
+            self.fail_round(round_, reason)
+            raise PartialRefused(f"combiner {', '.join(round_.combiners)}: {reason}") from exc
+        return self.apply(session, round_, add_delta(current, delta), optimizer, started=started, previous=current)
+
+    def apply(
+        self,
+        session: Session,
+        round_: Round,
+        merged: Mapping[str, np.ndarray],
+        optimizer: ServerOptimizer,
+        *,
+        started: float,
+        num_partials: int = 1,
+        previous: Mapping[str, np.ndarray] | None = None,
+    ) -> Session:
+        """Step the server optimizer from the session's global model (``previous``, read from the store if
+        not given) towards ``merged``, store the new global (and the optimizer's state) and mark ``round_``
+        done; returns the advanced session. ``started`` is on the clock, for the round's duration."""
+        if previous is None:
+            previous = self.load_global(session)
+        if session.strategy_state_key and optimizer.step_count < session.strategy_step:
+            optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
+        new_global = optimizer.step(previous, merged)
+        state_key = session.strategy_state_key
+        if optimizer.moments:  # stored before the round is marked done, so a restart continues from it
+            state_key = f"sessions/{session.id}/strategy-state-{round_.index}.safetensors"
+            self._models.put(state_key, encode_model(optimizer.state_arrays()))
+        record = save_model(
+            self._models,
+            cast_like(new_global, previous),
+            session_id=session.id,
+            round_id=round_.id,
+            parent_id=session.model_id,
+        )
+        self._state.put_model(record)
+        duration = self._clock.now() - started
+        round_ = round_.model_copy(
+            update={"status": RoundStatus.DONE, "model_out": record.id, "finished_at": now(), "duration_s": duration}
+        )
+        self._state.put_round(round_)
+        session = session.model_copy(
+            update={
+                "model_id": record.id,
+                "rounds_done": round_.index,
+                "updated_at": now(),
+                "strategy_state_key": state_key,
+                "strategy_step": optimizer.step_count,
+            }
+        )
+        self._state.put_session(session)
+        loss = round_.metrics.get("train_loss")
+        logger.info(
+            "session %s %s %d done: %d updates from %d combiners, train_loss %s, %.2fs -> model %s",
+            session.id,
+            _unit(session),
+            round_.index,
+            round_.num_updates,
+            num_partials,
+            f"{loss.mean:.4f}" if loss else "-",
+            duration,
+            record.id,
+        )
+        return session
+
+    def fail_round(self, round_: Round, reason: str, started: float | None = None) -> Round:
+        """Mark one round failed with ``reason``; its duration is known if ``started`` (on the clock) is."""
+        round_ = round_.model_copy(
+            update={
+                "status": RoundStatus.FAILED,
+                "reason": reason,
+                "finished_at": now(),
+                "duration_s": None if started is None else self._clock.now() - started,
+            }
+        )
+        self._state.put_round(round_)
+        return round_
+
+    def fail(
+        self, session: Session, reason: str, *, round_: Round | None = None, started: float | None = None
+    ) -> Session:
+        """The one way a session fails: ``round_`` (the round it failed in, if any) and every other round
+        still pending or running are marked failed first, then the session, so nothing is left open."""
+        if round_ is not None:
+            self.fail_round(round_, reason, started)
+        for open_ in self._state.list_rounds(session.id):
+            if open_.status in _OPEN and (round_ is None or open_.id != round_.id):
+                self.fail_round(open_, reason)
+        error = reason if round_ is None else f"{_unit(session)} {round_.index} failed: {reason}"
+        session = session.model_copy(update={"status": SessionStatus.FAILED, "error": error, "updated_at": now()})
+        self._state.put_session(session)
+        logger.error("session %s failed: %s", session.id, error)
+        return session
+
+
+def _unit(session: Session) -> str:
+    """What one merge is called: a round in a sync session, the version it made in an async one."""
+    return "version" if session.mode == SessionMode.ASYNC else "round"

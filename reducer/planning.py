@@ -1,0 +1,94 @@
+"""What a round (sync) or a flush (async) asks of the combiners: who takes part, with what share, and the plan.
+
+Sync and async sessions are both given one :class:`Planner`. It reads the registry (whose clock
+judges liveness and the wait for clients) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from fedn.aggregation.server_optimizers import ServerOptimizer
+from fedn.records import CombinerRecord, RoundPlan, Session, SessionMode
+from fedn.sampling import allocate_sample, sample_seed, sample_size
+from reducer.registry import CombinerRegistry
+
+__all__ = ["Planner", "Share"]
+
+
+@dataclass(frozen=True)
+class Share:
+    """One combiner's part: ``max_clients`` of its clients train (0 = every client it has)."""
+
+    combiner: CombinerRecord
+    max_clients: int = 0
+
+
+class Planner:
+    """Waits for clients, splits a session's sample over the live combiners and builds their plans."""
+
+    def __init__(self, registry: CombinerRegistry, stop: threading.Event, *, rpc_grace_s: float) -> None:
+        self._registry = registry
+        self._stop = stop
+        self.rpc_grace_s = rpc_grace_s
+
+    def wait_for_clients(self, session: Session) -> str:
+        """Block until ``min_clients`` are connected, ``round_timeout_s`` passed on the clock, or the
+        controller stops; returns why the session cannot go on ("" if it can, or if it was stopped)."""
+        seen = self._registry.wait_for_clients(session.min_clients, session.round_timeout_s, self._stop)
+        if seen >= session.min_clients or self._stop.is_set():
+            return ""
+        return f"only {seen} clients connected, min_clients is {session.min_clients}"
+
+    def shares(self, session: Session) -> list[Share]:
+        """The live combiners with clients, each with its share of ``fraction``; combiners whose share
+        is 0 are left out."""
+        combiners = [c for c in self._registry.live() if c.num_clients > 0]
+        if session.fraction >= 1.0:
+            return [Share(c) for c in combiners]
+        counts = {c.id: c.num_clients for c in combiners}
+        shares = allocate_sample(counts, sample_size(sum(counts.values()), session.fraction, session.min_clients))
+        return [Share(c, shares[c.id]) for c in combiners if shares[c.id] > 0]
+
+    def call_timeout_s(self, session: Session) -> float:
+        """How long one ``RunRound`` call may take: the combiner's deadline plus the RPC grace."""
+        return session.round_timeout_s + self.rpc_grace_s
+
+    def plan(self, session: Session, optimizer: ServerOptimizer, *, round_id: str, index: int) -> RoundPlan:
+        """The plan for round ``index`` (sync) or for the flush that makes version ``index`` (async),
+        for every combiner alike: :meth:`for_share` sets each one's client count.
+
+        The clients' config is the session's with the server optimizer's entries (e.g. ``lr``) on top.
+        """
+        plan = RoundPlan(
+            round_id=round_id,
+            session_id=session.id,
+            round_index=index,
+            model_id=session.model_id,
+            aggregator=session.aggregator,
+            aggregator_config=session.aggregator_config,
+            config={**session.config, **optimizer.client_config()},
+            timeout_s=session.round_timeout_s,
+            sample_seed=sample_seed(session.seed, index),
+        )
+        if session.mode != SessionMode.ASYNC:
+            return plan
+        return plan.model_copy(
+            update={
+                "mode": SessionMode.ASYNC,
+                "buffer_size": session.buffer_size,
+                "model_version": index - 1,  # the version of model_id that the flush starts from
+                "staleness_exponent": session.staleness_exponent,
+                "max_staleness": session.max_staleness,
+            }
+        )
+
+    def listeners(self, *, final: bool) -> list[CombinerRecord]:
+        """Who hears that an async session's model moved on: the combiners with clients, or every live
+        one when the session ends (so each stops its clients)."""
+        return [c for c in self._registry.live() if final or c.num_clients > 0]
+
+    @staticmethod
+    def for_share(plan: RoundPlan, share: Share) -> RoundPlan:
+        return plan.model_copy(update={"max_clients": share.max_clients})
