@@ -12,9 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.runtime import ClientRuntime
 from fedn.api_client import ReducerAPI
-from fedn.cli.models import load_object, parse_client_args
+from fedn.cli.models import parse_client_args
 from fedn.config import add_settings_arguments, settings_from_args
 from fedn.errors import InvalidArgument
+from fedn.loading import load_object
 from fedn.logs import configure_logging
 
 __all__ = ["ClientSettings", "register"]

@@ -13,11 +13,12 @@ import signal
 import time
 from types import FrameType
 
-from fedn.cli.models import load_object, parse_client_args
+from fedn.cli.models import parse_client_args
 from fedn.cli.sessions import add_mode_arguments, mode_params, parse_json_object, wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
+from fedn.loading import load_object
 from fedn.records import Round, RoundStatus, SessionStatus
 from fedn.session_options import check_session_options
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -11,8 +10,9 @@ from fedn.api_client import DEFAULT_REDUCER_URL as DEFAULT_REDUCER
 from fedn.api_client import ReducerAPI
 from fedn.codec import encode_model
 from fedn.errors import InvalidArgument
+from fedn.loading import load_object
 
-__all__ = ["load_object", "parse_client_args", "register"]
+__all__ = ["parse_client_args", "register"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -43,21 +43,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
     up.set_defaults(func=_upload)
-
-
-def load_object(spec: str) -> object:
-    """Import ``module:attribute``; InvalidArgument with the reason when it cannot."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise InvalidArgument(f"{spec!r} is not of the form module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(f"cannot import {module_name!r}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise InvalidArgument(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
 def parse_client_args(pairs: list[str]) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedn.cli.models import load_object
 from fedn.errors import InvalidArgument
+from fedn.loading import load_object
 from fedn.partition import PARTITIONERS, partition_labels
 
 __all__ = ["label_counts", "plot_label_counts", "register"]

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 from fedn.codec import encode_model
-from fedn.sim.engine import SimulationResult
+from fedn.sim.results import SimulationResult
 from fedn.sim.spec import SimulationSpec
 
 __all__ = ["write_outputs"]

@@ -20,15 +20,16 @@ import numpy as np
 from fedn.aggregation import MetricsAccumulator, make_aggregator
 from fedn.codec import TensorSpec, decode_payload, payload_bytes
 from fedn.errors import FednError
+from fedn.loading import load_object
 from fedn.sim.spec import ClientFactory, SimulationSpec
 from fedn.train_result import check_train_result
 
-__all__ = ["Task", "main", "model_path", "progress_path", "result_path"]
+__all__ = ["Task", "flat_size", "main", "model_path", "progress_path", "result_path"]
 
 logger = logging.getLogger(__name__)
 
-# (client index, combiner group, slowdown): one client's work in a round
-# (client, group, slowdown), and for an async task also (scale, staleness) of its delta
+# one client's work in a batch: (client, combiner group, slowdown), and for an async task also the
+# (scale, staleness) of its delta
 Task = tuple[int, int, float] | tuple[int, int, float, float, int]
 
 
@@ -84,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
 
 class _Worker:
     def __init__(self, index: int, workdir: Path, spec: SimulationSpec, manifest: list) -> None:
-        from fedn.cli.models import load_object
-
         self.index, self.spec = index, spec
         self.manifest = [TensorSpec.from_dict(d) for d in manifest]
         self.make_client = ClientFactory(load_object(spec.client), spec)

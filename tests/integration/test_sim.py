@@ -238,3 +238,24 @@ def test_async_with_every_client_dropping_out_stops_with_the_reason() -> None:
     spec = _spec(mode="async", clients=4, combiners=1, buffer_size=2, heterogeneity={"dropout": 1.0})
     with pytest.raises(FednError, match="every client drops out"):
         Simulation(spec).run()
+
+
+def _outcome(result) -> tuple[list[dict], dict[str, bytes], list]:
+    rows = [{k: v for k, v in row.items() if k not in ("wall_s", "rss_mb")} for row in result.rounds]
+    return rows, {name: a.tobytes() for name, a in result.model.items()}, result.failures
+
+
+@pytest.mark.parametrize(
+    "mode_fields",
+    [
+        {"fraction": 0.5, "heterogeneity": {"dropout": 0.3, "slow_share": 0.25, "deadline_s": 0.05}},
+        {"mode": "async", "buffer_size": 2, "heterogeneity": {"dropout": 0.3, "slow_share": 0.5, "task_time_s": 0.5}},
+    ],
+    ids=["sync", "async"],
+)
+def test_rows_model_and_failures_follow_from_the_seed(mode_fields: dict) -> None:
+    # FlakyClient: failures are part of what must repeat
+    spec = dict(client="tests.sim_clients:FlakyClient", clients=16, rounds=4, workers=2, seed=11, **mode_fields)
+    first = _outcome(Simulation(_spec(**spec)).run())
+    assert first == _outcome(Simulation(_spec(**spec)).run())
+    assert first != _outcome(Simulation(_spec(**{**spec, "seed": 12})).run())

@@ -1,0 +1,79 @@
+"""A simulation's results: one row per sync round or async version, the first failures, the final model.
+
+Sync rounds and async runs build their own rows, since they count different things, and hand them to
+one :class:`ResultLog`, which evaluates the global model when it is due and stamps time and memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedn.codec import NamedArrays
+from fedn.sim.memory import RssSampler
+from fedn.sim.spec import SimulationSpec
+
+__all__ = ["MAX_FAILURES", "ResultLog", "RoundMetrics", "SimulationResult"]
+
+RoundMetrics = dict[str, Any]
+MAX_FAILURES = 20  # failures kept for the report; the rows count all of them
+
+
+@dataclass
+class SimulationResult:
+    rounds: list[RoundMetrics]
+    model: NamedArrays
+    wall_s: float
+    peak_rss_mb: float
+    failures: list[tuple[int, int, str]] = field(default_factory=list)  # (round or version, client, error)
+
+
+class ResultLog:
+    """Collects the rows and the first failures of a run, evaluating the global model on the way.
+
+    ``evaluator`` is a client instance on held-out data (None: no evaluation); it is asked every
+    ``spec.eval_every`` rounds (or versions) and at the last. ``on_round`` gets each finished row.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: SimulationSpec,
+        evaluator: Any | None,
+        rss: RssSampler,
+        on_round: Callable[[RoundMetrics], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.evaluator = evaluator
+        self.rss = rss
+        self.on_round = on_round
+        self.rows: list[RoundMetrics] = []
+        self.failures: list[tuple[int, int, str]] = []
+
+    def add_failures(self, index: int, failures: list[tuple[int, str]]) -> None:
+        """Keep ``(client, error)`` of round or version ``index`` while fewer than MAX_FAILURES are kept."""
+        room = max(0, MAX_FAILURES - len(self.failures))
+        self.failures.extend((index, cid, err) for cid, err in failures[:room])
+
+    def record(self, row: RoundMetrics, model: NamedArrays, *, started: float) -> None:
+        """Finish ``row`` (round or version ``row["round"]``, begun at perf_counter ``started``) with the
+        evaluation of ``model`` when due, its wall time and the memory in use, and keep it."""
+        index = row["round"]
+        if self.evaluator is not None and (index % self.spec.eval_every == 0 or index == self.spec.rounds):
+            row.update(self.evaluate(model, index))
+        row["wall_s"] = time.perf_counter() - started
+        row["rss_mb"] = self.rss.current_mb()
+        self.rows.append(row)
+        if self.on_round is not None:
+            self.on_round(row)
+
+    def evaluate(self, model: NamedArrays, index: int) -> dict[str, float]:
+        """The evaluator's loss and metrics on a copy of ``model`` (a client may write to its parameters)."""
+        loss, _n, metrics = self.evaluator.evaluate(
+            {k: a.copy() for k, a in model.items()}, {**self.spec.config, "round": index}
+        )
+        out = {"loss": float(loss)}
+        out.update({str(k): float(v) for k, v in metrics.items()})
+        return out
