@@ -12,16 +12,17 @@ Two resources are granted this way, so memory does not grow with the number of w
   once: the task itself is the grant, and the next client gets its task as a download completes.
 
 A waiting client costs a queue entry, not a call. A grant that is not used within
-``grant_timeout_s`` passes to the next client.
+``grant_timeout_s`` passes to the next client; expiry runs on the injected clock's timers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+
+from fedn.clock import Clock, TimerHandle
 
 __all__ = ["GrantGate"]
 
@@ -34,8 +35,8 @@ class GrantGate:
         capacity: int,
         notify: Callable[[str], None],
         *,
+        clock: Clock,
         grant_timeout_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = max(1, capacity)
         self._notify = notify
@@ -43,7 +44,7 @@ class GrantGate:
         self._clock = clock
         self._holders: dict[str, float | None] = {}  # client -> grant expiry; None while it uploads
         self._queue: OrderedDict[str, asyncio.Future | None] = OrderedDict()  # None: tell it by notify
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None  # the next expiry check, armed while grants are unused
 
     @property
     def waiting(self) -> int:
@@ -59,6 +60,11 @@ class GrantGate:
             return True
         self._queue.setdefault(client_id, None)
         return False
+
+    def ask(self, client_id: str) -> tuple[bool, int]:
+        """``request``, with how many clients were queued before the asker (what RequestUpload answers)."""
+        queued = self.waiting
+        return self.request(client_id), queued
 
     @contextlib.asynccontextmanager
     async def slot(self, client_id: str) -> AsyncIterator[None]:
@@ -98,6 +104,7 @@ class GrantGate:
         self._queue.clear()
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
     # -- inside ------------------------------------------------------------------
 
@@ -105,19 +112,18 @@ class GrantGate:
         return len(self._holders) < self.capacity
 
     def _grant(self, client_id: str) -> None:
-        self._holders[client_id] = self._clock() + self._grant_timeout_s
-        loop = asyncio.get_running_loop()
-        if self._timer is None or self._timer.cancelled() or self._timer.when() <= loop.time():
-            self._timer = loop.call_later(self._grant_timeout_s + 0.1, self._tick)
+        self._holders[client_id] = self._clock.now() + self._grant_timeout_s
+        if self._timer is None:
+            self._timer = self._clock.call_later(self._grant_timeout_s + 0.1, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
         self._expire()
-        if any(expiry is not None for expiry in self._holders.values()):
-            self._timer = asyncio.get_running_loop().call_later(1.0, self._tick)
+        if self._timer is None and any(expiry is not None for expiry in self._holders.values()):
+            self._timer = self._clock.call_later(1.0, self._tick)
 
     def _expire(self) -> None:
-        now = self._clock()
+        now = self._clock.now()
         stale = [c for c, expiry in self._holders.items() if expiry is not None and expiry < now]
         for client_id in stale:
             del self._holders[client_id]

@@ -9,14 +9,19 @@ import tempfile
 
 import grpc
 
-from combiner.rounds import RoundService
+from combiner.clients import ClientHub
+from combiner.model_cache import ModelCache
+from combiner.router import RunRouter
+from combiner.run import RunContext
 from combiner.servicer import CombinerServicer
 from combiner.settings import CombinerSettings
+from combiner.staging import UploadStager
 from fedn.api_client import ReducerAPI
+from fedn.clock import Clock, SystemClock
 from fedn.errors import FednError, NotFound
 from fedn.store.base import ModelStore
 
-__all__ = ["CombinerServer"]
+__all__ = ["CombinerServer", "run_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +35,53 @@ def _check_spool_dir(directory: str | None) -> None:
         raise FednError(f"cannot write temporary files in the spool directory {where!r} (--spool-dir): {exc}") from exc
 
 
+def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) -> RunContext:
+    """The clients, model cache and upload staging a combiner with ``settings`` gives its runs."""
+    s = settings
+    return RunContext(
+        combiner_id=s.name,
+        clients=ClientHub(clock),
+        models=ModelCache(
+            models,
+            clock,
+            model_cache_bytes=s.model_cache_bytes,
+            chunk_bytes=s.chunk_bytes,
+            max_concurrent_downloads=s.max_concurrent_downloads,
+            max_download_bytes=s.max_download_bytes,
+            grant_timeout_s=s.upload_grant_timeout_s,
+        ),
+        stager=UploadStager(
+            clock,
+            max_update_bytes=s.max_update_bytes,
+            max_concurrent_uploads=s.max_concurrent_uploads,
+            max_staged_bytes=s.max_staged_bytes,
+            grant_timeout_s=s.upload_grant_timeout_s,
+            spool_over_bytes=s.spool_over_bytes,
+            spool_dir=s.spool_dir,
+        ),
+        clock=clock,
+    )
+
+
 class CombinerServer:
     """Serves the Combiner gRPC service; ``reducer=None`` runs it without a reducer (tests)."""
 
-    def __init__(self, settings: CombinerSettings, models: ModelStore, reducer: ReducerAPI | None = None) -> None:
+    def __init__(
+        self,
+        settings: CombinerSettings,
+        models: ModelStore,
+        reducer: ReducerAPI | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self._models = models
         self._reducer = reducer
+        self._clock = clock or SystemClock()
         self._server: grpc.aio.Server | None = None
         self._link: asyncio.Task | None = None
         self._heartbeats: asyncio.Task | None = None
         self._stopping: asyncio.Event | None = None
-        self.rounds: RoundService | None = None
+        self.rounds: RunRouter | None = None
         self.port = 0
 
     @property
@@ -52,20 +92,8 @@ class CombinerServer:
     async def start(self) -> None:
         s = self.settings
         _check_spool_dir(s.spool_dir)
-        self.rounds = RoundService(
-            s.name,
-            self._models,
-            max_update_bytes=s.max_update_bytes,
-            max_concurrent_uploads=s.max_concurrent_uploads,
-            max_concurrent_downloads=s.max_concurrent_downloads,
-            max_download_bytes=s.max_download_bytes,
-            max_staged_bytes=s.max_staged_bytes,
-            grant_timeout_s=s.upload_grant_timeout_s,
-            model_cache_bytes=s.model_cache_bytes,
-            chunk_bytes=s.chunk_bytes,
-            spool_over_bytes=s.spool_over_bytes,
-            spool_dir=s.spool_dir,
-        )
+        ctx = run_context(s, self._models, self._clock)
+        self.rounds = RunRouter(ctx)
         message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(
             options=[
@@ -80,14 +108,14 @@ class CombinerServer:
                 ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
             ]
         )
-        CombinerServicer(self.rounds).add_to_server(self._server)
+        CombinerServicer(self.rounds, ctx.models).add_to_server(self._server)
         self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise FednError(f"cannot bind {s.host}:{s.port}")
         await self._server.start()
         logger.info("combiner %s listening on %s:%d (advertised as %s)", s.name, s.host, self.port, self.address)
         self._stopping = asyncio.Event()
-        self._heartbeats = asyncio.create_task(self.rounds.send_heartbeats(s.heartbeat_interval_s))
+        self._heartbeats = asyncio.create_task(ctx.clients.send_heartbeats(s.heartbeat_interval_s))
         if self._reducer is not None:
             self._link = asyncio.create_task(self._reducer_link())
 
@@ -116,7 +144,7 @@ class CombinerServer:
                     logger.warning("reducer unreachable, will keep trying: %s", exc.message)
                 reducer_down = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.heartbeat_interval_s)
+                await self._clock.wait_for(self._stopping.wait(), self.settings.heartbeat_interval_s)
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -1,44 +1,24 @@
-"""gRPC face of the combiner: decode the request, call the round service, encode the reply."""
+"""gRPC face of the combiner: decode the request, call the router or the model cache, encode the reply.
+
+Errors are mapped to statuses by :func:`combiner.grpc_errors.map_errors`, on every method.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
-from combiner.rounds import HEARTBEAT, RoundService
+from combiner.clients import HEARTBEAT
+from combiner.grpc_errors import map_errors
+from combiner.model_cache import ModelCache
+from combiner.router import RunRouter
 from fedn import wire
-from fedn.errors import FednError, InvalidArgument
+from fedn.errors import InvalidArgument
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
 __all__ = ["CombinerServicer"]
-
-logger = logging.getLogger(__name__)
-
-
-def _map_errors(method):
-    """Map FednError to its gRPC status once; anything else is INTERNAL with a request id."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await method(self, request, context)
-        except FednError as exc:
-            logger.info("%s refused: %s", method.__name__, exc.message)
-            await context.abort(exc.grpc_status, exc.message)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            request_id = uuid.uuid4().hex[:12]
-            logger.exception("%s failed (request %s)", method.__name__, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id})")
-
-    return wrapper
 
 
 class _CapturedHandlers:
@@ -56,8 +36,9 @@ class _CapturedHandlers:
 
 
 class CombinerServicer(pb_grpc.CombinerServicer):
-    def __init__(self, rounds: RoundService) -> None:
+    def __init__(self, rounds: RunRouter, models: ModelCache) -> None:
         self._rounds = rounds
+        self._models = models
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the generated handlers, but let DownloadModel send messages it serialized itself: a
@@ -69,33 +50,28 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
         server.add_registered_method_handlers(capture.service, handlers)
 
+    @map_errors
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
-        try:
-            conn = self._rounds.connect(request.client_id, request.client_name)
-        except FednError as exc:
-            await context.abort(exc.grpc_status, exc.message)
+        conn = self._rounds.connect(request.client_id, request.client_name)
         heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
             yield heartbeat  # tells the client at once that it is connected
-            while True:  # heartbeats arrive in the queue too (RoundService.send_heartbeats): no timer per stream
+            while True:  # heartbeats arrive in the queue too (ClientHub.send_heartbeats): no timer per stream
                 task = await conn.tasks.get()
                 yield heartbeat if task is HEARTBEAT else wire.task_to_proto(task)
         finally:
             self._rounds.disconnect(conn)
 
+    @map_errors
     async def DownloadModel(self, request: pb.DownloadModelRequest, context: grpc.aio.ServicerContext):
-        try:
-            model = await self._rounds.get_model(request.model_id)
-        except FednError as exc:
-            logger.info("DownloadModel refused for client %s: %s", request.client_id, exc.message)
-            await context.abort(exc.grpc_status, exc.message)
+        model = await self._models.get(request.model_id)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
-        async with self._rounds.download_slots(model):
-            async for message in self._rounds.download_messages(model):
+        async with self._models.download_slots(model):
+            async for message in self._models.download_messages(model):
                 yield message  # already serialized (see add_to_server)
         self._rounds.download_done(request.model_id, request.client_id)
 
-    @_map_errors
+    @map_errors
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
@@ -111,22 +87,22 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         count = await self._rounds.receive_update(header, chunks())
         return pb.UploadUpdateResponse(round_id=header.round_id, accepted_updates=count)
 
-    @_map_errors
+    @map_errors
     async def RequestUpload(self, request: pb.UploadRequest, context) -> pb.UploadGrant:
         granted, queued = self._rounds.request_upload(request.round_id, request.client_id, request.payload_bytes)
         return pb.UploadGrant(granted=granted, queued_before=0 if granted else queued)
 
-    @_map_errors
+    @map_errors
     async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:
         self._rounds.report_failure(request.round_id, request.client_id, request.error)
         return pb.ReportFailureResponse()
 
-    @_map_errors
+    @map_errors
     async def RunRound(self, request: pb.RoundPlan, context) -> pb.RoundResult:
         result = await self._rounds.run_round(wire.round_plan_from_proto(request))
         return wire.round_result_to_proto(result)
 
-    @_map_errors
+    @map_errors
     async def AnnounceModel(self, request: pb.ModelAnnouncement, context) -> pb.AnnounceModelResponse:
         known = self._rounds.announce(wire.announcement_from_proto(request))
         return pb.AnnounceModelResponse(known=known)

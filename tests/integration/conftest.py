@@ -13,6 +13,7 @@ import pytest
 
 from combiner.server import CombinerServer
 from combiner.settings import CombinerSettings
+from fedn.clock import Clock, ManualClock
 from fedn.codec import decode_model
 from fedn.models import save_model
 from fedn.store import LocalModelStore
@@ -32,6 +33,14 @@ class LoopThread:
 
     def submit(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def advance(self, clock: ManualClock, seconds: float) -> None:
+        """Move ``clock`` on the loop's thread, where the timers it fires must run."""
+
+        async def advance() -> None:
+            clock.advance(seconds)
+
+        self.run(advance())
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -89,12 +98,13 @@ def stub(combiner: CombinerServer) -> Iterator[pb_grpc.CombinerStub]:
 
 @pytest.fixture
 def start_combiner(loop_thread: LoopThread):
-    """Start combiners with settings of a test's own; each is stopped afterwards. Returns (server, stub)."""
+    """Start combiners with settings (and a clock) of a test's own; each is stopped afterwards.
+    Returns (server, stub)."""
     started: list[tuple[CombinerServer, grpc.Channel]] = []
 
-    def start(store, **settings) -> tuple[CombinerServer, pb_grpc.CombinerStub]:
+    def start(store, clock: Clock | None = None, **settings) -> tuple[CombinerServer, pb_grpc.CombinerStub]:
         fields = {"name": "combiner-x", "host": "127.0.0.1", "port": 0, "heartbeat_interval_s": 0.2, **settings}
-        server = CombinerServer(CombinerSettings(**fields), store, reducer=None)
+        server = CombinerServer(CombinerSettings(**fields), store, reducer=None, clock=clock)
         loop_thread.run(server.start())
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         started.append((server, channel))

@@ -37,6 +37,13 @@ def _announce(stub, model_id: str, version: int, final: bool = False) -> bool:
     return stub.AnnounceModel(wire.announcement_to_proto(info), timeout=10).known
 
 
+def _wait_for(predicate, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def _code(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         call()
@@ -123,12 +130,17 @@ def test_max_clients_caps_how_many_train_at_once(combiner, stub, global_model):
     _wait_connected(combiner, 3)
     thread, holder = _start_round(stub, _async_plan(m0, max_clients=1, buffer_size=3))
     order = []
+
+    def busy() -> list[FakeClient]:
+        return [c for c in clients if len(c.wait_tasks(0)) > order.count(c.client_id)]
+
     for _ in range(3):
-        time.sleep(0.3)
-        busy = [c for c in clients if len(c.wait_tasks(0)) > order.count(c.client_id)]
-        assert len(busy) == 1, "only one client may hold a task"
-        order.append(busy[0].client_id)
-        busy[0].upload(RUN, _shifted(arrays, 1.0), base_model_id=m0)
+        # the next task goes out in the same step that frees the slot, so any other would arrive with it
+        _wait_for(lambda: busy(), "a client with a task")
+        busy_now = busy()
+        assert len(busy_now) == 1, "only one client may hold a task"
+        order.append(busy_now[0].client_id)
+        busy_now[0].upload(RUN, _shifted(arrays, 1.0), base_model_id=m0)
     thread.join(30)
     assert holder["result"].num_updates == 3
     assert sorted(order) == ["c0", "c1", "c2"], "waiting clients take turns"
@@ -149,7 +161,10 @@ def test_the_final_announcement_ends_the_run(combiner, stub, global_model):
     assert holder["result"].num_updates == 0 and not holder["result"].partial_key  # the session is over
     code, details = _code(lambda: client.upload(RUN, arrays, base_model_id=m0))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "ended" in details
-    time.sleep(0.5)
+    # A heartbeat goes only to a stream with nothing queued: once one arrives after the refusal, any
+    # task sent after the end would have arrived before it.
+    seen = len(client.tasks)
+    _wait_for(lambda: any(t.kind == "heartbeat" for t in client.tasks[seen:]), "a heartbeat after the end")
     assert len(client.wait_tasks(0)) == 2, "no task after the end"
     assert not _announce(stub, m0, 4)  # nothing runs for s1 any more
     client.close()

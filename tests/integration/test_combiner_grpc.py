@@ -11,6 +11,7 @@ import pytest
 
 from fedn import wire
 from fedn.chunking import iter_chunks
+from fedn.clock import ManualClock
 from fedn.codec import decode_model, decode_payload, encode_payload, sha256_hex
 from fedn.records import RoundPlan
 from fedn.v1 import fedn_pb2 as pb
@@ -94,6 +95,13 @@ class FakeClient:
         self._thread.join(5)
 
 
+def _wait_for(predicate, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def _wait_connected(combiner, n: int) -> None:
     for _ in range(200):
         if len(combiner.rounds.connected_client_ids()) >= n:
@@ -168,8 +176,10 @@ def test_full_round_partial_is_the_weighted_mean(combiner, stub, global_model, m
         c.close()
 
 
-def test_failure_disconnect_and_deadline_do_not_hang_the_round(combiner, stub, global_model):
+def test_failure_disconnect_and_deadline_do_not_hang_the_round(start_combiner, loop_thread, model_store, global_model):
     model_id, _ = global_model
+    clock = ManualClock()
+    combiner, stub = start_combiner(model_store, clock)
     good, failing, leaving, silent = (FakeClient(stub, n) for n in ("good", "failing", "leaving", "silent"))
     _wait_connected(combiner, 4)
     thread, holder = _start_round(stub, _plan(model_id, timeout_s=3.0))
@@ -182,6 +192,9 @@ def test_failure_disconnect_and_deadline_do_not_hang_the_round(combiner, stub, g
     leaving.wait_task()
     leaving.close()
     silent.wait_task()
+    _wait_for(lambda: len(combiner.rounds.connected_client_ids()) == 3, "the leaving client's stream to close")
+    assert thread.is_alive(), "silent has not answered and the deadline has not passed"
+    loop_thread.advance(clock, 3.0)
     thread.join(30)
     result = holder["result"]
     errors = {f.client_id: f.error for f in result.failures}
@@ -407,9 +420,9 @@ def test_the_cached_model_is_dropped_once_every_client_has_it(combiner, stub, gl
     model_id, arrays = global_model
     clients, thread, holder = _round_with(combiner, stub, ["c0", "c1"], _plan(model_id))
     clients[0].download(model_id)
-    assert combiner.rounds.cached_model_ids() == [model_id]
+    assert combiner.rounds.context.models.cached_model_ids() == [model_id]
     clients[1].download(model_id)
-    assert combiner.rounds.cached_model_ids() == []  # both have it: the round holds no copy of the model
+    assert combiner.rounds.context.models.cached_model_ids() == []  # both have it: the round holds no copy of the model
     np.testing.assert_array_equal(clients[0].download(model_id)["fc.weight"], arrays["fc.weight"])  # reloaded
     for i, client in enumerate(clients):
         client.upload("r1", _shifted(arrays, float(i)))
@@ -435,3 +448,34 @@ def test_a_model_above_the_cache_limit_streams_from_the_store(start_combiner, mo
     thread.join(30)
     assert holder["result"].num_updates == 1
     client.close()
+
+
+def test_a_streaming_method_maps_errors_like_a_unary_one(combiner, stub, global_model, monkeypatch, caplog):
+    models, rounds = combiner.rounds.context.models, combiner.rounds
+
+    async def broken_get(model_id: str):
+        raise RuntimeError("disk on fire at /secret/path")
+
+    def broken_connect(client_id: str, name: str):
+        raise KeyError("secret")
+
+    with pytest.raises(grpc.RpcError) as exc:  # a FednError: its own status and message
+        list(stub.DownloadModel(pb.DownloadModelRequest(model_id="nope", client_id="c")))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as exc:
+        next(stub.TaskStream(pb.TaskStreamRequest(client_id="")))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "client_id" in exc.value.details()
+
+    monkeypatch.setattr(models, "get", broken_get)
+    monkeypatch.setattr(rounds, "connect", broken_connect)
+    for call in (
+        lambda: list(stub.DownloadModel(pb.DownloadModelRequest(model_id=global_model[0], client_id="c"))),
+        lambda: next(stub.TaskStream(pb.TaskStreamRequest(client_id="c"))),
+    ):
+        with pytest.raises(grpc.RpcError) as exc:
+            call()
+        assert exc.value.code() == grpc.StatusCode.INTERNAL
+        details = exc.value.details()
+        assert details.startswith("internal error (request ") and "secret" not in details
+        request_id = details.removeprefix("internal error (request ").rstrip(")")
+        assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records), "traceback logged"

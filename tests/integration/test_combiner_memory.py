@@ -13,11 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-import combiner.rounds as rounds_module
+import combiner.staging as staging_module
 from combiner.server import CombinerServer
 from combiner.settings import CombinerSettings
 from fedn.aggregation import WeightedMean
 from fedn.chunking import ChunkSpool
+from fedn.clock import ManualClock
 from fedn.codec import decode_model
 from fedn.errors import FednError
 from fedn.launcher import ManagedProcess
@@ -46,9 +47,10 @@ def _wait_for(predicate, what: str, timeout_s: float = 10.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _paced_round(start_combiner, model_store, model_id: str, clients: int, grant_timeout_s: float):
-    """A round on a combiner with one download stream, so two train tasks are out at a time."""
-    server, stub = start_combiner(model_store, max_concurrent_downloads=1, upload_grant_timeout_s=grant_timeout_s)
+def _paced_round(start_combiner, model_store, model_id: str, clients: int, clock: ManualClock | None = None):
+    """A round on a combiner with one download stream, so two train tasks are out at a time; grants
+    lapse after 5 s on ``clock``."""
+    server, stub = start_combiner(model_store, clock, max_concurrent_downloads=1, upload_grant_timeout_s=5.0)
     fakes = [FakeClient(stub, f"c{i}") for i in range(clients)]
     _wait_connected(server, clients)
     thread, holder = _start_round(stub, _plan(model_id))
@@ -56,11 +58,12 @@ def _paced_round(start_combiner, model_store, model_id: str, clients: int, grant
     return fakes, thread, holder
 
 
-def test_train_tasks_go_out_as_downloads_complete_or_grants_lapse(start_combiner, model_store, global_model):
+def test_train_tasks_go_out_as_downloads_complete_or_grants_lapse(
+    start_combiner, model_store, global_model, loop_thread
+):
     model_id, _ = global_model
-    # an unused grant passes on after 1 s
-    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 4, grant_timeout_s=1.0)
-    time.sleep(0.5)
+    clock = ManualClock()
+    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 4, clock)
     first = _with_train_task(clients)
     assert len(first) == 2, first  # the other two wait for a download to finish
     by_id = {c.client_id: c for c in clients}
@@ -68,8 +71,11 @@ def test_train_tasks_go_out_as_downloads_complete_or_grants_lapse(start_combiner
     downloader.download(model_id)
     _wait_for(lambda: len(_with_train_task(clients)) == 3, "a task for the next client once a download is done")
     assert idler.client_id in _with_train_task(clients)
-    # the idler never downloads: its grant lapses after 1 s and the last client gets its task anyway
-    _wait_for(lambda: len(_with_train_task(clients)) == 4, "a task after an unused grant lapsed", timeout_s=5.0)
+    # the idler never downloads: once its grant lapses the last client gets its task anyway
+    loop_thread.advance(clock, 4.0)
+    assert len(_with_train_task(clients)) == 3
+    loop_thread.advance(clock, 1.5)
+    _wait_for(lambda: len(_with_train_task(clients)) == 4, "a task after an unused grant lapsed")
     for i, client in enumerate(clients):
         task = client.wait_task()
         client.upload(task.round_id, _shifted(client.download(model_id), float(i)))
@@ -83,7 +89,7 @@ def test_a_client_that_leaves_while_queued_for_its_task_does_not_hold_up_the_rou
     start_combiner, model_store, global_model
 ):
     model_id, _ = global_model
-    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 3, grant_timeout_s=30.0)
+    clients, thread, holder = _paced_round(start_combiner, model_store, model_id, 3)
     queued = next(c for c in clients if c.client_id not in _with_train_task(clients))
     queued.close()  # gone before its turn: counted as failed, and its place is given up
     for client in clients:
@@ -109,7 +115,7 @@ def spools(monkeypatch) -> list[ChunkSpool]:
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(rounds_module, "ChunkSpool", Recorded)
+    monkeypatch.setattr(staging_module, "ChunkSpool", Recorded)
     return made
 
 
@@ -182,8 +188,9 @@ def test_a_held_model_is_serialized_once_and_every_download_sends_those_bytes(
     model_id, arrays = global_model
 
     async def messages() -> list[bytes]:
-        model = await combiner.rounds.get_model(model_id)
-        return [m async for m in combiner.rounds.download_messages(model)]
+        models = combiner.rounds.context.models
+        model = await models.get(model_id)
+        return [m async for m in models.download_messages(model)]
 
     first, second = loop_thread.run(messages()), loop_thread.run(messages())
     assert len(first) > 2 and all(a is b for a, b in zip(first, second, strict=True))  # shared, not copied
@@ -194,12 +201,12 @@ def test_a_held_model_is_serialized_once_and_every_download_sends_those_bytes(
     client.close()
 
 
-def test_an_idle_stream_gets_a_heartbeat_each_interval(combiner, stub):
+def test_an_idle_stream_gets_heartbeats(combiner, stub):
+    """Over gRPC; their pace (one per interval, only to idle streams) is checked on a ManualClock in
+    tests/unit/test_combiner_runs.py."""
     client = FakeClient(stub, "idle")
-    time.sleep(1.3)  # the fixture's interval is 0.2 s
-    beats = sum(t.kind == "heartbeat" for t in client.tasks)
+    _wait_for(lambda: sum(t.kind == "heartbeat" for t in client.tasks) >= 3, "the connect heartbeat and two more")
     client.close()
-    assert 2 <= beats <= 9, beats  # the first on connect, then one per interval (about 7)
 
 
 def test_a_combiner_with_an_unusable_spool_dir_refuses_to_start(loop_thread, model_store, tmp_path):

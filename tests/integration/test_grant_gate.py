@@ -7,19 +7,12 @@ import asyncio
 import pytest
 
 from combiner.grants import GrantGate
+from fedn.clock import ManualClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _gate(capacity: int, clock: Clock | None = None) -> tuple[GrantGate, list[str]]:
+def _gate(capacity: int, clock: ManualClock | None = None) -> tuple[GrantGate, list[str]]:
     told: list[str] = []
-    return GrantGate(capacity, told.append, grant_timeout_s=10.0, clock=clock or Clock()), told
+    return GrantGate(capacity, told.append, grant_timeout_s=10.0, clock=clock or ManualClock()), told
 
 
 def test_grants_in_arrival_order_and_a_release_tells_the_next():
@@ -48,10 +41,11 @@ def test_an_upload_without_a_grant_waits_its_turn_inside_the_stream():
         async def upload(client: str) -> None:
             async with gate.slot(client):
                 order.append(client)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)
 
         direct = asyncio.create_task(upload("direct"))  # never asked: queued behind b
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # it runs up to its wait for a slot
+        assert gate.waiting == 2
         await upload("a")
         assert told == ["b"]
         await upload("b")
@@ -64,15 +58,17 @@ def test_an_upload_without_a_grant_waits_its_turn_inside_the_stream():
 
 def test_an_unused_grant_passes_on_and_a_cancelled_waiter_leaves_the_queue():
     async def run():
-        clock = Clock()
+        clock = ManualClock()
         gate, told = _gate(1, clock)
         assert gate.request("a")
         assert not gate.request("b")
-        clock.t = 11.0  # a never started its upload
-        assert not gate.request("c")
+        clock.advance(9.0)
+        assert told == []
+        clock.advance(2.0)  # a never started its upload: its grant lapses on the clock's timer
         assert told == ["b"]
+        assert not gate.request("c")
         waiter = asyncio.create_task(gate.slot("d").__aenter__())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # it runs up to its wait for a slot
         assert gate.waiting == 2
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):

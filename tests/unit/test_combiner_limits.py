@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from combiner.rounds import download_concurrency
+from combiner.model_cache import download_concurrency
 
 MiB = 1 << 20
 

@@ -1,0 +1,219 @@
+"""Global models as downloads send them: one cached copy per model, streamed to clients in chunks.
+
+A small model is serialized once into download messages that every client gets, with no copy per
+download; a larger one is streamed from the model store to each client with a bounded read-ahead,
+so the combiner never holds a copy of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+from combiner.grants import GrantGate
+from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
+from fedn.clock import Clock
+from fedn.codec import NamedArrays, TensorSpec, decode_payload, model_header_size, read_model_header, split_model
+from fedn.errors import InvalidModel
+from fedn.models import model_key
+from fedn.store.base import ModelStore
+from fedn.wire import ModelHeaderInfo, model_data_message, model_header_message
+
+__all__ = ["CachedModel", "ModelCache", "download_concurrency"]
+
+logger = logging.getLogger(__name__)
+
+_MODEL_CACHE_SIZE = 3
+_STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ahead and gRPC's send queue
+# Train tasks out per free download stream: the next client is already asking when a stream frees,
+# which hides a round trip, while the calls that wait stay few (each costs ~20 KiB of gRPC state).
+_TASKS_PER_DOWNLOAD_STREAM = 2
+_READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
+
+
+def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
+    """Downloads of one model streamed at once: each holds up to min(model, ``_STREAM_BUFFER_BYTES``)."""
+    per_stream = max(1, min(model_bytes, _STREAM_BUFFER_BYTES))
+    return max(1, min(max_downloads, max_download_bytes // per_stream))
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """A global model as downloads send it: its header message, and its data messages when it is small
+    enough to hold (``model_cache_bytes``). A larger model keeps only where its payload is stored."""
+
+    model_id: str
+    manifest: list[TensorSpec]
+    sha256: str
+    size: int
+    header: bytes  # the serialized first message of a download
+    messages: tuple[bytes, ...] | None  # the serialized data messages, if held
+    key: str = ""
+    offset: int = 0  # where the payload starts in the stored blob
+
+
+class ModelCache:
+    """The last few global models, and the download streams and train-task grants that pace them."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        clock: Clock,
+        *,
+        model_cache_bytes: int = 16 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_concurrent_downloads: int = 16,
+        max_download_bytes: int = 16 << 20,
+        grant_timeout_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._model_cache_bytes = model_cache_bytes
+        self._chunk_bytes = chunk_bytes
+        self._max_downloads = max_concurrent_downloads
+        self._max_download_bytes = max_download_bytes
+        self._grant_timeout_s = grant_timeout_s
+        self._cache: OrderedDict[str, CachedModel] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self._download_slots: dict[str, asyncio.Semaphore] = {}
+
+    @property
+    def store(self) -> ModelStore:
+        return self._store
+
+    async def get(self, model_id: str) -> CachedModel:
+        """The model, loaded once and kept while it is among the last few asked for; NotFound if unknown."""
+        async with self._lock:
+            cached = self._cache.get(model_id)
+            if cached is None:
+                cached = await asyncio.to_thread(self._load, model_id)
+                self._cache[model_id] = cached
+                while len(self._cache) > _MODEL_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(model_id)
+            return cached
+
+    def drop(self, model_id: str) -> bool:
+        """Forget a held model (every client has it); a late download reads it from the store again."""
+        return self._cache.pop(model_id, None) is not None
+
+    def cached_model_ids(self) -> list[str]:
+        return list(self._cache)
+
+    async def model_arrays(self, model_id: str) -> NamedArrays:
+        """The model as arrays, read from the store (a held model is kept only as download messages)."""
+        model = await self.get(model_id)
+        manifest, payload = split_model(await asyncio.to_thread(self._store.get, model.key))
+        return decode_payload(manifest, payload)
+
+    def _load(self, model_id: str) -> CachedModel:
+        """One pass over the stored blob: its header, then the payload kept (small) or only hashed (large)."""
+        key = model_key(model_id)
+        chunks = self._store.iter_chunks(key, 1 << 20)
+        head = bytearray()
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 8 and len(head) >= model_header_size(head):
+                break
+        offset = model_header_size(head)
+        manifest, size = read_model_header(head)
+        keep = size <= self._model_cache_bytes
+        digest = hashlib.sha256()
+        payload = bytearray(head[offset:]) if keep else None
+        digest.update(memoryview(head)[offset:])
+        received = len(head) - offset
+        for chunk in chunks:
+            digest.update(chunk)
+            received += len(chunk)
+            if payload is not None:
+                payload += chunk
+        if received != size:
+            raise InvalidModel(f"model {model_id} has {received} data bytes, its header describes {size}")
+        logger.info(
+            "loaded global model %s (%d tensors, %d bytes, %s)",
+            model_id,
+            len(manifest),
+            size,
+            "held in memory" if keep else "streamed from the store",
+        )
+        sha256 = digest.hexdigest()
+        header = model_header_message(ModelHeaderInfo(model_id, manifest, sha256, size))
+        messages = None if payload is None else tuple(map(model_data_message, iter_chunks(payload, self._chunk_bytes)))
+        return CachedModel(model_id, manifest, sha256, size, header, messages, key, offset)
+
+    # -- downloads -------------------------------------------------------------
+
+    async def download_messages(self, model: CachedModel) -> AsyncIterator[bytes]:
+        """A download's serialized messages: the header, then the data, held or read from the store off
+        the event loop (and serialized there)."""
+        yield model.header
+        if model.messages is not None:
+            for message in model.messages:
+                yield message
+            return
+        pieces = map(model_data_message, self._stored_payload(model, self._chunk_bytes))
+        per_hop = max(1, _READ_AHEAD_BYTES // self._chunk_bytes)
+
+        def read() -> asyncio.Future:
+            return asyncio.ensure_future(asyncio.to_thread(list, itertools.islice(pieces, per_hop)))
+
+        # The next batch is read while this one is sent: a stream does not wait on a thread handoff
+        # per batch, and holds at most two batches.
+        reading = read()
+        try:
+            while batch := await reading:
+                reading = read()
+                for message in batch:
+                    yield message
+                del batch
+        finally:  # the client may have gone mid-download: let a read in flight finish, and drop it
+            with contextlib.suppress(Exception):
+                await reading
+
+    def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
+        skip, pending, sent = model.offset, bytearray(), 0
+        for piece in self._store.iter_chunks(model.key, chunk_bytes):
+            view = memoryview(piece)
+            if skip:
+                taken = min(skip, len(view))
+                view, skip = view[taken:], skip - taken
+            pending += view
+            while len(pending) >= chunk_bytes:
+                sent += chunk_bytes
+                yield bytes(pending[:chunk_bytes])
+                del pending[:chunk_bytes]
+        if pending:
+            sent += len(pending)
+            yield bytes(pending)
+        if sent != model.size:  # the blob changed under us: the client's digest check will refuse it too
+            raise InvalidModel(f"model {model.model_id} changed in the store while it was served")
+
+    def _download_streams(self, model: CachedModel) -> int:
+        return download_concurrency(model.size, self._max_downloads, self._max_download_bytes)
+
+    def download_slots(self, model: CachedModel) -> asyncio.Semaphore:
+        """How many clients may download ``model`` at once: ``max_concurrent_downloads``, fewer for a large
+        model, since each stream in flight holds up to ``_STREAM_BUFFER_BYTES`` of it in our and gRPC's
+        buffers, and all of them together stay within ``max_download_bytes``."""
+        slots = self._download_slots.get(model.model_id)
+        if slots is None:
+            while len(self._download_slots) >= 8:  # old models' semaphores; a waiter keeps its own reference
+                self._download_slots.pop(next(iter(self._download_slots)))
+            slots = self._download_slots[model.model_id] = asyncio.Semaphore(self._download_streams(model))
+        return slots
+
+    def task_gate(self, model: CachedModel, send: Callable[[str], None]) -> GrantGate:
+        """Train tasks are handed out as download grants: a few per download stream of ``model``, the next
+        as a client's download completes (or its grant lapses), so clients that wait cost no open call."""
+        return GrantGate(
+            self._download_streams(model) * _TASKS_PER_DOWNLOAD_STREAM,
+            send,
+            clock=self._clock,
+            grant_timeout_s=self._grant_timeout_s,
+        )

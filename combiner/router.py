@@ -1,0 +1,162 @@
+"""Which run a call belongs to: the combiner keeps one active run, a sync round or an async run.
+
+Every call that names a round id goes to the run that owns it; a call for a run that is gone is
+refused as closed or unknown. Starting a sync round ends an async run and vice versa; a sync round
+that the reducer moved on from is abandoned (it stores what it has) before the next one starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+
+from combiner.async_run import AsyncRun
+from combiner.clients import ClientConnection
+from combiner.run import Run, RunContext, failure_text
+from combiner.sync_round import SyncRound
+from fedn.aggregation import make_aggregator
+from fedn.errors import FailedPrecondition
+from fedn.records import RoundPlan, RoundResult, SessionMode
+from fedn.sampling import select_clients
+from fedn.wire import Announcement, UpdateHeaderInfo
+
+__all__ = ["RunRouter"]
+
+logger = logging.getLogger(__name__)
+
+_CLOSED_RUNS_KEPT = 64  # ids of ended runs remembered, to tell "closed" from "unknown"
+
+
+class RunRouter:
+    """The combiner's clients, models and its one active run, behind the calls the servicer makes."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        self._run: Run | None = None  # the active one, or the last one (closed) to tell late calls so
+        self._closed_runs: deque[str] = deque(maxlen=_CLOSED_RUNS_KEPT)
+
+    @property
+    def combiner_id(self) -> str:
+        return self._ctx.combiner_id
+
+    @property
+    def context(self) -> RunContext:
+        return self._ctx
+
+    def connected_client_ids(self) -> list[str]:
+        return self._ctx.clients.connected_client_ids()
+
+    # -- client events ---------------------------------------------------------------
+
+    def connect(self, client_id: str, name: str) -> ClientConnection:
+        conn, replaced = self._ctx.clients.connect(client_id, name)
+        if self._run is not None:
+            self._run.client_connected(client_id, replaced)
+        return conn
+
+    def disconnect(self, conn: ClientConnection) -> None:
+        if self._ctx.clients.disconnect(conn) and self._run is not None:
+            self._run.client_left(conn.client_id)
+
+    def download_done(self, model_id: str, client_id: str) -> None:
+        if self._run is not None:
+            self._run.downloaded(model_id, client_id)
+
+    # -- calls for a run -----------------------------------------------------------
+
+    def _run_for(self, round_id: str) -> Run:
+        run = self._run
+        if run is None or run.run_id != round_id:
+            state = "closed" if round_id in self._closed_runs else "unknown"
+            raise FailedPrecondition(f"round {round_id!r} is {state} on combiner {self.combiner_id}")
+        return run
+
+    def request_upload(self, round_id: str, client_id: str, size: int) -> tuple[bool, int]:
+        """May ``client_id`` upload its update of ``round_id`` now? (granted, clients queued before it)"""
+        self._ctx.stager.check_size(size)
+        return self._run_for(round_id).admit(client_id)
+
+    def report_failure(self, round_id: str, client_id: str, error: str) -> None:
+        self._run_for(round_id).report_failure(client_id, failure_text(error))
+
+    async def receive_update(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
+        """Validate one streamed update completely, then fold it; returns the run's accepted count."""
+        return await self._run_for(header.round_id).receive(header, chunks)
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def run_round(self, plan: RoundPlan) -> RoundResult:
+        """Run ``plan`` on this combiner's clients: a sync round (returns when all answered or the deadline
+        passed), or the next flush of an async session (returns when a buffer is full or the timeout passed)."""
+        if plan.mode == SessionMode.ASYNC:
+            run: Run = await self._async_run(plan)
+        else:
+            run = await self._sync_round(plan)
+        return await run.result(plan)
+
+    def _retire(self, reason: str) -> Run | None:
+        """Close the active run, if any, and remember its id; returns it."""
+        run = self._run
+        if run is not None:
+            if not run.closed:
+                run.close(reason)
+            if run.run_id not in self._closed_runs:
+                self._closed_runs.append(run.run_id)
+        return run
+
+    async def _sync_round(self, plan: RoundPlan) -> SyncRound:
+        current = self._run
+        if isinstance(current, SyncRound) and current.run_id == plan.round_id:
+            logger.info("round %s asked for again (reducer restarted?): joining it", plan.round_id)
+            return current
+        reason = f"a synchronous round ({plan.round_id}) started"
+        if isinstance(current, SyncRound):
+            reason = f"the reducer asked for round {plan.round_id}"
+        retired = self._retire(reason)
+        if retired is not None:
+            await retired.wait_closed()
+        SyncRound.check_plan(plan)  # refuse a bad rule before clients train
+        model = await self._ctx.models.get(plan.model_id)
+        selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
+        aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
+        rnd = SyncRound(self._ctx, plan, model, aggregator, selected)
+        self._run = rnd
+        rnd.start()
+        return rnd
+
+    async def _async_run(self, plan: RoundPlan) -> AsyncRun:
+        """Join (or start) the async session of ``plan``."""
+        AsyncRun.check_plan(plan)
+        run = self._run
+        model = await self._ctx.models.get(plan.model_id)  # refuse an unknown model before clients are sent to it
+        if isinstance(run, AsyncRun) and not run.closed and run.session_id == plan.session_id:
+            run.update_plan(plan)
+            return run
+        self._retire(f"async session {plan.session_id} started")
+        run = AsyncRun(self._ctx, plan, model, lease_s=max(60.0, 3 * plan.timeout_s))
+        self._run = run
+        logger.info(
+            "async session %s started on %s: buffer %d, %d clients",
+            plan.session_id,
+            self.combiner_id,
+            plan.buffer_size,
+            len(self._ctx.clients),
+        )
+        run.start()
+        return run
+
+    def announce(self, info: Announcement) -> bool:
+        """The reducer's word that an async session's model moved on; False if that session does not run here."""
+        run = self._run
+        if not isinstance(run, AsyncRun) or run.closed or run.session_id != info.session_id:
+            return False
+        if info.final:
+            self._retire(f"the session ended at version {info.model_version}")
+        else:
+            run.advance(info.model_id, info.model_version)
+        return True
+
+    def close(self) -> None:
+        """End the active run (on shutdown) so nothing waits on it."""
+        self._retire("the combiner is stopping")

@@ -1,0 +1,171 @@
+"""What a sync round and an async run share: the interface the router calls, and the pieces both use.
+
+The router sends every call for a round id to the one run that owns it; a run never calls back into
+the router. It is given what it needs (:class:`RunContext`) and returns values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from combiner.clients import ClientHub
+from combiner.model_cache import ModelCache
+from combiner.staging import UploadStager
+from fedn.aggregation import Aggregator, MetricsAccumulator
+from fedn.clock import Clock
+from fedn.codec import encode_model_chunks
+from fedn.errors import FednError, InvalidArgument, PayloadTooLarge
+from fedn.models import partial_key
+from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.wire import TaskInfo, UpdateHeaderInfo
+
+__all__ = [
+    "UPDATE_FAULTS",
+    "Run",
+    "RunContext",
+    "Tally",
+    "failure_text",
+    "store_result",
+    "train_task",
+]
+
+logger = logging.getLogger(__name__)
+
+_FAILURE_TEXT_CHARS = 2000
+
+# What an update is refused for by its own fault: final for the client's answer, counted as rejected.
+UPDATE_FAULTS: tuple[type[FednError], ...] = (InvalidArgument, PayloadTooLarge)
+
+
+class Run(Protocol):
+    """One sync round or one async run at this combiner, as the router sees it.
+
+    Every method that takes a client id raises FailedPrecondition (the run is closed, or the client
+    has no task in it) or Conflict (it already answered or is uploading) when the call does not fit.
+    """
+
+    @property
+    def run_id(self) -> str:
+        """The round id its tasks carry and clients echo."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def admit(self, client_id: str) -> tuple[bool, int]:
+        """May ``client_id`` upload now? (granted, clients queued before it); if not, it is told later."""
+        ...
+
+    async def receive(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
+        """Stage, check and fold one update; returns how many the run (or its open buffer) holds now."""
+        ...
+
+    def report_failure(self, client_id: str, error: str) -> None: ...
+
+    def client_connected(self, client_id: str, replaced: bool) -> None:
+        """A task stream opened; ``replaced`` if it replaced an older stream of the same client."""
+        ...
+
+    def client_left(self, client_id: str) -> None: ...
+
+    def downloaded(self, model_id: str, client_id: str) -> None:
+        """``client_id`` has the whole of ``model_id``: its train-task grant is used."""
+        ...
+
+    async def result(self, plan: RoundPlan) -> RoundResult:
+        """A sync round's result once it ends; an async run's next flush (``plan`` names it)."""
+        ...
+
+    def close(self, reason: str) -> None:
+        """Stop taking updates and end as soon as possible; idempotent."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Return once the run has ended and stored what it will store."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is given: the combiner's clients, models, upload staging and clock."""
+
+    combiner_id: str
+    clients: ClientHub
+    models: ModelCache
+    stager: UploadStager
+    clock: Clock
+
+
+def failure_text(error: str) -> str:
+    """A client's own account of its failure, bounded: it ends up in the round record."""
+    return (error or "unspecified error")[:_FAILURE_TEXT_CHARS]
+
+
+def train_task(run_id: str, plan: RoundPlan, model_id: str, round_index: int) -> TaskInfo:
+    return TaskInfo("train", run_id, plan.session_id, model_id, round_index, plan.timeout_s, plan.config)
+
+
+@dataclass(eq=False)
+class Tally:
+    """Clients that failed (and why) and updates refused, until the next result takes them."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    num_rejected: int = 0
+
+    def fail(self, client_id: str, error: str) -> None:
+        self.failures[client_id] = error
+
+    def reject(self, client_id: str, exc: FednError) -> None:
+        """Count an update refused by its own fault (one of ``UPDATE_FAULTS``) against its client."""
+        self.num_rejected += 1
+        self.failures[client_id] = f"update rejected: {exc.message}"
+
+    def take(self) -> Tally:
+        """This tally, leaving an empty one in its place."""
+        taken = Tally(self.failures, self.num_rejected)
+        self.failures, self.num_rejected = {}, 0
+        return taken
+
+
+async def store_result(
+    ctx: RunContext,
+    round_id: str,
+    aggregator: Aggregator | None,
+    *,
+    num_selected: int,
+    tally: Tally,
+    metrics: MetricsAccumulator,
+    client_ids: list[str],
+) -> RoundResult:
+    """Store the aggregate as this combiner's partial of ``round_id`` and describe it.
+
+    ``aggregator=None`` (or one with nothing folded) stores nothing: the result has no partial.
+    """
+    count = aggregator.count if aggregator is not None else 0
+    key, total_weight = "", 0.0
+    if count:
+        # the round is over: a mean computed in place of the running sums saves a model copy
+        partial = await asyncio.to_thread(aggregator.finish)
+        key = partial_key(round_id, ctx.combiner_id)
+        await asyncio.to_thread(ctx.models.store.put, key, encode_model_chunks(partial.arrays))
+        total_weight = partial.total_weight
+        del partial
+    return RoundResult(
+        round_id=round_id,
+        combiner_id=ctx.combiner_id,
+        partial_key=key,
+        total_weight=total_weight,
+        num_selected=num_selected,
+        num_updates=count,
+        num_rejected=tally.num_rejected,
+        failures=[
+            ClientFailureRecord(client_id=c, combiner_id=ctx.combiner_id, error=e)
+            for c, e in sorted(tally.failures.items())
+        ],
+        metrics=metrics.summary() if count else {},
+        client_ids=list(client_ids) if count else [],
+    )

@@ -1,0 +1,166 @@
+"""Upload staging: refuse an update from its header, bound how many are staged, stage each whole.
+
+An update is received completely and checked (size, sha256, finite values) before any of it is
+folded, so a rejected update never touches a running aggregate. Staged updates are bounded in count
+(``max_concurrent_uploads``) and bytes (``max_staged_bytes``, though one may always be staged); a
+large one is spooled to a temporary file and read back a slice at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import numpy as np
+
+from combiner.grants import GrantGate
+from fedn import heap
+from fedn.chunking import ChunkAssembler, ChunkSpool
+from fedn.clock import Clock
+from fedn.codec import (
+    SpooledTensor,
+    TensorSpec,
+    check_finite,
+    check_manifest,
+    decode_payload,
+    payload_bytes,
+    spooled_arrays,
+)
+from fedn.errors import InvalidArgument, InvalidModel, PayloadTooLarge
+from fedn.wire import UpdateHeaderInfo
+
+__all__ = ["FOLD_IN_THREAD_BYTES", "UploadStager", "is_big"]
+
+FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are checked and folded off the event loop
+_SPOOL_WRITE_BYTES = 1 << 20  # chunks of a spooled upload written per thread hop
+
+
+def is_big(header: UpdateHeaderInfo) -> bool:
+    """Whether the update is checked and folded off the event loop, and its memory trimmed afterwards."""
+    return header.model.payload_bytes > FOLD_IN_THREAD_BYTES
+
+
+async def _check_finite_values(arrays: Mapping[str, np.ndarray | SpooledTensor], *, big: bool) -> None:
+    """Every update is checked here, whatever its aggregator checks (a plug-in may check nothing)."""
+
+    def check() -> None:
+        for name, array in arrays.items():
+            check_finite(name, array)
+
+    await asyncio.to_thread(check) if big else check()
+
+
+class UploadStager:
+    """The combiner's limits on updates, the upload gates that enforce them, and the staging itself."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_update_bytes: int = 1 << 30,
+        max_concurrent_uploads: int = 8,
+        max_staged_bytes: int = 64 << 20,
+        grant_timeout_s: float = 30.0,
+        spool_over_bytes: int = 16 << 20,
+        spool_dir: str | None = None,
+    ) -> None:
+        self._clock = clock
+        self._max_update_bytes = max_update_bytes
+        self._max_uploads = max_concurrent_uploads
+        self._max_staged_bytes = max_staged_bytes
+        self._grant_timeout_s = grant_timeout_s
+        self._spool_over_bytes = spool_over_bytes
+        self._spool_dir = spool_dir
+
+    def upload_gate(self, manifest: list[TensorSpec], notify: Callable[[str], None]) -> GrantGate:
+        """Upload slots for updates of ``manifest``: bounded in count and in bytes, but one may always be staged."""
+        slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
+        return GrantGate(slots, notify, clock=self._clock, grant_timeout_s=self._grant_timeout_s)
+
+    def check_size(self, size: int) -> None:
+        if size > self._max_update_bytes:
+            raise PayloadTooLarge(f"update of {size} bytes exceeds the combiner's limit of {self._max_update_bytes}")
+
+    def check_header(self, manifest: list[TensorSpec], header: UpdateHeaderInfo) -> None:
+        """Refuse an update from its header alone, before it takes a staging slot."""
+        weight = header.num_examples
+        if not (weight > 0 and weight != float("inf")):
+            raise InvalidArgument(f"num_examples must be a positive finite number, got {weight}")
+        size = header.model.payload_bytes
+        self.check_size(size)
+        check_manifest(manifest, header.model.tensors)
+        if size != payload_bytes(manifest):
+            raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(manifest)}")
+
+    @contextlib.asynccontextmanager
+    async def staged(
+        self,
+        gate: GrantGate,
+        manifest: list[TensorSpec],
+        header: UpdateHeaderInfo,
+        chunks: AsyncIterator[bytes],
+        *,
+        spool: bool,
+    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        """Check the header, take an upload slot, stage the update; the slot is held until the block
+        ends (the fold), so staged buffers stay within the bound."""
+        self.check_header(manifest, header)
+        async with gate.slot(header.client_id), self.staged_update(manifest, header, chunks, spool=spool) as arrays:
+            yield arrays
+
+    @contextlib.asynccontextmanager
+    async def staged_update(
+        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes], *, spool: bool = True
+    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        """Receive an update whole and check it (size, sha256, finite values), then lend its tensors.
+
+        One up to ``spool_over_bytes``, or any when ``spool`` is false (an aggregator that needs numpy
+        arrays), is staged in memory. A larger one goes to a temporary file in ``spool_dir`` and is
+        read back a slice at a time by the checks and the fold, so staging it costs disk, not a copy
+        of the model in memory; the file is gone when the block ends.
+        """
+        size, sha = header.model.payload_bytes, header.model.sha256
+        if size <= self._spool_over_bytes or not spool:
+            assembler = ChunkAssembler(size, sha, self._max_update_bytes)
+            async for chunk in chunks:
+                assembler.add(chunk)
+            arrays = decode_payload(manifest, assembler.finish())
+            await _check_finite_values(arrays, big=size > FOLD_IN_THREAD_BYTES)
+            yield arrays
+            return
+        spooler = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
+        writing: asyncio.Future | None = None
+        try:
+            # Written and hashed off the event loop, a batch at a time, while the next batch arrives: one
+            # write in flight keeps the order, and waiting for each hop would slow the upload to the
+            # pace of thread handoffs.
+            batch: list[bytes] = []
+            batch_bytes = 0
+            async for chunk in chunks:
+                batch.append(chunk)
+                batch_bytes += len(chunk)
+                if batch_bytes >= _SPOOL_WRITE_BYTES:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(spooler.add_all, batch))
+                    batch, batch_bytes = [], 0
+            if writing is not None:
+                await writing
+            spooler.add_all(batch)  # less than one batch
+            del batch
+            spooled = spooled_arrays(manifest, spooler.finish())
+            await _check_finite_values(spooled, big=True)
+            yield spooled
+        finally:
+            if writing is not None:  # the upload may have failed mid-way: let a write in flight end first
+                with contextlib.suppress(Exception):
+                    await writing
+            spooler.close()
+
+    @staticmethod
+    async def trim_after(header: UpdateHeaderInfo) -> None:
+        """After a large update is folded and its staged buffer dropped, give that memory back to the OS
+        before the next one arrives."""
+        if is_big(header):
+            await asyncio.to_thread(heap.trim)

@@ -1,0 +1,219 @@
+"""A synchronous round at a combiner: the selected clients train once, and the round ends when all of
+them answered (an update, a reported failure, a disconnect) or its deadline passed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from combiner.grants import GrantGate
+from combiner.model_cache import CachedModel
+from combiner.run import UPDATE_FAULTS, RunContext, Tally, store_result, train_task
+from combiner.staging import is_big
+from fedn import heap
+from fedn.aggregation import Aggregator, MetricsAccumulator, aggregator_config
+from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
+from fedn.records import RoundPlan, RoundResult
+from fedn.wire import TaskInfo, UpdateHeaderInfo
+
+__all__ = ["SyncRound"]
+
+logger = logging.getLogger(__name__)
+
+
+class SyncRound:
+    """One round of a sync session on this combiner's clients; implements :class:`combiner.run.Run`.
+
+    The round runs as its own task (:meth:`start`), not tied to the reducer's call: a restarted
+    reducer that asks for the same round again joins it, or gets its result if it already ended.
+    """
+
+    def __init__(
+        self, ctx: RunContext, plan: RoundPlan, model: CachedModel, aggregator: Aggregator, selected: list[str]
+    ) -> None:
+        self._ctx = ctx
+        self.plan = plan
+        self._manifest = model.manifest
+        self._aggregator = aggregator
+        self._selected = set(selected)
+        self._started_at = ctx.clock.now()
+        self._metrics = MetricsAccumulator()
+        self._tally = Tally()
+        self._answered: set[str] = set()
+        self._accepted: list[str] = []
+        self._downloaded: set[str] = set()
+        self._uploading: set[str] = set()
+        self._closed = False
+        self._lock = asyncio.Lock()  # one fold at a time, and none once the round has closed
+        self._all_answered = asyncio.Event()
+        self._train_task = train_task(plan.round_id, plan, plan.model_id, plan.round_index)
+        self._uploads: GrantGate = ctx.stager.upload_gate(
+            model.manifest, lambda c: ctx.clients.send(c, TaskInfo("upload_grant", plan.round_id, plan.session_id))
+        )
+        self._tasks: GrantGate = ctx.models.task_gate(model, lambda c: ctx.clients.send(c, self._train_task))
+        self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def check_plan(plan: RoundPlan) -> None:
+        """Refuse a plan before any client trains for it."""
+        if plan.timeout_s <= 0:
+            raise InvalidArgument("round timeout must be positive")
+        aggregator_config(plan.aggregator, plan.aggregator_config)
+
+    @property
+    def run_id(self) -> str:
+        return self.plan.round_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drive(), name=f"round-{self.plan.round_id}")
+
+    async def result(self, plan: RoundPlan) -> RoundResult:
+        assert self._task is not None, "start() the round first"
+        return await asyncio.shield(self._task)
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+
+    def close(self, reason: str) -> None:
+        """Abandon the round: it stops waiting and stores what was folded so far."""
+        if self._task is not None and not self._task.done():
+            logger.warning("round %s abandoned: %s", self.plan.round_id, reason)
+        self._all_answered.set()
+
+    # -- clients -----------------------------------------------------------------
+
+    def _expect(self, client_id: str) -> None:
+        round_id = self.plan.round_id
+        if self._closed:
+            raise FailedPrecondition(f"round {round_id!r} is closed on combiner {self._ctx.combiner_id}")
+        if client_id not in self._selected:
+            raise FailedPrecondition(f"client {client_id!r} was not asked to train in round {round_id!r}")
+        if client_id in self._answered or client_id in self._uploading:
+            raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
+
+    def _answer(self, client_id: str, error: str | None = None) -> None:
+        self._answered.add(client_id)
+        self._tasks.release(client_id)
+        if client_id not in self._uploading:
+            self._uploads.release(client_id)  # an uploading client's slot is freed when its staged buffer is
+        if error is not None:
+            self._tally.fail(client_id, error)
+        if self._answered >= self._selected:
+            self._all_answered.set()
+
+    def admit(self, client_id: str) -> tuple[bool, int]:
+        self._expect(client_id)
+        return self._uploads.ask(client_id)
+
+    def report_failure(self, client_id: str, error: str) -> None:
+        self._expect(client_id)
+        logger.warning("client %s failed round %s: %s", client_id, self.plan.round_id, error)
+        self._answer(client_id, error)
+
+    def client_connected(self, client_id: str, replaced: bool) -> None:
+        """Nothing to do: the round's clients were chosen when it started."""
+
+    def client_left(self, client_id: str) -> None:
+        if not self._closed and client_id in self._selected and client_id not in self._answered:
+            self._answer(client_id, "client disconnected")
+
+    def downloaded(self, model_id: str, client_id: str) -> None:
+        """Once every client of the round has the model, the cached copy is dropped: the round's memory
+        is then the running aggregate and the staged updates, not the model too."""
+        if self._closed or model_id != self.plan.model_id or client_id not in self._selected:
+            return
+        self._downloaded.add(client_id)
+        self._tasks.release(client_id)  # its download is done: the next client gets its task
+        if self._downloaded >= self._selected and self._ctx.models.drop(model_id):
+            logger.debug("round %s: every client has model %s; dropped it from the cache", self.run_id, model_id)
+
+    # -- updates -----------------------------------------------------------------
+
+    async def receive(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
+        client_id, round_id = header.client_id, header.round_id
+        self._expect(client_id)
+        self._uploading.add(client_id)
+        stager, aggregator = self._ctx.stager, self._aggregator
+        try:
+            spool = aggregator.reads_spooled
+            async with stager.staged(self._uploads, self._manifest, header, chunks, spool=spool) as arrays, self._lock:
+                if self._closed:
+                    raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
+                if is_big(header):
+                    await asyncio.to_thread(aggregator.add, arrays, header.num_examples)
+                else:
+                    aggregator.add(arrays, header.num_examples)
+                self._metrics.add(header.metrics, header.num_examples)
+                self._accepted.append(client_id)
+                self._answer(client_id)
+                count = aggregator.count
+            del arrays
+            await stager.trim_after(header)
+        except UPDATE_FAULTS as exc:  # the update's own fault: final for this round
+            if not self._closed:
+                self._tally.reject(client_id, exc)
+                self._answer(client_id)
+            logger.warning("rejected update from client %s in round %s: %s", client_id, round_id, exc.message)
+            raise
+        finally:
+            self._uploading.discard(client_id)
+        logger.debug("folded update from client %s into round %s (%d so far)", client_id, round_id, count)
+        return count
+
+    # -- the round ---------------------------------------------------------------
+
+    async def _drive(self) -> RoundResult:
+        plan, selected, ctx = self.plan, sorted(self._selected), self._ctx
+        logger.info(
+            "round %s (session %s, #%d) started on %s with %d clients, timeout %.1fs",
+            plan.round_id,
+            plan.session_id,
+            plan.round_index,
+            ctx.combiner_id,
+            len(selected),
+            plan.timeout_s,
+        )
+        try:
+            if selected:
+                for client_id in selected:
+                    if self._tasks.request(client_id):
+                        ctx.clients.send(client_id, self._train_task)
+                with contextlib.suppress(TimeoutError):
+                    await ctx.clock.wait_for(self._all_answered.wait(), plan.timeout_s)
+            async with self._lock:
+                self._closed = True
+        finally:
+            self._closed = True
+            self._uploads.close()
+            self._tasks.close()
+        for client_id in sorted(self._selected - self._answered):
+            self._tally.fail(client_id, f"no update within the round deadline ({plan.timeout_s:g}s)")
+        result = await store_result(
+            ctx,
+            plan.round_id,
+            self._aggregator,
+            num_selected=len(self._selected),
+            tally=self._tally,
+            metrics=self._metrics,
+            client_ids=self._accepted,
+        )
+        await asyncio.to_thread(heap.trim)  # the round's buffers are gone: return their memory to the OS
+        logger.info(
+            "round %s ended on %s: %d/%d updates, %d rejected, %d failed, %.2fs",
+            plan.round_id,
+            ctx.combiner_id,
+            result.num_updates,
+            result.num_selected,
+            result.num_rejected,
+            len(result.failures),
+            ctx.clock.now() - self._started_at,
+        )
+        return result
