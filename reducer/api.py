@@ -7,18 +7,20 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
-from flask import Blueprint, Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 import fedn
 from fedn.codec import check_finite, decode_model
 from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
+from fedn.logs import escape_controls
 from fedn.models import save_model
 from fedn.records import Session
 from fedn.session_options import check_session_options
 from fedn.store.base import ModelStore, StateStore
 from reducer.controller import Controller
-from reducer.openapi import openapi_document
+from reducer.edge import MAX_JSON_BYTES, check_ids, load_json
+from reducer.openapi import json_operations, openapi_document
 from reducer.registry import CombinerRegistry
 from reducer.requests import AssignRequest, HeartbeatRequest, Page, RegisterCombinerRequest, SessionRequest, parse
 
@@ -38,16 +40,38 @@ class ApiContext:
     max_model_bytes: int = 1 << 30
 
 
-def _body() -> dict:
-    data = request.get_data(cache=True)
+_MAX_DETAIL_CHARS = 2000
+
+
+def _check_request() -> None:
+    """The edge of every route (DESIGN §9): ids in the path match the id pattern, and a route whose
+    OpenAPI operation takes a JSON body gets it read (at most MAX_JSON_BYTES), parsed and checked
+    once, here; the route reads it with :func:`_body`."""
+    check_ids(request.view_args or {})
+    rule = request.url_rule
+    if rule is None or (rule.rule.replace("<", "{").replace(">", "}"), request.method) not in json_operations():
+        return
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; this one has {request.content_length}")
+    request.max_content_length = MAX_JSON_BYTES
+    try:
+        data = request.get_data(cache=True)
+    except RequestEntityTooLarge:  # no Content-Length: the stream ran past the bound
+        raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes") from None
     if not data:
-        return {}
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise InvalidArgument("request body is not valid JSON")
+        g.json_body = {}
+        return
+    if not request.is_json:
+        raise UnsupportedMediaType(f"send the body as application/json, not {request.mimetype or 'no type'!r}")
+    payload = load_json(data)
     if not isinstance(payload, dict):
         raise InvalidArgument("request body must be a JSON object")
-    return payload
+    g.json_body = payload
+
+
+def _body() -> dict:
+    """The request's JSON object, read and checked by :func:`_check_request` (the route documents it)."""
+    return g.json_body
 
 
 def _items(records) -> Response:
@@ -57,6 +81,7 @@ def _items(records) -> Response:
 
 def create_api(ctx: ApiContext) -> Blueprint:
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
+    api.before_request(_check_request)
 
     @api.get("/health")
     def health():
@@ -220,7 +245,9 @@ def register_error_handlers(app: Flask) -> None:
     """Every error is JSON ``{"error", "detail"}``; tracebacks go to the log, never to the caller."""
 
     def error(status: int, title: str, detail: str):
-        return jsonify({"error": title, "detail": detail}), status
+        if len(detail) > _MAX_DETAIL_CHARS:
+            detail = f"{detail[:_MAX_DETAIL_CHARS]}…(+{len(detail) - _MAX_DETAIL_CHARS} chars)"
+        return jsonify({"error": title, "detail": escape_controls(detail)}), status
 
     @app.errorhandler(FednError)
     def fedn_error(exc: FednError):

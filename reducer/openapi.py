@@ -6,9 +6,16 @@ from functools import lru_cache
 
 import fedn
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
-from reducer.requests import AssignRequest, HeartbeatRequest, RegisterCombinerRequest, SessionRequest
+from reducer.edge import ID_PATTERN, MAX_DEPTH, MAX_JSON_BYTES
+from reducer.requests import (
+    MAX_OFFSET,
+    AssignRequest,
+    HeartbeatRequest,
+    RegisterCombinerRequest,
+    SessionRequest,
+)
 
-__all__ = ["openapi_document"]
+__all__ = ["json_operations", "openapi_document"]
 
 _SCHEMAS = [
     Session,
@@ -41,22 +48,51 @@ def _list_of(name: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "invalid request", 404: "not found", 409: "conflict", 413: "payload too large", 503: "unavailable"}
-    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+    text = {
+        400: "invalid request",
+        404: "not found",
+        409: "conflict",
+        413: "payload too large",
+        415: "unsupported media type",
+        503: "unavailable",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in sorted(codes)}
 
 
 def _body(name: str) -> dict:
     return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
 
+_JSON_BODY_ERRORS = (400, 413, 415)  # what the edge answers for any JSON body (reducer.edge)
+
+_ID = {"type": "string", "pattern": ID_PATTERN}
+
+
 def _path_param(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    return {"name": name, "in": "path", "required": True, "schema": _ID}
 
 
 _PAGE = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
 ]
+
+_LIMITS = (
+    f"Every error is JSON (the Error schema). JSON bodies are at most {MAX_JSON_BYTES} bytes (413), sent as "
+    f"application/json (415), nested at most {MAX_DEPTH} levels, without NaN or infinities and with integers "
+    "within int64 (400, naming the field). Ids match the id pattern (400)."
+)
+
+
+@lru_cache(maxsize=1)
+def json_operations() -> frozenset[tuple[str, str]]:
+    """(path, METHOD) of every operation whose request body is JSON: the edge reads and checks those."""
+    return frozenset(
+        (path, method.upper())
+        for path, operations in openapi_document()["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    )
 
 
 @lru_cache(maxsize=1)
@@ -88,34 +124,34 @@ def openapi_document() -> dict:
             "post": {
                 "summary": "Create a training session (validated completely before it is stored)",
                 "requestBody": _body("SessionRequest"),
-                "responses": {"201": _json(_ref("Session"), "created"), **_errors(400, 404, 409)},
+                "responses": {"201": _json(_ref("Session"), "created"), **_errors(*_JSON_BODY_ERRORS, 404, 409)},
             },
         },
         "/api/v1/sessions/{session_id}": {
             "get": {
                 "summary": "One session",
                 "parameters": [_path_param("session_id")],
-                "responses": {"200": _json(_ref("Session")), **_errors(404)},
+                "responses": {"200": _json(_ref("Session")), **_errors(400, 404)},
             }
         },
         "/api/v1/sessions/{session_id}/rounds": {
             "get": {
                 "summary": "Rounds of a session in order",
                 "parameters": [_path_param("session_id")],
-                "responses": {"200": _list_of("Round"), **_errors(404)},
+                "responses": {"200": _list_of("Round"), **_errors(400, 404)},
             }
         },
         "/api/v1/rounds/{round_id}": {
             "get": {
                 "summary": "One round, with its failures and metric summaries",
                 "parameters": [_path_param("round_id")],
-                "responses": {"200": _json(_ref("Round")), **_errors(404)},
+                "responses": {"200": _json(_ref("Round")), **_errors(400, 404)},
             }
         },
         "/api/v1/models": {
             "get": {
                 "summary": "List models, newest first",
-                "parameters": [*_PAGE, {"name": "session_id", "in": "query", "schema": {"type": "string"}}],
+                "parameters": [*_PAGE, {"name": "session_id", "in": "query", "schema": _ID}],
                 "responses": {"200": _list_of("ModelRecord"), **_errors(400)},
             },
             "post": {
@@ -131,7 +167,7 @@ def openapi_document() -> dict:
             "get": {
                 "summary": "A model's record",
                 "parameters": [_path_param("model_id")],
-                "responses": {"200": _json(_ref("ModelRecord")), **_errors(404)},
+                "responses": {"200": _json(_ref("ModelRecord")), **_errors(400, 404)},
             }
         },
         "/api/v1/models/{model_id}/download": {
@@ -143,7 +179,7 @@ def openapi_document() -> dict:
                         "description": "safetensors file",
                         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                     },
-                    **_errors(404),
+                    **_errors(400, 404),
                 },
             }
         },
@@ -158,7 +194,7 @@ def openapi_document() -> dict:
             "get": {
                 "summary": "One client",
                 "parameters": [_path_param("client_id")],
-                "responses": {"200": _json(_ref("ClientRecord")), **_errors(404)},
+                "responses": {"200": _json(_ref("ClientRecord")), **_errors(400, 404)},
             }
         },
         "/api/v1/clients/assign": {
@@ -176,7 +212,7 @@ def openapi_document() -> dict:
                             },
                         }
                     ),
-                    **_errors(400, 503),
+                    **_errors(*_JSON_BODY_ERRORS, 503),
                 },
             }
         },
@@ -185,14 +221,14 @@ def openapi_document() -> dict:
             "post": {
                 "summary": "Register (or re-register) a combiner",
                 "requestBody": _body("RegisterCombinerRequest"),
-                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(400)},
+                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(*_JSON_BODY_ERRORS)},
             },
         },
         "/api/v1/combiners/{combiner_id}": {
             "get": {
                 "summary": "One combiner",
                 "parameters": [_path_param("combiner_id")],
-                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(404)},
+                "responses": {"200": _json(_ref("CombinerRecord")), **_errors(400, 404)},
             }
         },
         "/api/v1/combiners/{combiner_id}/heartbeat": {
@@ -200,7 +236,7 @@ def openapi_document() -> dict:
                 "summary": "A combiner's heartbeat with the clients connected to it",
                 "parameters": [_path_param("combiner_id")],
                 "requestBody": _body("HeartbeatRequest"),
-                "responses": {"200": _json({"type": "object"}), **_errors(400, 404)},
+                "responses": {"200": _json({"type": "object"}), **_errors(*_JSON_BODY_ERRORS, 404)},
             }
         },
     }
@@ -209,7 +245,7 @@ def openapi_document() -> dict:
         "info": {
             "title": "fedn reducer API",
             "version": fedn.__version__,
-            "description": "Sessions, rounds, models, clients and combiners of a fedn federation.",
+            "description": f"Sessions, rounds, models, clients and combiners of a fedn federation. {_LIMITS}",
         },
         "paths": paths,
         "components": {"schemas": schemas},

@@ -1,43 +1,71 @@
-"""Typed request bodies and query parameters of the REST API, validated before any store is touched."""
+"""Typed request bodies and query parameters of the REST API, validated before any store is touched.
+
+Every id matches the one id pattern, every text is one bounded line, every integer fits int64 and
+every list and mapping is bounded (the limits are in docs/deploy.md); the JSON itself was checked by
+:mod:`reducer.edge` before these models see it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from fedn.errors import validation_problem
 from fedn.records import SessionMode
+from reducer.edge import INT64_MAX, INT64_MIN, Id, Line
 
-__all__ = ["AssignRequest", "HeartbeatRequest", "Page", "RegisterCombinerRequest", "SessionRequest", "parse"]
+__all__ = [
+    "MAX_CLIENTS_PER_HEARTBEAT",
+    "MAX_CONFIG_ENTRIES",
+    "MAX_OFFSET",
+    "AssignRequest",
+    "HeartbeatRequest",
+    "Page",
+    "RegisterCombinerRequest",
+    "SessionRequest",
+    "parse",
+]
 
+MAX_CLIENTS_PER_HEARTBEAT = 5000
+"""Connected clients a combiner may report in one heartbeat."""
+MAX_CONFIG_ENTRIES = 256
+"""Entries of a session's ``config``, ``aggregator_config`` or ``strategy_config``."""
+MAX_OFFSET = 10**9
+"""The largest ``offset`` of a listing."""
 
 M = TypeVar("M", bound=BaseModel)
 
+ConfigValue = (
+    StrictBool
+    | Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
+    | StrictFloat
+    | Annotated[StrictStr, Field(max_length=4096)]
+)
+Config = Annotated[dict[Line(128, 1), ConfigValue], Field(max_length=MAX_CONFIG_ENTRIES)]
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SessionRequest(_Request):
     rounds: int = Field(ge=1, le=100_000, description="number of rounds (async: of global model versions)")
-    aggregator: str = Field("fedavg", description="rule at each combiner: fedavg, median, trimmed_mean, krum")
-    aggregator_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
+    aggregator: Line(256, 1) = Field("fedavg", description="rule at each combiner: fedavg, median, trimmed_mean, krum")
+    aggregator_config: Config = Field(
         default_factory=dict, description='the aggregator\'s parameters, e.g. {"beta": 0.2}'
     )
-    strategy: str = Field("fedavg", description="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi")
-    strategy_config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
-        default_factory=dict, description='the strategy\'s parameters, e.g. {"eta": 0.01}'
+    strategy: Line(256, 1) = Field(
+        "fedavg", description="server optimizer: fedavg, fedavgm, fedadagrad, fedadam, fedyogi"
     )
+    strategy_config: Config = Field(default_factory=dict, description='the strategy\'s parameters, e.g. {"eta": 0.01}')
     round_timeout_s: float = Field(60.0, gt=0, le=7 * 86400, description="seconds a round may take")
-    min_clients: int = Field(1, ge=1, description="updates a round needs to succeed")
+    min_clients: int = Field(1, ge=1, le=1_000_000, description="updates a round needs to succeed")
     fraction: float = Field(1.0, gt=0, le=1, description="share of connected clients asked to train each round")
-    seed: int = Field(0, ge=0, description="makes client sampling reproducible")
-    config: dict[str, StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
-        default_factory=dict, description="sent to every client's train()"
-    )
-    model_id: str | None = Field(None, description="seed model; default: the newest model")
+    seed: int = Field(0, ge=0, le=INT64_MAX, description="makes client sampling reproducible")
+    config: Config = Field(default_factory=dict, description="sent to every client's train()")
+    model_id: Id | None = Field(None, description="seed model; default: the newest model")
     mode: SessionMode = Field(
         SessionMode.SYNC, description="sync: rounds; async: FedBuff, clients train continuously (docs/strategies.md)"
     )
@@ -45,29 +73,33 @@ class SessionRequest(_Request):
     staleness_exponent: float = Field(
         0.5, ge=0, le=10, description="async: an update s versions old is scaled by (1+s)^-exponent"
     )
-    max_staleness: int = Field(0, ge=0, description="async: drop updates older than this many versions; 0 = no limit")
+    max_staleness: int = Field(
+        0, ge=0, le=1_000_000_000, description="async: drop updates older than this many versions; 0 = no limit"
+    )
 
 
 class RegisterCombinerRequest(_Request):
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
-    name: str = ""
-    address: str = Field(min_length=3, max_length=512, description="host:port that clients dial")
+    id: Id
+    name: Line(256) = ""
+    address: str = Field(
+        min_length=3, max_length=512, pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$", description="host:port that clients dial"
+    )
 
 
 class HeartbeatRequest(_Request):
-    num_clients: int = Field(0, ge=0)
-    client_ids: list[str] = Field(default_factory=list)
+    num_clients: int = Field(0, ge=0, le=MAX_CLIENTS_PER_HEARTBEAT)
+    client_ids: list[Id] = Field(default_factory=list, max_length=MAX_CLIENTS_PER_HEARTBEAT)
 
 
 class AssignRequest(_Request):
-    name: str = Field(min_length=1, max_length=256)
-    client_id: str | None = Field(None, max_length=128)
+    name: Line(256, 1)
+    client_id: Id | None = None
 
 
 class Page(_Request):
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
-    session_id: str | None = None
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    session_id: Id | None = None
 
 
 def parse(cls: type[M], data: Mapping) -> M:
