@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["BENCHMARKS", "main"]
 
-BENCHMARKS = ("aggregation", "sim", "grpc_load", "async_compare", "flower_compare")
+BENCHMARKS = ("aggregation", "sim", "grpc_load", "async_compare", "flower_compare", "store_writes")
 
 
 def main(argv: list[str] | None = None) -> int:

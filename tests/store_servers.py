@@ -6,6 +6,7 @@ manager, also when start-up fails.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -14,11 +15,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedn.launcher import free_port
 
-__all__ = ["mongo_server", "s3_server"]
+__all__ = ["RunningServer", "mongo_process", "mongo_server", "s3_server"]
 
 _BIN = Path(sys.executable).parent
 
@@ -61,16 +63,29 @@ def _process(
         _stop(proc)
 
 
-@contextmanager
-def mongo_server(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[str]:
-    """SecantusDB with authentication on; yields ``mongodb://user:password@host:port/fedn?authSource=admin``.
+@dataclass(frozen=True)
+class RunningServer:
+    """A test server's URL and its process, for tests that kill it (``process.kill()`` is kill -9)."""
 
-    ``prefix`` runs it elsewhere, e.g. ``["ip", "netns", "exec", ns]`` with that namespace's ``host``.
+    url: str
+    process: subprocess.Popen
+
+
+@contextmanager
+def mongo_process(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[RunningServer]:
+    """SecantusDB with authentication on, its data in ``workdir``.
+
+    Started again on the same ``workdir`` (after a stop or a kill), it keeps its port, its user and
+    its data, so a test can check what survived.
     """
     import pymongo
 
     workdir.mkdir(parents=True, exist_ok=True)
-    port, user, password = free_port(), "fedn", secrets.token_urlsafe(12)
+    saved = workdir / "server.json"
+    first_start = not saved.exists()
+    if first_start:
+        saved.write_text(json.dumps({"port": free_port(), "user": "fedn", "password": secrets.token_urlsafe(12)}))
+    port, user, password = (json.loads(saved.read_text())[k] for k in ("port", "user", "password"))
     argv = [
         *prefix,
         str(_BIN / "secantusd-py"),
@@ -83,13 +98,23 @@ def mongo_server(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] =
         "--log-level",
         "WARNING",
     ]
-    # Users are provisioned without auth, then the server restarts with --auth (SecantusDB's way).
-    with _process(argv, workdir / "mongo.log", host, port):
-        client = pymongo.MongoClient(f"mongodb://{host}:{port}", serverSelectionTimeoutMS=10_000)
-        client.admin.command("createUser", user, pwd=password, roles=["root"])
-        client.close()
-    with _process([*argv, "--auth"], workdir / "mongo.log", host, port):
-        yield f"mongodb://{user}:{password}@{host}:{port}/fedn?authSource=admin"
+    if first_start:  # users are provisioned without auth, then the server restarts with --auth (SecantusDB's way)
+        with _process(argv, workdir / "mongo.log", host, port):
+            client = pymongo.MongoClient(f"mongodb://{host}:{port}", serverSelectionTimeoutMS=10_000)
+            client.admin.command("createUser", user, pwd=password, roles=["root"])
+            client.close()
+    with _process([*argv, "--auth"], workdir / "mongo.log", host, port) as proc:
+        yield RunningServer(f"mongodb://{user}:{password}@{host}:{port}/fedn?authSource=admin", proc)
+
+
+@contextmanager
+def mongo_server(workdir: Path, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Iterator[str]:
+    """SecantusDB with authentication on; yields ``mongodb://user:password@host:port/fedn?authSource=admin``.
+
+    ``prefix`` runs it elsewhere, e.g. ``["ip", "netns", "exec", ns]`` with that namespace's ``host``.
+    """
+    with mongo_process(workdir, host, prefix) as server:
+        yield server.url
 
 
 @contextmanager

@@ -1,19 +1,21 @@
 """State and model stores, chosen by URL.
 
 =====================  ===========================================
-``sqlite:///rel.db``   embedded state; ``sqlite:////abs/path.db`` absolute, ``sqlite://:memory:``
+``sqlite:///rel.db``   embedded state; ``sqlite:////abs/path.db`` absolute, ``sqlite://:memory:``;
+                       ``?synchronous=normal`` trades power-loss durability for speed (default FULL)
 ``file:///abs/dir``    embedded model store, a local directory (``file://rel/dir`` is relative)
-``mongodb://u:p@h/db`` MongoDB state (database defaults to ``fedn``)
+``mongodb://u:p@h/db`` MongoDB state (database defaults to ``fedn``); writes ``w=majority``,
+                       ``journal=true`` unless the URL's ``w=`` / ``journal=`` say otherwise
 ``s3://`` ``minio://`` MinIO / S3 models: ``s3://ACCESS:SECRET@host:port/bucket[?secure=true]``
 =====================  ===========================================
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from fedn.errors import InvalidArgument
-from fedn.store.base import ModelStore, StateStore
+from fedn.store.base import ModelStore, StateStore, StoredObject
 from fedn.store.local import LocalModelStore
 from fedn.store.mongodb import MongoStateStore
 from fedn.store.s3 import S3ModelStore
@@ -26,6 +28,7 @@ __all__ = [
     "S3ModelStore",
     "SQLiteStateStore",
     "StateStore",
+    "StoredObject",
     "open_model_store",
     "open_state_store",
 ]
@@ -33,10 +36,19 @@ __all__ = [
 
 def _sqlite_path(url: str) -> str:
     """SQLAlchemy's convention: ``sqlite:///rel.db`` is relative, ``sqlite:////abs.db`` absolute."""
-    rest = url.split("://", 1)[1]
+    rest = url.split("://", 1)[1].split("?", 1)[0]
     if rest in ("", ":memory:", "/:memory:"):
         return ":memory:"
     return rest[1:] if rest.startswith("/") else rest
+
+
+def _sqlite_options(url: str) -> dict[str, str]:
+    """``?synchronous=normal`` (the one option); InvalidArgument for any other."""
+    query = parse_qs(urlsplit(url).query)
+    unknown = sorted(set(query) - {"synchronous"})
+    if unknown:
+        raise InvalidArgument(f"unknown SQLite URL option {', '.join(unknown)} (only synchronous=...)")
+    return {name: values[-1] for name, values in query.items()}
 
 
 def _file_path(url: str) -> str:
@@ -49,7 +61,7 @@ def open_state_store(url: str) -> StateStore:
     """A state store for ``url``; InvalidArgument for a scheme with no backend."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        return SQLiteStateStore(_sqlite_path(url))
+        return SQLiteStateStore(_sqlite_path(url), **_sqlite_options(url))
     if scheme in ("mongodb", "mongodb+srv"):
         return MongoStateStore(url)
     raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path or mongodb://...)")

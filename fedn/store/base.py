@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
 
-__all__ = ["ModelStore", "StateStore"]
+__all__ = ["ModelStore", "StateStore", "StoredObject"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One blob in a model store: its key, its size in bytes, and when it was last written
+    (``modified_at``, seconds since the epoch, UTC)."""
+
+    key: str
+    size: int
+    modified_at: float
 
 
 class StateStore(ABC):
@@ -75,6 +86,11 @@ class ModelStore(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every stored blob whose key starts with ``prefix`` (a plain string prefix, not a folder),
+        sorted by key. Writes still in progress are not listed. A prefix no key can have lists nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -8,9 +8,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
-from fedn.store.base import ModelStore
+from fedn.store.base import ModelStore, StoredObject
+from fedn.store.validation import check_key
 
 __all__ = ["LocalModelStore"]
+
+
+_TMP_PREFIX = ".tmp-"  # a blob being written; renamed to its key when whole
 
 
 class LocalModelStore(ModelStore):
@@ -24,8 +28,8 @@ class LocalModelStore(ModelStore):
             raise StoreError(f"cannot create model directory {self._root}: {exc}") from exc
 
     def _path(self, key: str) -> Path:
-        path = (self._root / key).resolve()
-        if not key or not path.is_relative_to(self._root) or path == self._root:
+        path = (self._root / check_key(key)).resolve()
+        if not path.is_relative_to(self._root) or path == self._root:  # through a symbolic link
             raise InvalidArgument(f"invalid model key {key!r}")
         return path
 
@@ -35,7 +39,7 @@ class LocalModelStore(ModelStore):
         size = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     for chunk in chunks:
@@ -67,7 +71,13 @@ class LocalModelStore(ModelStore):
         except OSError as exc:
             raise StoreError(f"cannot read model {key!r}: {exc}") from exc
         with fh:
-            while chunk := fh.read(chunk_bytes):
+            while True:
+                try:
+                    chunk = fh.read(chunk_bytes)
+                except OSError as exc:
+                    raise StoreError(f"cannot read model {key!r}: {exc}") from exc
+                if not chunk:
+                    return
                 yield chunk
 
     def exists(self, key: str) -> bool:
@@ -80,3 +90,36 @@ class LocalModelStore(ModelStore):
             raise NotFound(f"model blob {key!r} not found") from None
         except OSError as exc:
             raise StoreError(f"cannot delete model {key!r}: {exc}") from exc
+
+    def list_keys(self, prefix: str = "") -> Iterator[StoredObject]:
+        # Walk only below the prefix's folder; keys are compared as strings, as S3 does.
+        try:
+            start = (self._root / prefix.rpartition("/")[0]).resolve()
+        except (OSError, ValueError):  # a NUL byte or a symbolic-link loop: no key lies there
+            return iter(())
+        if not start.is_relative_to(self._root) or not start.is_dir():
+            return iter(())
+        found = []
+        try:
+            for folder, _, names in os.walk(start, onerror=_raise_unless_gone):
+                for name in names:
+                    if name.startswith(_TMP_PREFIX):
+                        continue
+                    path = Path(folder, name)
+                    key = path.relative_to(self._root).as_posix()
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:  # deleted while we walked
+                        continue
+                    found.append(StoredObject(key, stat.st_size, stat.st_mtime))
+        except OSError as exc:
+            raise StoreError(f"cannot list models under {prefix!r}: {exc}") from exc
+        return iter(sorted(found, key=lambda obj: obj.key))
+
+
+def _raise_unless_gone(exc: OSError) -> None:
+    """os.walk's error hook: a folder removed while we walk is simply absent; anything else fails."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc

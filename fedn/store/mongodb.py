@@ -6,19 +6,29 @@ import logging
 from typing import TypeVar
 
 import pymongo
+from bson.errors import InvalidDocument
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
+from pymongo.write_concern import WriteConcern
 
-from fedn.errors import NotFound, StoreError
+from fedn.errors import InvalidArgument, NotFound, StoreError
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
 from fedn.store.base import StateStore
 from fedn.store.redact import redact_url
+from fedn.store.validation import RecordReader, check_page, clip
 
 __all__ = ["MongoStateStore"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
+
+# Defaults for what the URL does not say: acknowledged by a majority and journaled, so a write that
+# returned survives kill -9 of the server; a write that cannot reach a majority fails after 10 s
+# (WTimeoutError, a StoreError) instead of blocking the caller for good.
+DEFAULT_W = "majority"
+DEFAULT_JOURNAL = True
+DEFAULT_WTIMEOUT_MS = 10_000
 
 # collection -> indexes; the sort keys of the list_* queries
 _INDEXES = {
@@ -34,7 +44,9 @@ class MongoStateStore(StateStore):
     """``mongodb://user:pass@host:port/db?authSource=admin``; the database defaults to ``fedn``.
 
     Documents are the records' JSON with ``_id`` = record id. Every write is an upsert by id, so it
-    is safe to retry after a dropped connection.
+    is safe to retry after a dropped connection. Writes use the URL's ``w``, ``journal`` and
+    ``wtimeoutMS`` options; each one the URL leaves out defaults to ``w=majority``, ``journal=true``
+    (none with ``w=0``) and ``wtimeoutMS=10000``.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
@@ -47,7 +59,9 @@ class MongoStateStore(StateStore):
                 retryWrites=True,
                 tz_aware=False,
             )
-            database = self._client.get_default_database(default="fedn")
+            database = self._client.get_default_database(
+                default="fedn", write_concern=_durable(self._client.write_concern)
+            )
             database.command("ping")
             for collection, indexes in _INDEXES.items():
                 for keys in indexes:
@@ -57,15 +71,26 @@ class MongoStateStore(StateStore):
         except ValueError as exc:  # a malformed URL
             raise StoreError(f"invalid MongoDB URL {self._url}: {exc}") from exc
         self._db = database
-        logger.info("state store: MongoDB %s, database %s", self._url, database.name)
+        self._reader = RecordReader(f"MongoDB {self._url}")
+        logger.info(
+            "state store: MongoDB %s, database %s, write concern %s", self._url, database.name, self.write_concern
+        )
+
+    @property
+    def write_concern(self) -> WriteConcern:
+        """The write concern every write of this store uses."""
+        return self._db.write_concern
 
     def _put(self, collection: str, record: BaseModel) -> None:
+        self._reader.storable(record)
         doc = record.model_dump(mode="json")
         doc["_id"] = doc["id"]
         try:
             self._db[collection].replace_one({"_id": doc["_id"]}, doc, upsert=True)
         except PyMongoError as exc:
             raise StoreError(f"MongoDB write to {collection} failed: {_first_line(exc)}") from exc
+        except (InvalidDocument, OverflowError) as exc:  # permanent: retrying cannot help
+            raise InvalidArgument(f"cannot store {collection} {clip(record.id)}: {_first_line(exc)}") from exc
 
     def _get(self, collection: str, record_id: str, cls: type[T], what: str) -> T:
         try:
@@ -73,19 +98,30 @@ class MongoStateStore(StateStore):
         except PyMongoError as exc:
             raise StoreError(f"MongoDB read from {collection} failed: {_first_line(exc)}") from exc
         if doc is None:
-            raise NotFound(f"{what} {record_id!r} not found")
+            raise NotFound(f"{what} '{clip(record_id)}' not found")
         doc.pop("_id", None)
-        return cls.model_validate(doc)
+        return self._reader.one(cls, what, record_id, doc)
 
-    def _list(self, collection: str, cls: type[T], query: dict, sort: list, limit: int = 0, offset: int = 0) -> list[T]:
+    def _list(
+        self,
+        collection: str,
+        cls: type[T],
+        what: str,
+        query: dict,
+        sort: list,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[T]:
+        """``limit=None`` lists all; 0 lists nothing, as in SQL (MongoDB's own limit(0) means all)."""
+        check_page(0 if limit is None else limit, offset)
+        if limit == 0:
+            return []
         try:
-            cursor = self._db[collection].find(query).sort([*sort, ("_id", sort[0][1])]).skip(offset).limit(limit)
+            cursor = self._db[collection].find(query).sort([*sort, ("_id", sort[0][1])]).skip(offset).limit(limit or 0)
             docs = list(cursor)
         except PyMongoError as exc:
             raise StoreError(f"MongoDB read from {collection} failed: {_first_line(exc)}") from exc
-        for doc in docs:
-            doc.pop("_id", None)
-        return [cls.model_validate(doc) for doc in docs]
+        return self._reader.many(cls, what, ((doc.pop("_id", None), doc) for doc in docs))
 
     def put_session(self, session: Session) -> None:
         self._put("sessions", session)
@@ -94,7 +130,7 @@ class MongoStateStore(StateStore):
         return self._get("sessions", session_id, Session, "session")
 
     def list_sessions(self, *, limit: int = 100, offset: int = 0) -> list[Session]:
-        return self._list("sessions", Session, {}, [("created_at", pymongo.DESCENDING)], limit, offset)
+        return self._list("sessions", Session, "session", {}, [("created_at", pymongo.DESCENDING)], limit, offset)
 
     def put_round(self, round_: Round) -> None:
         self._put("rounds", round_)
@@ -103,7 +139,7 @@ class MongoStateStore(StateStore):
         return self._get("rounds", round_id, Round, "round")
 
     def list_rounds(self, session_id: str) -> list[Round]:
-        return self._list("rounds", Round, {"session_id": session_id}, [("index", pymongo.ASCENDING)])
+        return self._list("rounds", Round, "round", {"session_id": session_id}, [("index", pymongo.ASCENDING)])
 
     def put_model(self, model: ModelRecord) -> None:
         self._put("models", model)
@@ -113,7 +149,7 @@ class MongoStateStore(StateStore):
 
     def list_models(self, *, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelRecord]:
         query = {} if session_id is None else {"session_id": session_id}
-        return self._list("models", ModelRecord, query, [("created_at", pymongo.DESCENDING)], limit, offset)
+        return self._list("models", ModelRecord, "model", query, [("created_at", pymongo.DESCENDING)], limit, offset)
 
     def put_client(self, client: ClientRecord) -> None:
         self._put("clients", client)
@@ -122,7 +158,7 @@ class MongoStateStore(StateStore):
         return self._get("clients", client_id, ClientRecord, "client")
 
     def list_clients(self, *, limit: int = 1000, offset: int = 0) -> list[ClientRecord]:
-        return self._list("clients", ClientRecord, {}, [("assigned_at", pymongo.DESCENDING)], limit, offset)
+        return self._list("clients", ClientRecord, "client", {}, [("assigned_at", pymongo.DESCENDING)], limit, offset)
 
     def put_combiner(self, combiner: CombinerRecord) -> None:
         self._put("combiners", combiner)
@@ -131,10 +167,18 @@ class MongoStateStore(StateStore):
         return self._get("combiners", combiner_id, CombinerRecord, "combiner")
 
     def list_combiners(self) -> list[CombinerRecord]:
-        return self._list("combiners", CombinerRecord, {}, [("registered_at", pymongo.ASCENDING)])
+        return self._list("combiners", CombinerRecord, "combiner", {}, [("registered_at", pymongo.ASCENDING)])
 
     def close(self) -> None:
         self._client.close()
+
+
+def _durable(given: WriteConcern) -> WriteConcern:
+    """``given`` (the URL's options) with our defaults for what it leaves out."""
+    options = given.document
+    w = options.get("w", DEFAULT_W)
+    journal = options.get("j", None if w == 0 else DEFAULT_JOURNAL)
+    return WriteConcern(w=w, j=journal, wtimeout=options.get("wtimeout", DEFAULT_WTIMEOUT_MS))
 
 
 def _first_line(exc: BaseException) -> str:

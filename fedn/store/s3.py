@@ -13,7 +13,8 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
-from fedn.store.base import ModelStore
+from fedn.store.base import ModelStore, StoredObject
+from fedn.store.validation import check_key
 
 __all__ = ["S3ModelStore"]
 
@@ -47,12 +48,6 @@ class _ChunkReader(io.RawIOBase):
             self._pending = self._pending[take:]
         self.size += len(out)
         return bytes(out)
-
-
-def _check_key(key: str) -> str:
-    if not key or key.startswith("/") or any(part in ("", "..", ".") for part in key.split("/")):
-        raise InvalidArgument(f"invalid model key {key!r}")
-    return key
 
 
 class S3ModelStore(ModelStore):
@@ -93,7 +88,7 @@ class S3ModelStore(ModelStore):
         return StoreError(f"S3 {action} of {key!r} in {self.bucket} failed: {detail}")
 
     def put(self, key: str, data: bytes | Iterable[bytes]) -> int:
-        _check_key(key)
+        check_key(key)
         try:
             if isinstance(data, bytes | bytearray | memoryview):
                 self._client.put_object(self.bucket, key, io.BytesIO(data), len(data))
@@ -106,7 +101,7 @@ class S3ModelStore(ModelStore):
 
     def _open(self, key: str):
         try:
-            return self._client.get_object(self.bucket, _check_key(key))
+            return self._client.get_object(self.bucket, check_key(key))
         except S3Error as exc:
             if exc.code in _MISSING:
                 raise NotFound(f"model blob {key!r} not found") from None
@@ -136,7 +131,7 @@ class S3ModelStore(ModelStore):
 
     def exists(self, key: str) -> bool:
         try:
-            self._client.stat_object(self.bucket, _check_key(key))
+            self._client.stat_object(self.bucket, check_key(key))
             return True
         except S3Error as exc:
             if exc.code in _MISSING:
@@ -152,3 +147,14 @@ class S3ModelStore(ModelStore):
             self._client.remove_object(self.bucket, key)
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def list_keys(self, prefix: str = "") -> Iterator[StoredObject]:
+        # S3 lists keys in UTF-8 byte order, which is Python's str order: no sort needed.
+        try:
+            for obj in self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                modified = obj.last_modified.timestamp() if obj.last_modified else 0.0
+                yield StoredObject(obj.object_name, obj.size or 0, modified)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._fail("listing", prefix, exc) from exc

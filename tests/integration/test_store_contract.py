@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pymongo
 import pytest
 
 from fedn.errors import InvalidArgument, NotFound
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, RoundStatus, Session, SessionStatus
-from fedn.store import ModelStore, StateStore, open_model_store, open_state_store
+from fedn.store import ModelStore, StateStore, StoredObject, open_model_store, open_state_store
 
 
 @pytest.fixture(params=["sqlite-memory", "sqlite-file", "mongo"])
@@ -21,6 +26,40 @@ def state(request, tmp_path: Path) -> Iterator[StateStore]:
     }
     store = open_state_store(urls[request.param]())
     yield store
+    store.close()
+
+
+RawWrite = Callable[[str, dict, str | None, float], None]
+
+
+@pytest.fixture(params=["sqlite-file", "mongo"])
+def state_and_raw(request, tmp_path: Path) -> Iterator[tuple[StateStore, RawWrite]]:
+    """A state store and a way to write a document straight into its backend, past every check."""
+    if request.param == "mongo":
+        url = request.getfixturevalue("mongo_url")
+        store = open_state_store(url)
+        client = pymongo.MongoClient(url)
+        database = client.get_default_database()
+
+        def write(table: str, doc: dict, parent: str | None, sort: float) -> None:
+            database[table].insert_one({**doc, "_id": doc["id"]})
+
+        yield store, write
+        client.close()
+    else:
+        path = tmp_path / "state.db"
+        store = open_state_store(f"sqlite:///{path}")
+        db = sqlite3.connect(path)
+
+        def write(table: str, doc: dict, parent: str | None, sort: float) -> None:
+            db.execute(
+                f"INSERT INTO {table} (id, parent, sort, doc) VALUES (?, ?, ?, ?)",
+                (doc["id"], parent, sort, json.dumps(doc)),
+            )
+            db.commit()
+
+        yield store, write
+        db.close()
     store.close()
 
 
@@ -107,10 +146,64 @@ def test_model_blobs(models: ModelStore):
         list(models.iter_chunks("missing", 4))
 
 
-@pytest.mark.parametrize("key", ["../escape", "/abs/path", ""])
+_LISTED = {"models/a": b"a", "models/b/c": b"bc", "models-x": b"xyz", "partials/r1/c1": b"p" * 10}
+
+
+def _listing(models: ModelStore, prefix: str = "") -> list[tuple[str, int]]:
+    return [(obj.key, obj.size) for obj in models.list_keys(prefix)]
+
+
+def test_list_keys_by_prefix_sorted_with_sizes_and_times(models: ModelStore):
+    before = time.time()
+    for key, data in _LISTED.items():
+        models.put(key, data)
+    after = time.time()
+    listed = list(models.list_keys())
+    assert all(isinstance(obj, StoredObject) for obj in listed)
+    assert [(obj.key, obj.size) for obj in listed] == sorted((k, len(v)) for k, v in _LISTED.items())
+    assert all(before - 2.0 <= obj.modified_at <= after + 2.0 for obj in listed)  # S3 keeps whole seconds
+    assert _listing(models, "models/") == [("models/a", 1), ("models/b/c", 2)]
+    assert _listing(models, "models") == [("models-x", 3), ("models/a", 1), ("models/b/c", 2)]
+    assert _listing(models, "partials/r1/c") == [("partials/r1/c1", 10)]
+    for prefix in ("nothing/", "models/b/c/", "../", "/models", "models\x00/"):
+        assert _listing(models, prefix) == []
+    models.delete("models/a")
+    assert _listing(models, "models/") == [("models/b/c", 2)]
+
+
+def test_list_keys_same_from_every_backend(request, tmp_path: Path):
+    """Differential: the directory and S3 list the same keys and sizes for the same prefixes."""
+    backends = [open_model_store((tmp_path / "models").as_uri()), open_model_store(request.getfixturevalue("s3_url"))]
+    keys = ["a-b", "a/b", "a/b-c", "a/bc/d", "a0", "b/\u00e9t\u00e9", "b/z", "Z"]  # '-' < '/' < '0' < 'Z' < 'b'
+    for store in backends:
+        for i, key in enumerate(keys):
+            store.put(key, b"x" * i)
+    listings = [[_listing(store, prefix) for prefix in ("", "a", "a/", "a/b", "b/", "c")] for store in backends]
+    assert listings[0] == listings[1]
+    assert [key for key, _ in listings[0][0]] == sorted(keys)
+    for store in backends:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../escape",
+        "/abs/path",
+        "",
+        "a//b",
+        "a/./b",
+        "nul\x00byte",
+        "line\nbreak",
+        "long/" + "x" * 256,  # one segment over 255 bytes
+        "/".join(["y" * 200] * 6),  # over 1024 bytes in all
+        "\ud800",  # not UTF-8
+    ],
+)
 def test_model_keys_cannot_escape(models: ModelStore, key: str):
-    with pytest.raises(InvalidArgument):
-        models.put(key, b"x")
+    for call in (lambda: models.put(key, b"x"), lambda: models.get(key), lambda: models.exists(key)):
+        with pytest.raises(InvalidArgument):
+            call()
 
 
 def test_same_pages_from_every_backend(request, tmp_path: Path):
@@ -137,12 +230,89 @@ def test_same_pages_from_every_backend(request, tmp_path: Path):
             [s.id for s in store.list_sessions(limit=5, offset=3)],
             [m.id for m in store.list_models(session_id="s1", limit=3, offset=1)],
             [m.id for m in store.list_models(limit=100)],
+            [s.id for s in store.list_sessions(limit=0)],
+            [c.id for c in store.list_clients(limit=0)],
         ]
         for store in backends
     ]
     assert pages[0] == pages[1]
     for store in backends:
         store.close()
+
+
+def _broken(record, **fields) -> dict:
+    return {**record.model_dump(mode="json"), **fields}
+
+
+def test_unreadable_records_are_skipped_by_lists_and_refused_by_gets(state_and_raw, caplog):
+    state, write = state_and_raw
+    good = [_session(i) for i in range(3)]
+    for s in good:
+        state.put_session(s)
+    bad_nan = _broken(_session(5), id="bad-nan", config={"lr": None, "pad": "p" * 5000})
+    bad_missing = {k: v for k, v in _broken(_session(6), id="bad-missing").items() if k != "rounds"}
+    write("sessions", bad_nan, None, bad_nan["created_at"])
+    write("sessions", bad_missing, None, bad_missing["created_at"])
+    round_ok = Round(session_id="s", index=1, model_in="m")
+    state.put_round(round_ok)
+    write("rounds", _broken(Round(session_id="s", index=2, model_in="m"), id="bad-round", status="exploded"), "s", 2)
+    state.put_model(ModelRecord(id="model-ok", key="k", sha256="0", size_bytes=1, num_parameters=1, created_at=1.0))
+    bad_model = _broken(ModelRecord(key="k", sha256="0", size_bytes=1, num_parameters=1), id="bad-model")
+    write("models", {**bad_model, "size_bytes": "many"}, None, 2.0)
+    state.put_client(ClientRecord(id="client-ok", name="c", assigned_at=1.0))
+    write("clients", _broken(ClientRecord(name="c"), id="bad-client", status=None), None, 2.0)
+    state.put_combiner(CombinerRecord(id="combiner-ok", name="c", address="h:1", registered_at=1.0))
+    write(
+        "combiners",
+        _broken(CombinerRecord(id="x", name="c", address="h:1"), id="bad-combiner", address=None),
+        None,
+        2.0,
+    )
+
+    with caplog.at_level(logging.WARNING, logger="fedn.store"):
+        for _ in range(3):  # a caller listing in a loop
+            assert [s.id for s in state.list_sessions()] == [s.id for s in reversed(good)]
+            assert [r.id for r in state.list_rounds("s")] == [round_ok.id]
+            assert [m.id for m in state.list_models()] == ["model-ok"]
+            assert [c.id for c in state.list_clients()] == ["client-ok"]
+            assert [c.id for c in state.list_combiners()] == ["combiner-ok"]
+
+    for getter, bad_id in [
+        (state.get_session, "bad-nan"),
+        (state.get_session, "bad-missing"),
+        (state.get_round, "bad-round"),
+        (state.get_model, "bad-model"),
+        (state.get_client, "bad-client"),
+        (state.get_combiner, "bad-combiner"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"{bad_id} does not validate"):
+            getter(bad_id)
+    assert state.get_session(good[0].id) == good[0]
+    reports = [r.getMessage() for r in caplog.records]
+    for bad_id in ("bad-nan", "bad-missing", "bad-round", "bad-model", "bad-client", "bad-combiner"):
+        assert sum(bad_id in line for line in reports) == 1, reports
+    assert "config.lr" in next(line for line in reports if "bad-nan" in line)
+    assert all(len(line) < 500 and "ppppp" not in line for line in reports)
+
+
+def test_records_that_would_not_read_back_are_refused(state: StateStore):
+    session = Session(rounds=1, seed_model_id="m", model_id="m", config={"lr": float("nan")})
+    with pytest.raises(InvalidArgument, match=r"config\.lr"):
+        state.put_session(session)
+    with pytest.raises(NotFound):
+        state.get_session(session.id)
+    with pytest.raises(InvalidArgument, match=r"config\.steps does not fit in 64 bits"):
+        state.put_session(session.model_copy(update={"config": {"steps": 2**63}}))
+    state.put_session(session.model_copy(update={"config": {"lr": 0.1, "steps": 2**63 - 1}}))
+    assert [s.config for s in state.list_sessions()] == [{"lr": 0.1, "steps": 2**63 - 1}]
+
+
+@pytest.mark.parametrize("limit, offset", [(10, 2**63), (2**63, 0), (-1, 0), (10, -1)])
+def test_pages_out_of_range_are_invalid_arguments(state: StateStore, limit: int, offset: int):
+    with pytest.raises(InvalidArgument):
+        state.list_sessions(limit=limit, offset=offset)
+    with pytest.raises(InvalidArgument):
+        state.list_models(limit=limit, offset=offset)
 
 
 def test_unknown_store_schemes_are_rejected():
