@@ -11,7 +11,7 @@ from fedn.codec import NamedArrays, decode_payload, encode_model_chunks, manifes
 from fedn.records import ModelRecord, new_id
 from fedn.store.base import ModelStore
 
-__all__ = ["load_model", "model_key", "partial_key", "save_model"]
+__all__ = ["load_model", "model_key", "partial_key", "round_model_id", "save_model"]
 
 
 def model_key(model_id: str) -> str:
@@ -20,6 +20,12 @@ def model_key(model_id: str) -> str:
 
 def partial_key(round_id: str, combiner_id: str) -> str:
     return f"partials/{round_id}/{combiner_id}.safetensors"
+
+
+def round_model_id(round_id: str) -> str:
+    """The id of the global model that round (or async flush) ``round_id`` makes: derived from the
+    round's id, so a merge written again after a crash overwrites its model instead of adding one."""
+    return hashlib.sha256(f"round-model:{round_id}".encode()).hexdigest()[:16]
 
 
 def save_model(

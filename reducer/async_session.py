@@ -197,8 +197,13 @@ class AsyncSession:
         return self._merger.apply_delta(session, round_, result.partial_key, optimizer)
 
     def _resume(self, session: Session, optimizer: ServerOptimizer) -> Session:
-        """A merge the previous reducer started but did not finish is done now, from its stored partial."""
-        for round_ in self._state.list_rounds(session.id):
+        """Finish what the previous reducer left: a flush whose model was stored is completed (its
+        version is the session's, never made again); a merge it started is done now, from its stored
+        partial; any other open flush is failed."""
+        for round_ in self._state.list_rounds(session.id):  # in index order: completions chain
+            if ended := self._merger.finish_ended(session, round_):
+                session = ended
+                continue
             if round_.status not in (RoundStatus.PENDING, RoundStatus.RUNNING):
                 continue
             key = partial_key(round_.id, round_.combiners[0]) if round_.combiners else ""

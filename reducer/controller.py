@@ -1,9 +1,14 @@
 """Picks the next session and runs it, sync or async, on one background thread.
 
 Every step is written to the state store before it is acted on. The controller owns the loop, the
-stop signal and the store back-off; a :class:`~reducer.sync_session.SyncSession` or
+stop signal and the back-off; a :class:`~reducer.sync_session.SyncSession` or
 :class:`~reducer.async_session.AsyncSession` runs the session and returns it, and both share one
 :class:`~reducer.planning.Planner` and one :class:`~reducer.merging.Merger`.
+
+Any error that reaches the loop (the store is away, a stored record does not validate, a bug) is
+logged in one line and waited out with exponential back-off on the clock; the next pass reads the
+state again from the store before acting on it. A session whose run keeps raising something other
+than a store error is failed with the reason after ``max_session_errors`` passes in a row.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from fedn.errors import FednError, StoreError
 from fedn.records import Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
 from reducer.async_session import AsyncSession
-from reducer.gateway import CombinerGateway
+from reducer.gateway import CombinerGateway, WatchedGateway
 from reducer.merging import Merger
 from reducer.planning import Planner
 from reducer.registry import CombinerRegistry
@@ -40,21 +45,24 @@ class Controller:
         gateway: CombinerGateway,
         *,
         rpc_grace_s: float = 15.0,
+        resume_wait_s: float = 30.0,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_session_errors: int = 5,
         clock: Clock | None = None,
     ) -> None:
         self._state = state
         self._models = models
         self._registry = registry
-        self._gateway = gateway
+        self._gateway = WatchedGateway(gateway, registry)
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
+        self._max_session_errors = max_session_errors
         self._clock = clock or SystemClock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._planner = Planner(registry, self._stop, rpc_grace_s=rpc_grace_s)
+        self._planner = Planner(registry, self._stop, rpc_grace_s=rpc_grace_s, resume_wait_s=resume_wait_s)
         self._merger = Merger(state, models, self._clock)
 
     def start(self) -> None:
@@ -75,34 +83,41 @@ class Controller:
     # -- the loop ----------------------------------------------------------
 
     def _loop(self) -> None:
-        outages = 0
+        errors = 0  # passes in a row that raised
+        # per session, at its rounds_done as stored: runs in a row that raised something else than StoreError
+        strikes: dict[tuple[str, int], int] = {}
         while not self._stop.is_set():
             session = None
             try:
                 session = self._next_session()
                 if session is None:
-                    outages = 0
+                    errors = 0
                     self._clock.wait(self._wake, _IDLE_POLL_S)
                     self._wake.clear()
                     continue
                 self.run_session(session)
-                outages = 0
-            except StoreError as exc:  # the store is away: nothing unstored was marked done; resume later
-                delay = min(self._max_backoff_s, self._backoff_s * 2**outages)
-                outages += 1
+                errors = 0
+                strikes.clear()
+            except Exception as exc:  # nothing unstored was marked done: wait, read the state again, go on
+                reason = _describe(exc)
+                if session is not None and not isinstance(exc, StoreError):
+                    at = (session.id, session.rounds_done)  # a session that moved on starts counting again
+                    strikes[at] = strikes.get(at, 0) + 1
+                    if strikes[at] >= self._max_session_errors:  # a bug or bad data: do not loop on it
+                        logger.error("controller: session %s: giving up", session.id, exc_info=exc)
+                        self._fail_unexpectedly(session.id, f"{reason} ({strikes.pop(at)} times in a row)")
+                        continue
+                delay = min(self._max_backoff_s, self._backoff_s * 2**errors)
+                errors += 1
                 where = f"session {session.id}: " if session else ""
-                logger.error("controller: %s%s; retrying in %.1fs", where, exc.message, delay)
+                logger.error("controller: %s%s; retrying in %.1fs", where, reason, delay)
                 self._clock.wait(self._stop, delay)
-            except Exception as exc:  # a bug or bad data must not loop: fail the session with the reason
-                logger.exception("controller: session %s failed unexpectedly", session.id if session else "?")
-                if session is not None:
-                    self._fail_unexpectedly(session.id, f"{type(exc).__name__}: {exc}")
 
     def _fail_unexpectedly(self, session_id: str, error: str) -> None:
         try:
             self._merger.fail(self._state.get_session(session_id), error)  # as stored, not as last seen
-        except FednError as exc:
-            logger.error("controller: could not mark session %s failed: %s", session_id, exc.message)
+        except Exception as exc:
+            logger.error("controller: could not mark session %s failed: %s", session_id, _describe(exc))
 
     def _next_session(self) -> Session | None:
         sessions = self._state.list_sessions(limit=1000)
@@ -133,3 +148,10 @@ class Controller:
             self._state.put_session(session)
             logger.info("session %s: done, final model %s", session.id, session.model_id)
         return session
+
+
+def _describe(exc: Exception, limit: int = 500) -> str:
+    """One bounded log line for ``exc``: its message (a validation error's lines joined), no traceback."""
+    text = exc.message if isinstance(exc, FednError) else f"{type(exc).__name__}: {exc}"
+    text = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

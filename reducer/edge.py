@@ -20,13 +20,12 @@ from typing import Annotated, Any
 from pydantic import StringConstraints
 
 from fedn.errors import InvalidArgument
+from fedn.ids import ID_PATTERN, MAX_ID_CHARS
 
 __all__ = [
-    "ID_PATTERN",
     "INT64_MAX",
     "INT64_MIN",
     "MAX_DEPTH",
-    "MAX_ID_CHARS",
     "MAX_JSON_BYTES",
     "Id",
     "Line",
@@ -39,9 +38,6 @@ MAX_JSON_BYTES = 1 << 20
 MAX_DEPTH = 32
 """Objects and arrays nested deeper than this are refused."""
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_ID_CHARS = 128
-ID_PATTERN = rf"^[A-Za-z0-9_.:@\-]{{1,{MAX_ID_CHARS}}}$"
-"""Every id: session, round, model, client, combiner; letters, digits and ``_ . : @ -``."""
 _NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]

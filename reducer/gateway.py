@@ -7,12 +7,13 @@ from typing import Protocol
 
 import grpc
 
-from fedn.errors import error_from_grpc
+from fedn.errors import Unavailable, error_from_grpc
 from fedn.records import CombinerRecord, RoundPlan, RoundResult
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 from fedn.wire import Announcement, announcement_to_proto, round_plan_to_proto, round_result_from_proto
+from reducer.registry import CombinerRegistry
 
-__all__ = ["CombinerGateway", "GrpcCombinerGateway"]
+__all__ = ["CombinerGateway", "GrpcCombinerGateway", "WatchedGateway"]
 
 
 class CombinerGateway(Protocol):
@@ -64,3 +65,30 @@ class GrpcCombinerGateway:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+class WatchedGateway:
+    """A gateway that tells the registry at once when a combiner does not answer: a call that fails
+    with UNAVAILABLE or DEADLINE_EXCEEDED (:class:`~fedn.errors.Unavailable`) marks it unreachable, so
+    it gets no clients or rounds until its next heartbeat. Every error is raised on unchanged."""
+
+    def __init__(self, inner: CombinerGateway, registry: CombinerRegistry) -> None:
+        self._inner = inner
+        self._registry = registry
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        try:
+            return self._inner.run_round(combiner, plan, timeout_s)
+        except Unavailable as exc:
+            self._registry.mark_unreachable(combiner.id, exc.message)
+            raise
+
+    def announce(self, combiner: CombinerRecord, info: Announcement, timeout_s: float) -> bool:
+        try:
+            return self._inner.announce(combiner, info, timeout_s)
+        except Unavailable as exc:
+            self._registry.mark_unreachable(combiner.id, exc.message)
+            raise
+
+    def close(self) -> None:
+        self._inner.close()

@@ -2,8 +2,13 @@
 
 Sync and async sessions are both given one :class:`Merger`. It folds partials (sync), adds a
 flush's mean delta (async), steps the server optimizer, stores the new global model, marks the round
-done and advances the session, in that order: each write comes after what it refers to is stored,
-so a reducer that dies between two writes resumes to "not merged" or "merged", never in between.
+done and advances the session, in that order: each write comes after what it refers to is stored.
+
+A round's end is idempotent. The optimizer's state key and the new model's id are derived from the
+session and the round (:func:`~fedn.models.round_model_id`), so a merge written again after a crash
+overwrites what the first attempt wrote instead of adding a second model. The model record is the
+commit point: once it exists the round has ended, and :meth:`Merger.finish_ended` completes the
+writes a crash cut short (round done, session advanced) instead of running the round again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from fedn.aggregation.server_optimizers import ServerOptimizer
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, check_manifest, encode_model, manifest_of
 from fedn.errors import FednError, InvalidArgument, NotFound
-from fedn.models import load_model, model_key, save_model
+from fedn.models import load_model, model_key, round_model_id, save_model
 from fedn.records import Round, RoundResult, RoundStatus, Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
 
@@ -117,31 +122,23 @@ class Merger:
         new_global = optimizer.step(previous, merged)
         state_key = session.strategy_state_key
         if optimizer.moments:  # stored before the round is marked done, so a restart continues from it
-            state_key = f"sessions/{session.id}/strategy-state-{round_.index}.safetensors"
+            state_key = _strategy_state_key(session, round_)
             self._models.put(state_key, encode_model(optimizer.state_arrays()))
         record = save_model(
             self._models,
             cast_like(new_global, previous),
+            model_id=round_model_id(round_.id),
             session_id=session.id,
             round_id=round_.id,
             parent_id=session.model_id,
         )
-        self._state.put_model(record)
+        self._state.put_model(record)  # the commit point: from here on, a restart completes this round
         duration = self._clock.now() - started
         round_ = round_.model_copy(
             update={"status": RoundStatus.DONE, "model_out": record.id, "finished_at": now(), "duration_s": duration}
         )
         self._state.put_round(round_)
-        session = session.model_copy(
-            update={
-                "model_id": record.id,
-                "rounds_done": round_.index,
-                "updated_at": now(),
-                "strategy_state_key": state_key,
-                "strategy_step": optimizer.step_count,
-            }
-        )
-        self._state.put_session(session)
+        session = self._advance(session, round_, state_key)
         loss = round_.metrics.get("train_loss")
         logger.info(
             "session %s %s %d done: %d updates from %d combiners, train_loss %s, %.2fs -> model %s",
@@ -154,6 +151,53 @@ class Merger:
             duration,
             record.id,
         )
+        return session
+
+    def finish_ended(self, session: Session, round_: Round) -> Session | None:
+        """Complete the end of ``round_`` (the session's next round or version) if it ended before the
+        reducer stopped: its model record exists, but the round is not marked done or the session was
+        not advanced. Returns the advanced session, or None if the round had not ended (run it again)."""
+        if round_.index != session.rounds_done + 1 or round_.status == RoundStatus.FAILED:
+            return None
+        try:
+            record = self._state.get_model(round_model_id(round_.id))
+        except NotFound:
+            return None
+        if round_.status != RoundStatus.DONE or round_.model_out != record.id:
+            started = round_.started_at
+            round_ = round_.model_copy(
+                update={
+                    "status": RoundStatus.DONE,
+                    "model_out": record.id,
+                    "finished_at": now(),
+                    "duration_s": None if started is None else max(0.0, record.created_at - started),
+                }
+            )
+            self._state.put_round(round_)
+        state_key = _strategy_state_key(session, round_)
+        if not self._models.exists(state_key):  # an optimizer without moments keeps no state
+            state_key = session.strategy_state_key
+        logger.info(
+            "session %s %s %d had ended before the restart: completed, model %s",
+            session.id,
+            _unit(session),
+            round_.index,
+            record.id,
+        )
+        return self._advance(session, round_, state_key)
+
+    def _advance(self, session: Session, round_: Round, state_key: str | None) -> Session:
+        """The session moved on to ``round_``'s model; the optimizer has stepped once more."""
+        session = session.model_copy(
+            update={
+                "model_id": round_.model_out,
+                "rounds_done": round_.index,
+                "updated_at": now(),
+                "strategy_state_key": state_key,
+                "strategy_step": session.strategy_step + 1,
+            }
+        )
+        self._state.put_session(session)
         return session
 
     def fail_round(self, round_: Round, reason: str, started: float | None = None) -> Round:
@@ -184,6 +228,11 @@ class Merger:
         self._state.put_session(session)
         logger.error("session %s failed: %s", session.id, error)
         return session
+
+
+def _strategy_state_key(session: Session, round_: Round) -> str:
+    """Where the optimizer's state after ``round_`` is kept: one key per index, rewritten by a re-run."""
+    return f"sessions/{session.id}/strategy-state-{round_.index}.safetensors"
 
 
 def _unit(session: Session) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import fedn
+from fedn.ids import ID_PATTERN
 from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
-from reducer.edge import ID_PATTERN, MAX_DEPTH, MAX_JSON_BYTES
+from reducer.edge import MAX_DEPTH, MAX_JSON_BYTES
 from reducer.requests import (
     MAX_OFFSET,
     AssignRequest,

@@ -19,19 +19,24 @@ __all__ = ["Planner", "Share"]
 
 @dataclass(frozen=True)
 class Share:
-    """One combiner's part: ``max_clients`` of its clients train (0 = every client it has)."""
+    """One combiner's part: ``max_clients`` of its clients train (0 = every client it has).
+    ``client_ids`` are its clients as of its last heartbeat, to name them if its call fails."""
 
     combiner: CombinerRecord
     max_clients: int = 0
+    client_ids: tuple[str, ...] = ()
 
 
 class Planner:
     """Waits for clients, splits a session's sample over the live combiners and builds their plans."""
 
-    def __init__(self, registry: CombinerRegistry, stop: threading.Event, *, rpc_grace_s: float) -> None:
+    def __init__(
+        self, registry: CombinerRegistry, stop: threading.Event, *, rpc_grace_s: float, resume_wait_s: float = 30.0
+    ) -> None:
         self._registry = registry
         self._stop = stop
         self.rpc_grace_s = rpc_grace_s
+        self._resume_wait_s = resume_wait_s
 
     def wait_for_clients(self, session: Session) -> str:
         """Block until ``min_clients`` are connected, ``round_timeout_s`` passed on the clock, or the
@@ -44,12 +49,32 @@ class Planner:
     def shares(self, session: Session) -> list[Share]:
         """The live combiners with clients, each with its share of ``fraction``; combiners whose share
         is 0 are left out."""
-        combiners = [c for c in self._registry.live() if c.num_clients > 0]
+        split = self._split(session, [c for c in self._registry.live() if c.num_clients > 0])
+        return split if session.fraction >= 1.0 else [s for s in split if s.max_clients > 0]
+
+    def resume_wait_s(self, session: Session) -> float:
+        """How long a restarted reducer waits for the combiners of the round it resumes (on the clock)."""
+        return min(session.round_timeout_s, self._resume_wait_s)
+
+    def wait_for_combiners(self, session: Session, combiner_ids: list[str]) -> tuple[list[Share], list[str]]:
+        """Wait until every one of ``combiner_ids`` is live, :meth:`resume_wait_s` passed, or the
+        controller stops; returns the shares of those that are live (each asked again, whatever its
+        client count: it may hold a finished result) and the ids of those that are not."""
+        live = self._registry.wait_for_combiners(combiner_ids, self.resume_wait_s(session), self._stop)
+        back = [c for c in live if c.id in combiner_ids]
+        shares = self._split(session, back)
+        if session.fraction < 1.0:  # it had a share when the round began; one that starts afresh trains one
+            shares = [Share(s.combiner, max(1, s.max_clients), s.client_ids) for s in shares]
+        return shares, [i for i in combiner_ids if i not in {c.id for c in back}]
+
+    def _split(self, session: Session, combiners: list[CombinerRecord]) -> list[Share]:
+        """Each of ``combiners`` with its share of the session's sample (every client if fraction is 1)."""
+        ids = {c.id: tuple(self._registry.client_ids(c.id)) for c in combiners}
         if session.fraction >= 1.0:
-            return [Share(c) for c in combiners]
+            return [Share(c, 0, ids[c.id]) for c in combiners]
         counts = {c.id: c.num_clients for c in combiners}
         shares = allocate_sample(counts, sample_size(sum(counts.values()), session.fraction, session.min_clients))
-        return [Share(c, shares[c.id]) for c in combiners if shares[c.id] > 0]
+        return [Share(c, shares[c.id], ids[c.id]) for c in combiners]
 
     def call_timeout_s(self, session: Session) -> float:
         """How long one ``RunRound`` call may take: the combiner's deadline plus the RPC grace."""

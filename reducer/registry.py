@@ -1,10 +1,18 @@
-"""Which combiners are alive, which clients each serves, and where a new client should go."""
+"""Which combiners are alive, which clients each serves, and where a new client should go.
+
+A combiner is live from a heartbeat until it misses them for ``combiner_timeout_s``, or until a call
+to it finds it unreachable (:meth:`CombinerRegistry.mark_unreachable`): from then on it gets no new
+clients and no rounds until its next heartbeat. Clients are sent to the least-loaded live combiner
+when they ask (on start and whenever their stream breaks); a connected client is never moved.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fedn.clock import Clock, SystemClock
 from fedn.errors import NotFound, Unavailable
@@ -14,6 +22,8 @@ from fedn.store.base import StateStore
 __all__ = ["CombinerRegistry"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _PENDING_GRACE_S = 30.0  # an assigned client that has not connected by then no longer counts
 
@@ -107,11 +117,31 @@ class CombinerRegistry:
                 silent = self._clock.now() - live.last_seen > self._timeout_s
                 if silent and live.record.status == NodeStatus.ONLINE:
                     logger.warning("combiner %s missed heartbeats for %.0fs: offline", live.record.id, self._timeout_s)
-                    self._mark_clients(live.client_ids, live.record.id, NodeStatus.OFFLINE)
-                    live.client_ids = set()
-                    live.record = live.record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0})
-                    self._state.put_combiner(live.record)
-                    self._notify()
+                    self._go_offline(live)
+
+    def mark_unreachable(self, combiner_id: str, reason: str) -> None:
+        """A call to ``combiner_id`` got no answer (unavailable, or out of time): offline, with its clients,
+        until its next heartbeat, so no client or round is sent to it meanwhile."""
+        with self.changed:
+            live = self._combiners.get(combiner_id)
+            if live is None or live.record.status != NodeStatus.ONLINE:
+                return
+            logger.warning("combiner %s unreachable (%s): offline until its next heartbeat", combiner_id, reason)
+            self._go_offline(live)
+
+    def _go_offline(self, live: _Live) -> None:
+        """Called with ``changed`` held."""
+        self._mark_clients(live.client_ids, live.record.id, NodeStatus.OFFLINE)
+        live.client_ids = set()
+        live.record = live.record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0})
+        self._state.put_combiner(live.record)
+        self._notify()
+
+    def client_ids(self, combiner_id: str) -> list[str]:
+        """The clients of ``combiner_id``'s last heartbeat (none once it went offline), sorted."""
+        with self.changed:
+            live = self._combiners.get(combiner_id)
+            return sorted(live.client_ids) if live is not None else []
 
     def live(self) -> list[CombinerRecord]:
         self.refresh()
@@ -148,16 +178,29 @@ class CombinerRegistry:
     def wait_for_clients(self, count: int, timeout_s: float, stop: threading.Event) -> int:
         """Block until live combiners hold ``count`` clients, ``timeout_s`` passed on the clock, or
         ``stop`` (with :meth:`wake_waiters`); returns the count seen."""
+        return self._wait(self.clients_online, lambda seen: seen >= count, timeout_s, stop)
+
+    def wait_for_combiners(
+        self, combiner_ids: list[str], timeout_s: float, stop: threading.Event
+    ) -> list[CombinerRecord]:
+        """Block until every one of ``combiner_ids`` is live, ``timeout_s`` passed on the clock, or
+        ``stop``; returns the live combiners (all of them, not only those asked for)."""
+        wanted = set(combiner_ids)
+        return self._wait(self.live, lambda live: wanted <= {c.id for c in live}, timeout_s, stop)
+
+    def _wait(
+        self, look: Callable[[], T], is_enough: Callable[[T], bool], timeout_s: float, stop: threading.Event
+    ) -> T:
         deadline = self._clock.now() + timeout_s
         changed = threading.Event()
         with self.changed:
             self._waiters.add(changed)
         try:
             while True:
-                changed.clear()  # before counting: a change after the count wakes the wait below
-                seen = self.clients_online()
+                changed.clear()  # before looking: a change after the look wakes the wait below
+                seen = look()
                 remaining = deadline - self._clock.now()
-                if seen >= count or remaining <= 0 or stop.is_set():
+                if is_enough(seen) or remaining <= 0 or stop.is_set():
                     return seen
                 # liveness is judged on the clock too: look again at least once a (clock) second
                 self._clock.wait(changed, min(remaining, 1.0))

@@ -15,6 +15,8 @@ from reducer.api import ApiContext
 from reducer.app import create_app
 from reducer.controller import Controller
 from reducer.gateway import GrpcCombinerGateway
+from reducer.gc import GarbageCollector
+from reducer.http_errors import JsonErrorChannel
 from reducer.registry import CombinerRegistry
 from reducer.settings import ReducerSettings
 
@@ -32,6 +34,7 @@ class ReducerServer:
         self._server = None
         self._thread: threading.Thread | None = None
         self._controller: Controller | None = None
+        self._gc: GarbageCollector | None = None
         self._gateway: GrpcCombinerGateway | None = None
         self._stores: list = []
 
@@ -48,13 +51,27 @@ class ReducerServer:
         registry = CombinerRegistry(state, combiner_timeout_s=s.combiner_timeout_s, clock=clock)
         registry.load()
         self._gateway = GrpcCombinerGateway()
-        self._controller = Controller(state, models, registry, self._gateway, rpc_grace_s=s.rpc_grace_s, clock=clock)
+        self._controller = Controller(
+            state,
+            models,
+            registry,
+            self._gateway,
+            rpc_grace_s=s.rpc_grace_s,
+            resume_wait_s=s.resume_wait_s,
+            max_session_errors=s.max_session_errors,
+            clock=clock,
+        )
+        if s.gc_interval_s > 0:
+            self._gc = GarbageCollector(state, models, grace_s=s.gc_grace_s, interval_s=s.gc_interval_s, clock=clock)
         app = create_app(ApiContext(state, models, registry, self._controller, max_model_bytes=s.max_model_bytes))
         self._server = create_server(app, host=s.host, port=s.port, threads=s.threads, ident="fedn")
+        self._server.channel_class = JsonErrorChannel
         self.port = self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, name="waitress", daemon=True)
         self._thread.start()
         self._controller.start()
+        if self._gc is not None:
+            self._gc.start()
         logger.info(
             "reducer listening on %s (state %s, models %s, %s)",
             self.url,
@@ -79,6 +96,8 @@ class ReducerServer:
             self._gateway.close()  # ends in-flight RunRound calls at once
         if self._controller is not None:
             self._controller.stop()
+        if self._gc is not None:
+            self._gc.stop()
         for store in self._stores:
             store.close()
         logger.info("reducer stopped")

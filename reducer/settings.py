@@ -17,5 +17,20 @@ class ReducerSettings(BaseSettings):
     models: str = Field("file://.fedn/models", description="model store URL, shared with the combiners")
     combiner_timeout_s: float = Field(10.0, gt=0, description="a combiner silent this long is marked offline")
     rpc_grace_s: float = Field(15.0, ge=0, description="seconds a RunRound call may exceed the round timeout")
+    resume_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="after a restart, seconds to wait for the combiners of the round that was running "
+        "(at most the round's timeout)",
+    )
+    max_session_errors: int = Field(
+        5, ge=1, description="a session whose run fails this many times in a row with an unexpected error is failed"
+    )
+    gc_interval_s: float = Field(
+        600.0, ge=0, description="seconds between garbage collections of the model store; 0 = never"
+    )
+    gc_grace_s: float = Field(
+        3600.0, ge=0, description="a model blob with no record, or a partial with no round, is removed once this old"
+    )
     max_model_bytes: int = Field(1 << 30, gt=0, description="largest model upload accepted, in bytes")
     threads: int = Field(16, ge=1, description="REST API worker threads")

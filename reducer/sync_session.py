@@ -1,8 +1,10 @@
 """Synchronous sessions: every round asks each combiner for its partial and merges them all.
 
 A round is written (``pending``, then ``running`` with its combiners) before any combiner is asked,
-and marked done only after its model is stored, so a reducer that dies mid-round runs the same
-round (same id) again on restart; a done round is never re-run.
+and marked done only after its model is stored. A reducer that restarts mid-round asks the same
+combiners for the same round (same id, same plan), after waiting (bounded) for them to be back: a
+combiner that still holds that round joins it or returns its finished result, so no finished partial
+is dropped. A round whose model was stored before the restart is completed, never run again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fedn.aggregation import merge_metric_summaries
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.clock import Clock
 from fedn.errors import FednError
-from fedn.models import load_model, model_key
+from fedn.models import load_model, model_key, partial_key
 from fedn.records import (
     ClientFailureRecord,
     CombinerRecord,
@@ -27,10 +29,11 @@ from fedn.records import (
     SessionStatus,
     now,
 )
+from fedn.sampling import select_clients
 from fedn.store.base import ModelStore, StateStore
 from reducer.gateway import CombinerGateway
 from reducer.merging import Merger, PartialFolder
-from reducer.planning import Planner
+from reducer.planning import Planner, Share
 
 __all__ = ["SyncSession"]
 
@@ -63,7 +66,11 @@ class SyncSession:
         existing = {r.index: r for r in self._state.list_rounds(session.id)}
         while session.rounds_done < session.rounds and not self._stop.is_set():
             index = session.rounds_done + 1
-            round_ = existing.get(index) or Round(session_id=session.id, index=index, model_in=session.model_id)
+            round_ = existing.get(index)
+            if round_ is not None and (ended := self._merger.finish_ended(session, round_)):
+                session = ended
+                continue
+            round_ = round_ or Round(session_id=session.id, index=index, model_in=session.model_id)
             session = self.run_round(session, round_)
             if session.status == SessionStatus.FAILED:
                 break
@@ -72,43 +79,51 @@ class SyncSession:
     def run_round(self, session: Session, round_: Round) -> Session:
         """Run one round; returns the session as updated (advanced, failed with the reason, or as it was
         if the controller stopped: the round is left running, and a restarted reducer runs it again)."""
-        round_ = round_.model_copy(
-            update={
-                "status": RoundStatus.PENDING,
-                "model_in": session.model_id,
-                "model_out": None,
-                "failures": [],
-                "reason": None,
-                "combiners": [],
-                "started_at": None,
-                "finished_at": None,
-                "duration_s": None,
-            }
-        )
-        self._state.put_round(round_)
-        if reason := self._planner.wait_for_clients(session):
-            return self._merger.fail(session, reason, round_=round_)
+        shares, lost = self._resume(session, round_)
+        if shares:  # as stored: running on these combiners, which are asked again for the same round
+            round_ = round_.model_copy(update={"model_in": session.model_id, "failures": [], "reason": None})
+        elif not self._stop.is_set():
+            round_ = round_.model_copy(
+                update={
+                    "status": RoundStatus.PENDING,
+                    "model_in": session.model_id,
+                    "model_out": None,
+                    "failures": [],
+                    "reason": None,
+                    "combiners": [],
+                    "started_at": None,
+                    "finished_at": None,
+                    "duration_s": None,
+                }
+            )
+            self._state.put_round(round_)
+            if reason := self._planner.wait_for_clients(session):
+                return self._merger.fail(session, reason, round_=round_)
+            shares = self._planner.shares(session)
+            round_ = round_.model_copy(
+                update={
+                    "status": RoundStatus.RUNNING,
+                    "combiners": [s.combiner.id for s in shares],
+                    "started_at": now(),
+                }
+            )
+            self._state.put_round(round_)
         if self._stop.is_set():
             return session
-
-        shares = self._planner.shares(session)
         started = self._clock.now()
-        round_ = round_.model_copy(
-            update={"status": RoundStatus.RUNNING, "combiners": [s.combiner.id for s in shares], "started_at": now()}
-        )
-        self._state.put_round(round_)
         logger.info(
-            "session %s round %d (%s): running on %s",
+            "session %s round %d (%s): %s on %s",
             session.id,
             round_.index,
             round_.id,
+            "resuming" if lost is not None else "running",
             ", ".join(s.combiner.id for s in shares),
         )
         optimizer = make_server_optimizer(session.strategy, session.strategy_config)
         plan = self._planner.plan(session, optimizer, round_id=round_.id, index=round_.index)
         timeout_s = self._planner.call_timeout_s(session)
         results: list[RoundResult] = []
-        failures: list[ClientFailureRecord] = []
+        failures: list[ClientFailureRecord] = list(lost or [])
         partials = self._merger.folder(session.model_id)
         used: list[RoundResult] = []
         # The merge waits for the slowest combiner; what can be done before (reading and folding the
@@ -116,16 +131,17 @@ class SyncSession:
         # time, so the reducer holds one partial, not one per combiner, and the merge only stores.
         with ThreadPoolExecutor(max_workers=len(shares) + 1, thread_name_prefix="run-round") as pool:
             previous = pool.submit(load_model, self._models, model_key(session.model_id))
-            futures = {
-                s.combiner.id: pool.submit(self._round_at, s.combiner, Planner.for_share(plan, s), timeout_s, partials)
+            futures = [
+                (s, pool.submit(self._round_at, s.combiner, Planner.for_share(plan, s), timeout_s, partials))
                 for s in shares
-            }
-            for combiner_id, future in futures.items():
+            ]
+            for share, future in futures:
+                combiner_id = share.combiner.id
                 try:
                     result, unusable = future.result()
                 except FednError as exc:  # whatever status the combiner gave: its failure, not the round's
                     logger.warning("round %s: %s", round_.id, exc.message)
-                    failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=exc.message))
+                    failures.extend(_clients_lost(share, Planner.for_share(plan, share), exc.message))
                     continue
                 results.append(result)
                 failures.extend(result.failures)
@@ -154,6 +170,7 @@ class SyncSession:
                 reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in failures[:5])
             return self._merger.fail(session, reason, round_=round_, started=started)
 
+        self._state.put_round(round_)  # its results, before the end: a restart that completes it keeps them
         merged = partials.merge.finish()
         try:
             current = previous.result()
@@ -170,3 +187,31 @@ class SyncSession:
         combiner's result and why its partial could not be used ("" if it was, or if it had none)."""
         result = self._gateway.run_round(combiner, plan, timeout_s)
         return result, partials.fold(result) if result.partial_key else ""
+
+    def _resume(self, session: Session, round_: Round) -> tuple[list[Share], list[ClientFailureRecord] | None]:
+        """For a round a previous reducer left running on some combiners: wait (bounded) for them to be
+        back, and return their shares, with a failure for each that did not come back. ``([], None)``
+        if the round was not running, or none of its combiners came back (it is planned afresh)."""
+        if round_.status != RoundStatus.RUNNING or not round_.combiners:
+            return [], None
+        shares, absent = self._planner.wait_for_combiners(session, round_.combiners)
+        if not shares:
+            return [], None
+        lost = []
+        for combiner_id in absent:
+            error = f"combiner {combiner_id} did not come back within {self._planner.resume_wait_s(session):.0f}s"
+            if self._models.exists(partial_key(round_.id, combiner_id)):
+                error += "; its stored partial is not merged: its weight is known only from the combiner's result"
+            logger.warning("round %s: %s", round_.id, error)
+            lost.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=f"combiner failed: {error}"))
+        return shares, lost
+
+
+def _clients_lost(share: Share, plan: RoundPlan, error: str) -> list[ClientFailureRecord]:
+    """A combiner whose call failed: its own failure, then one for each client it was asked to train
+    (the clients of its last heartbeat, sampled as the combiner samples them)."""
+    combiner_id = share.combiner.id
+    selected = select_clients(list(share.client_ids), plan.max_clients, plan.sample_seed)
+    return [ClientFailureRecord(client_id="", combiner_id=combiner_id, error=error)] + [
+        ClientFailureRecord(client_id=c, combiner_id=combiner_id, error=f"combiner failed: {error}") for c in selected
+    ]

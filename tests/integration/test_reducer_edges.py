@@ -5,6 +5,7 @@ wrong, before any store is touched; nothing a refused request carried is stored.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -126,6 +127,33 @@ def test_the_real_server_answers_an_oversized_body_with_json_whether_chunked_or_
             assert response.headers["content-type"] == "application/json"
             assert set(response.json()) == {"error", "detail"}
         assert httpx.get(url, timeout=30).json()["count"] == 0
+    finally:
+        server.stop()
+
+
+def test_errors_the_http_server_answers_itself_are_json_too(tmp_path: Path):
+    """Malformed HTTP never reaches Flask: waitress answers it, in the same shape."""
+    settings = ReducerSettings(
+        host="127.0.0.1", port=0, state=f"sqlite:///{tmp_path / 'state.db'}", models=(tmp_path / "models").as_uri()
+    )
+    server = ReducerServer(settings)
+    server.start()
+    try:
+        requests = {
+            501: b"POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400: b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        }
+        for status, raw in requests.items():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+                conn.sendall(raw)
+                reply = b""
+                while chunk := conn.recv(65536):
+                    reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.split(b" ", 2)[1] == str(status).encode(), head[:200]
+            assert b"content-type: application/json" in head.lower(), head[:300]
+            assert set(json.loads(body)) == {"error", "detail"}
+        assert httpx.get(f"{server.url}/api/v1/health", timeout=30).status_code == 200
     finally:
         server.stop()
 
