@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint unit bench proto clean
+.PHONY: install demo test lint unit bench chaos proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ unit: install
 
 bench: install
 	$(PY) -m bench
+
+chaos: install
+	$(PY) -m tests.chaos.run --faults 100 --seed 1
 
 proto: install
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fedn/v1/fedn.proto
