@@ -222,7 +222,8 @@ class AsyncRun:
         share a base, and a large model is otherwise read from the store once per update."""
         base = self._bases.get(model_id)
         if base is None:
-            base = await self._ctx.models.model_arrays(model_id)
+            deadline = self._ctx.clock.now() + self.plan.timeout_s  # the client's update waits, not the round
+            base = await self._ctx.models.model_arrays(model_id, deadline=deadline)
             self._bases[model_id] = base
             while len(self._bases) > _BASES_KEPT:
                 self._bases.popitem(last=False)
@@ -260,7 +261,8 @@ class AsyncRun:
         clock = self._ctx.clock
         self._calls += 1
         try:
-            deadline = clock.now() + plan.timeout_s
+            called_at = clock.now()
+            deadline = called_at + plan.timeout_s
             while not self._closed and not self._sealed:
                 remaining = deadline - clock.now()
                 if remaining <= 0:
@@ -288,6 +290,7 @@ class AsyncRun:
                 tally=tally,
                 metrics=done.metrics,
                 client_ids=done.accepted,
+                deadline=self._ctx.store_deadline(called_at, plan.timeout_s),
             )
             logger.info(
                 "async session %s on %s: flush of %d updates (version %d), %d rejected, %d stale, %d training",

@@ -80,6 +80,9 @@ class AsyncTrainers:
         self._clock.call_later(delay, lambda: self.dispatch(client_id))
 
     def left(self, client_id: str) -> None:
+        """``client_id``'s stream closed: forget it, failures included (client ids come and go; a count
+        kept for each that ever failed would grow for as long as the run lasts)."""
+        self._strikes.pop(client_id, None)
         self._training.discard(client_id)
         self._tasks.release(client_id)
         with contextlib.suppress(ValueError):

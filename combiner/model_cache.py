@@ -15,6 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from combiner.grants import GrantGate
 from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
@@ -22,6 +23,7 @@ from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, decode_payload, model_header_size, read_model_header, split_model
 from fedn.errors import InvalidModel
 from fedn.models import model_key
+from fedn.retry import retry
 from fedn.store.base import ModelStore
 from fedn.wire import ModelHeaderInfo, model_data_message, model_header_message
 
@@ -29,12 +31,15 @@ __all__ = ["CachedModel", "ModelCache", "download_concurrency"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _MODEL_CACHE_SIZE = 3
 _STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ahead and gRPC's send queue
 # Train tasks out per free download stream: the next client is already asking when a stream frees,
 # which hides a round trip, while the calls that wait stay few (each costs ~20 KiB of gRPC state).
 _TASKS_PER_DOWNLOAD_STREAM = 2
 _READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
+_READ_RETRY_S = 30.0  # how long a read with no deadline of its own (a client's download) retries the store
 
 
 def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
@@ -87,17 +92,30 @@ class ModelCache:
     def store(self) -> ModelStore:
         return self._store
 
-    async def get(self, model_id: str) -> CachedModel:
-        """The model, loaded once and kept while it is among the last few asked for; NotFound if unknown."""
-        async with self._lock:
-            cached = self._cache.get(model_id)
-            if cached is None:
-                cached = await asyncio.to_thread(self._load, model_id)
-                self._cache[model_id] = cached
-                while len(self._cache) > _MODEL_CACHE_SIZE:
-                    self._cache.popitem(last=False)
+    async def get(self, model_id: str, *, deadline: float | None = None) -> CachedModel:
+        """The model, loaded once and kept while it is among the last few asked for; NotFound if unknown.
+
+        A store error is retried until ``deadline`` (on the clock; by default ``_READ_RETRY_S`` from
+        now), then raised. A held model is returned at once, whatever another load waits for.
+        """
+        cached = self._cache.get(model_id)
+        if cached is None:
+            async with self._lock:
+                cached = self._cache.get(model_id)
+                if cached is None:
+                    cached = await self._read(lambda: self._load(model_id), f"reading model {model_id}", deadline)
+                    self._cache[model_id] = cached
+                    while len(self._cache) > _MODEL_CACHE_SIZE:
+                        self._cache.popitem(last=False)
+        if model_id in self._cache:
             self._cache.move_to_end(model_id)
-            return cached
+        return cached
+
+    async def _read(self, read: Callable[[], T], what: str, deadline: float | None) -> T:
+        """``read()`` in a thread, retried through a store outage until ``deadline``."""
+        if deadline is None:
+            deadline = self._clock.now() + _READ_RETRY_S
+        return await retry(lambda: asyncio.to_thread(read), deadline=deadline, clock=self._clock, what=what)
 
     def drop(self, model_id: str) -> bool:
         """Forget a held model (every client has it); a late download reads it from the store again."""
@@ -106,10 +124,12 @@ class ModelCache:
     def cached_model_ids(self) -> list[str]:
         return list(self._cache)
 
-    async def model_arrays(self, model_id: str) -> NamedArrays:
-        """The model as arrays, read from the store (a held model is kept only as download messages)."""
-        model = await self.get(model_id)
-        manifest, payload = split_model(await asyncio.to_thread(self._store.get, model.key))
+    async def model_arrays(self, model_id: str, *, deadline: float | None = None) -> NamedArrays:
+        """The model as arrays, read from the store (a held model is kept only as download messages);
+        store errors are retried as :meth:`get` retries them."""
+        model = await self.get(model_id, deadline=deadline)
+        blob = await self._read(lambda: self._store.get(model.key), f"reading model {model_id}", deadline)
+        manifest, payload = split_model(blob)
         return decode_payload(manifest, payload)
 
     def _load(self, model_id: str) -> CachedModel:

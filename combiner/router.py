@@ -18,7 +18,6 @@ from combiner.sync_round import SyncRound
 from fedn.aggregation import make_aggregator
 from fedn.errors import FailedPrecondition
 from fedn.records import RoundPlan, RoundResult, SessionMode
-from fedn.sampling import select_clients
 from fedn.wire import Announcement, UpdateHeaderInfo
 
 __all__ = ["RunRouter"]
@@ -110,17 +109,20 @@ class RunRouter:
         if isinstance(current, SyncRound) and current.run_id == plan.round_id:
             logger.info("round %s asked for again (reducer restarted?): joining it", plan.round_id)
             return current
+        started = self._ctx.clock.now()
+        # a plan that cannot run (bad rule, unknown model) is refused before it ends the round running now
+        SyncRound.check_plan(plan)
+        model = await self._ctx.models.get(plan.model_id, deadline=started + plan.timeout_s)
+        aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         reason = f"a synchronous round ({plan.round_id}) started"
         if isinstance(current, SyncRound):
             reason = f"the reducer asked for round {plan.round_id}"
         retired = self._retire(reason)
         if retired is not None:
             await retired.wait_closed()
-        SyncRound.check_plan(plan)  # refuse a bad rule before clients train
-        model = await self._ctx.models.get(plan.model_id)
-        selected = select_clients(self.connected_client_ids(), plan.max_clients, plan.sample_seed)
-        aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
-        rnd = SyncRound(self._ctx, plan, model, aggregator, selected)
+        connected = self.connected_client_ids()
+        selected = self._ctx.stragglers.select(connected, plan.max_clients, plan.sample_seed, plan.round_id)
+        rnd = SyncRound(self._ctx, plan, model, aggregator, selected, started_at=started)
         self._run = rnd
         rnd.start()
         return rnd
@@ -128,8 +130,9 @@ class RunRouter:
     async def _async_run(self, plan: RoundPlan) -> AsyncRun:
         """Join (or start) the async session of ``plan``."""
         AsyncRun.check_plan(plan)
+        deadline = self._ctx.clock.now() + plan.timeout_s
+        model = await self._ctx.models.get(plan.model_id, deadline=deadline)  # refuse an unknown one before clients go
         run = self._run
-        model = await self._ctx.models.get(plan.model_id)  # refuse an unknown model before clients are sent to it
         if isinstance(run, AsyncRun) and not run.closed and run.session_id == plan.session_id:
             run.update_plan(plan)
             return run

@@ -15,12 +15,15 @@ from typing import Protocol
 from combiner.clients import ClientHub
 from combiner.model_cache import ModelCache
 from combiner.staging import UploadStager
+from combiner.stragglers import Stragglers
 from fedn.aggregation import Aggregator, MetricsAccumulator
 from fedn.clock import Clock
 from fedn.codec import encode_model_chunks
-from fedn.errors import FednError, InvalidArgument, PayloadTooLarge
+from fedn.errors import FednError, InvalidArgument, PayloadTooLarge, StoreError
+from fedn.ids import printable
 from fedn.models import partial_key
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.retry import retry
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 
 __all__ = [
@@ -91,18 +94,28 @@ class Run(Protocol):
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a run is given: the combiner's clients, models, upload staging and clock."""
+    """What a run is given: the combiner's clients, models, upload staging and clock, who is on back-off
+    for missing a deadline, and how long past a round's deadline the model store is retried."""
 
     combiner_id: str
     clients: ClientHub
     models: ModelCache
     stager: UploadStager
     clock: Clock
+    stragglers: Stragglers = field(default_factory=Stragglers)
+    store_retry_grace_s: float = 7.5
+
+    def store_deadline(self, started_at: float, timeout_s: float) -> float:
+        """Until when a run that began at ``started_at`` retries the model store: its deadline plus the
+        grace, which stays under the reducer's RPC grace so the answer reaches the reducer in time."""
+        return started_at + timeout_s + self.store_retry_grace_s
 
 
 def failure_text(error: str) -> str:
-    """A client's own account of its failure, bounded: it ends up in the round record."""
-    return (error or "unspecified error")[:_FAILURE_TEXT_CHARS]
+    """A client's own account of its failure, bounded and on one printable line: it ends up in the round
+    record and in the log, so a client cannot flood either, or forge log lines with line breaks."""
+    text = printable((error or "unspecified error")[:_FAILURE_TEXT_CHARS])
+    return text if len(text) <= _FAILURE_TEXT_CHARS else text[: _FAILURE_TEXT_CHARS - 3] + "..."
 
 
 def train_task(run_id: str, plan: RoundPlan, model_id: str, round_index: int) -> TaskInfo:
@@ -140,10 +153,13 @@ async def store_result(
     tally: Tally,
     metrics: MetricsAccumulator,
     client_ids: list[str],
+    deadline: float,
 ) -> RoundResult:
     """Store the aggregate as this combiner's partial of ``round_id`` and describe it.
 
-    ``aggregator=None`` (or one with nothing folded) stores nothing: the result has no partial.
+    ``aggregator=None`` (or one with nothing folded) stores nothing: the result has no partial. A store
+    error is retried until ``deadline`` (on ``ctx.clock``); past it, the result has no partial and lists
+    the clients whose updates were lost with it, so the reducer records them instead of waiting.
     """
     count = aggregator.count if aggregator is not None else 0
     key, total_weight = "", 0.0
@@ -151,8 +167,21 @@ async def store_result(
         # the round is over: a mean computed in place of the running sums saves a model copy
         partial = await asyncio.to_thread(aggregator.finish)
         key = partial_key(round_id, ctx.combiner_id)
-        await asyncio.to_thread(ctx.models.store.put, key, encode_model_chunks(partial.arrays))
-        total_weight = partial.total_weight
+        store = ctx.models.store
+        try:
+            await retry(
+                lambda: asyncio.to_thread(store.put, key, encode_model_chunks(partial.arrays)),
+                deadline=deadline,
+                clock=ctx.clock,
+                what=f"storing the partial of round {round_id}",
+            )
+        except StoreError as exc:
+            lost = f"update lost: the partial could not be stored before the deadline: {failure_text(exc.message)}"
+            for client_id in client_ids:
+                tally.fail(client_id, lost)
+            key, count, client_ids = "", 0, []
+        else:
+            total_weight = partial.total_weight
         del partial
     return RoundResult(
         round_id=round_id,

@@ -16,6 +16,7 @@ from combiner.run import RunContext
 from combiner.servicer import CombinerServicer
 from combiner.settings import CombinerSettings
 from combiner.staging import UploadStager
+from combiner.stragglers import Stragglers
 from fedn.api_client import ReducerAPI
 from fedn.clock import Clock, SystemClock
 from fedn.errors import FednError, NotFound
@@ -60,6 +61,8 @@ def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) ->
             spool_dir=s.spool_dir,
         ),
         clock=clock,
+        stragglers=Stragglers(s.straggler_backoff_rounds, s.straggler_backoff_max_rounds),
+        store_retry_grace_s=s.store_retry_grace_s,
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from combiner.clients import HEARTBEAT
-from combiner.grpc_errors import map_errors
+from combiner.grpc_errors import decoded, map_errors, tolerant
 from combiner.model_cache import ModelCache
 from combiner.router import RunRouter
 from fedn import wire
@@ -42,17 +42,22 @@ class CombinerServicer(pb_grpc.CombinerServicer):
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the generated handlers, but let DownloadModel send messages it serialized itself: a
-        held model's chunks are serialized once, not once per client."""
+        held model's chunks are serialized once, not once per client. A request that does not parse
+        reaches its method (as :class:`~combiner.grpc_errors.Undecodable`) to be refused there."""
         capture = _CapturedHandlers()
         pb_grpc.add_CombinerServicer_to_server(self, capture)
-        handlers = dict(capture.handlers)
+        handlers = {
+            name: h._replace(request_deserializer=tolerant(h.request_deserializer))
+            for name, h in capture.handlers.items()
+        }
         handlers["DownloadModel"] = handlers["DownloadModel"]._replace(response_serializer=None)  # sent as is
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
         server.add_registered_method_handlers(capture.service, handlers)
 
     @map_errors
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
-        conn = self._rounds.connect(request.client_id, request.client_name)
+        client_id, name = wire.task_stream_request_from_proto(request)
+        conn = self._rounds.connect(client_id, name)
         heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
             yield heartbeat  # tells the client at once that it is connected
@@ -64,23 +69,25 @@ class CombinerServicer(pb_grpc.CombinerServicer):
 
     @map_errors
     async def DownloadModel(self, request: pb.DownloadModelRequest, context: grpc.aio.ServicerContext):
-        model = await self._models.get(request.model_id)
+        model_id, client_id = wire.download_request_from_proto(request)
+        model = await self._models.get(model_id)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._models.download_slots(model):
             async for message in self._models.download_messages(model):
                 yield message  # already serialized (see add_to_server)
-        self._rounds.download_done(request.model_id, request.client_id)
+        if client_id:
+            self._rounds.download_done(model_id, client_id)
 
     @map_errors
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
+        if first is None or decoded(first).WhichOneof("part") != "header":
             raise InvalidArgument("an update stream must start with its header")
         header = wire.update_header_from_proto(first.header)
 
         async def chunks():
             async for msg in request_iterator:
-                if msg.WhichOneof("part") != "data":
+                if decoded(msg).WhichOneof("part") != "data":
                     raise InvalidArgument("only data chunks may follow the header")
                 yield msg.data
 
@@ -89,12 +96,12 @@ class CombinerServicer(pb_grpc.CombinerServicer):
 
     @map_errors
     async def RequestUpload(self, request: pb.UploadRequest, context) -> pb.UploadGrant:
-        granted, queued = self._rounds.request_upload(request.round_id, request.client_id, request.payload_bytes)
+        granted, queued = self._rounds.request_upload(*wire.upload_request_from_proto(request))
         return pb.UploadGrant(granted=granted, queued_before=0 if granted else queued)
 
     @map_errors
     async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:
-        self._rounds.report_failure(request.round_id, request.client_id, request.error)
+        self._rounds.report_failure(*wire.failure_report_from_proto(request))
         return pb.ReportFailureResponse()
 
     @map_errors

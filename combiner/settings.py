@@ -52,6 +52,20 @@ class CombinerSettings(BaseSettings):
     upload_grant_timeout_s: float = Field(
         30.0, gt=0, description="seconds a client granted an upload slot has to start using it before it passes on"
     )
+    store_retry_grace_s: float = Field(
+        7.5,
+        ge=0,
+        description="seconds past a round's deadline the combiner keeps retrying the model store (storing its "
+        "partial) through an outage; keep it below the reducer's --rpc-grace-s (default 15) so the round's "
+        "answer reaches the reducer before it stops waiting",
+    )
+    straggler_backoff_rounds: int = Field(
+        1,
+        ge=0,
+        description="sync rounds a client that missed a round's deadline sits out; doubles with each further miss, "
+        "forgiven on a delivered update; 0 selects it again at once",
+    )
+    straggler_backoff_max_rounds: int = Field(8, ge=0, description="the longest back-off of a straggler, in rounds")
     http2_bdp_probe: bool = Field(
         False,
         description="let HTTP/2 windows grow with bandwidth-delay: faster for few clients with large models over "

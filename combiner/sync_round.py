@@ -31,14 +31,22 @@ class SyncRound:
     """
 
     def __init__(
-        self, ctx: RunContext, plan: RoundPlan, model: CachedModel, aggregator: Aggregator, selected: list[str]
+        self,
+        ctx: RunContext,
+        plan: RoundPlan,
+        model: CachedModel,
+        aggregator: Aggregator,
+        selected: list[str],
+        *,
+        started_at: float | None = None,
     ) -> None:
         self._ctx = ctx
         self.plan = plan
         self._manifest = model.manifest
         self._aggregator = aggregator
         self._selected = set(selected)
-        self._started_at = ctx.clock.now()
+        # when the reducer asked: the deadline counts from then, whatever reading the model took
+        self._started_at = ctx.clock.now() if started_at is None else started_at
         self._metrics = MetricsAccumulator()
         self._tally = Tally()
         self._answered: set[str] = set()
@@ -153,6 +161,7 @@ class SyncRound:
                     aggregator.add(arrays, header.num_examples)
                 self._metrics.add(header.metrics, header.num_examples)
                 self._accepted.append(client_id)
+                self._ctx.stragglers.delivered(client_id)
                 self._answer(client_id)
                 count = aggregator.count
             del arrays
@@ -181,21 +190,28 @@ class SyncRound:
             len(selected),
             plan.timeout_s,
         )
+        timed_out = False
         try:
             if selected:
                 for client_id in selected:
                     if self._tasks.request(client_id):
                         ctx.clients.send(client_id, self._train_task)
-                with contextlib.suppress(TimeoutError):
-                    await ctx.clock.wait_for(self._all_answered.wait(), plan.timeout_s)
+                try:
+                    remaining = self._started_at + plan.timeout_s - ctx.clock.now()
+                    await ctx.clock.wait_for(self._all_answered.wait(), remaining)
+                except TimeoutError:
+                    timed_out = True
             async with self._lock:
                 self._closed = True
         finally:
             self._closed = True
             self._uploads.close()
             self._tasks.close()
-        for client_id in sorted(self._selected - self._answered):
+        missed = sorted(self._selected - self._answered)
+        for client_id in missed:
             self._tally.fail(client_id, f"no update within the round deadline ({plan.timeout_s:g}s)")
+        if timed_out:  # not when the round was abandoned: those clients had no full deadline
+            ctx.stragglers.missed(missed)
         result = await store_result(
             ctx,
             plan.round_id,
@@ -204,6 +220,7 @@ class SyncRound:
             tally=self._tally,
             metrics=self._metrics,
             client_ids=self._accepted,
+            deadline=ctx.store_deadline(self._started_at, plan.timeout_s),
         )
         await asyncio.to_thread(heap.trim)  # the round's buffers are gone: return their memory to the OS
         logger.info(

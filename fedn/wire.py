@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, sha256_hex
-from fedn.errors import InvalidArgument
+from fedn.errors import InvalidArgument, validation_problem
+from fedn.ids import check_id, check_text, printable
 from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult, SessionMode
 from fedn.v1 import fedn_pb2 as pb
 
@@ -20,6 +25,8 @@ __all__ = [
     "announcement_to_proto",
     "config_from_proto",
     "config_to_proto",
+    "download_request_from_proto",
+    "failure_report_from_proto",
     "model_data_message",
     "model_header_from_proto",
     "model_header_message",
@@ -30,11 +37,19 @@ __all__ = [
     "round_result_from_proto",
     "round_result_to_proto",
     "task_from_proto",
+    "task_stream_request_from_proto",
     "task_to_proto",
     "update_header_from_proto",
     "update_header_to_proto",
     "update_messages",
+    "upload_request_from_proto",
 ]
+
+# What a peer may send is bounded at decode: anything past these is refused with InvalidArgument.
+MAX_TIMEOUT_S, MAX_METRICS, MAX_KEY_CHARS, MAX_NAME_CHARS = 1e7, 64, 128, 256  # 116 days; config keys, metrics
+MAX_TENSOR_NAME_CHARS, MAX_TENSOR_DIMS, MAX_TENSOR_DIM = 1024, 32, 1 << 40
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DTYPE_RE = re.compile(r"^[A-Za-z0-9<>|=]{1,16}$")
 
 
 @dataclass(frozen=True)
@@ -117,12 +132,31 @@ def config_to_proto(config: Mapping[str, ConfigScalar], target) -> None:
             raise InvalidArgument(f"config value {key!r} must be bool, int, float or str, not {type(value).__name__}")
 
 
-def config_from_proto(config) -> dict[str, ConfigScalar]:
+def config_from_proto(config, field: str = "config") -> dict[str, ConfigScalar]:
+    """A ``map<string, ConfigValue>`` as a dict; InvalidArgument for a value with no kind, NaN or an infinity."""
     out: dict[str, ConfigScalar] = {}
     for key, value in config.items():
+        check_text(key, f"{field} key", MAX_KEY_CHARS, empty=False)
         kind = value.WhichOneof("kind")
-        out[key] = getattr(value, kind) if kind else None
+        if kind is None:
+            raise InvalidArgument(f"{field}.{key} has no value (set one of double, int, string, bool)")
+        scalar = getattr(value, kind)
+        if kind == "double_value":
+            _check_finite(scalar, f"{field}.{key}")
+        out[key] = scalar
     return out
+
+
+def _check_finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{field} must be a finite number, not {value}")
+    return value
+
+
+def _check_count(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgument(f"{field} must not be negative, got {value}")
+    return int(value)
 
 
 def model_header_to_proto(info: ModelHeaderInfo) -> pb.ModelHeader:
@@ -145,12 +179,29 @@ def model_data_message(data: bytes) -> bytes:
 
 
 def model_header_from_proto(msg: pb.ModelHeader) -> ModelHeaderInfo:
+    """The header of a model stream, with its manifest bounded (names, dtypes, shapes) and its digest checked
+    for form; whether it matches a model is for :func:`fedn.codec.check_manifest` to say."""
     return ModelHeaderInfo(
-        model_id=msg.model_id,
-        tensors=[TensorSpec(t.name, t.dtype, tuple(int(d) for d in t.shape)) for t in msg.tensors],
-        sha256=msg.sha256,
-        payload_bytes=int(msg.payload_bytes),
+        model_id=check_id(msg.model_id, "model_id", optional=True),
+        tensors=[_tensor_spec_from_proto(t) for t in msg.tensors],
+        sha256=_check_sha256(msg.sha256),
+        payload_bytes=_check_count(msg.payload_bytes, "payload_bytes"),
     )
+
+
+def _tensor_spec_from_proto(msg: pb.TensorSpec) -> TensorSpec:
+    name, shape = check_text(msg.name, "tensor name", MAX_TENSOR_NAME_CHARS, empty=False), tuple(msg.shape)
+    if not _DTYPE_RE.fullmatch(msg.dtype):
+        raise InvalidArgument(f"tensor {printable(name[:40])!r}: dtype {printable(msg.dtype[:40])!r} is unknown")
+    if len(shape) > MAX_TENSOR_DIMS or any(not 0 <= d <= MAX_TENSOR_DIM for d in shape):
+        raise InvalidArgument(f"tensor {printable(name[:40])!r}: at most 32 dimensions, each from 0 to 2**40")
+    return TensorSpec(name, msg.dtype, tuple(int(d) for d in shape))
+
+
+def _check_sha256(digest: str) -> str:
+    if not _SHA256_RE.fullmatch(digest):
+        raise InvalidArgument("sha256 must be 64 lowercase hex digits")
+    return digest
 
 
 def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
@@ -165,12 +216,19 @@ def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
 
 
 def update_header_from_proto(msg: pb.UpdateHeader) -> UpdateHeaderInfo:
+    """An update's header: ids checked, metrics bounded in number and name (they are summed per name)."""
+    if len(msg.metrics) > MAX_METRICS:
+        raise InvalidArgument(f"an update may carry at most {MAX_METRICS} metrics, not {len(msg.metrics)}")
+    # a NaN metric is common (a loss that diverged, an AUC with one class): it is left out, the update kept
+    metrics = {
+        check_text(k, "metric name", MAX_KEY_CHARS, empty=False): v for k, v in msg.metrics.items() if math.isfinite(v)
+    }
     return UpdateHeaderInfo(
-        round_id=msg.round_id,
-        client_id=msg.client_id,
-        base_model_id=msg.base_model_id,
+        round_id=check_id(msg.round_id, "round_id"),
+        client_id=check_id(msg.client_id, "client_id"),
+        base_model_id=check_id(msg.base_model_id, "base_model_id", optional=True),
         num_examples=float(msg.num_examples),
-        metrics=dict(msg.metrics),
+        metrics=metrics,
         model=model_header_from_proto(msg.model),
     )
 
@@ -197,30 +255,37 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
 
 
 def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
-    return RoundPlan(
-        round_id=msg.round_id,
-        session_id=msg.session_id,
-        round_index=msg.round_index,
-        model_id=msg.model_id,
-        aggregator=msg.aggregator or "fedavg",
-        config=config_from_proto(msg.config),
-        timeout_s=msg.timeout_s,
-        max_clients=msg.max_clients,
-        sample_seed=msg.sample_seed,
-        aggregator_config=config_from_proto(msg.aggregator_config),
-        mode=_plan_mode(msg.mode),
-        buffer_size=msg.buffer_size,
-        model_version=msg.model_version,
-        staleness_exponent=msg.staleness_exponent,
-        max_staleness=msg.max_staleness,
-    )
+    """A plan from the reducer, every field checked: ids, finite positive timeout, no negative count."""
+    timeout_s = msg.timeout_s
+    if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+        raise InvalidArgument(f"round timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s}")
+    try:
+        return RoundPlan(
+            round_id=check_id(msg.round_id, "round_id"),
+            session_id=check_id(msg.session_id, "session_id"),
+            round_index=_check_count(msg.round_index, "round_index"),
+            model_id=check_id(msg.model_id, "model_id"),
+            aggregator=check_text(msg.aggregator, "aggregator", MAX_KEY_CHARS) or "fedavg",
+            config=config_from_proto(msg.config),
+            timeout_s=timeout_s,
+            max_clients=_check_count(msg.max_clients, "max_clients"),
+            sample_seed=msg.sample_seed,
+            aggregator_config=config_from_proto(msg.aggregator_config, "aggregator_config"),
+            mode=_plan_mode(msg.mode),
+            buffer_size=_check_count(msg.buffer_size, "buffer_size"),
+            model_version=_check_count(msg.model_version, "model_version"),
+            staleness_exponent=_check_finite(msg.staleness_exponent, "staleness_exponent"),
+            max_staleness=_check_count(msg.max_staleness, "max_staleness"),
+        )
+    except ValidationError as exc:
+        raise validation_problem(exc, "round plan") from None
 
 
 def _plan_mode(text: str) -> SessionMode:
     try:
         return SessionMode(text or "sync")
     except ValueError:
-        raise InvalidArgument(f"unknown round mode {text!r}; known: sync, async") from None
+        raise InvalidArgument(f"unknown round mode {printable(text[:40])!r}; known: sync, async") from None
 
 
 @dataclass(frozen=True)
@@ -240,7 +305,36 @@ def announcement_to_proto(info: Announcement) -> pb.ModelAnnouncement:
 
 
 def announcement_from_proto(msg: pb.ModelAnnouncement) -> Announcement:
-    return Announcement(msg.session_id, msg.model_id, int(msg.model_version), bool(msg.final))
+    return Announcement(
+        check_id(msg.session_id, "session_id"),
+        check_id(msg.model_id, "model_id"),
+        _check_count(msg.model_version, "model_version"),
+        bool(msg.final),
+    )
+
+
+def task_stream_request_from_proto(msg: pb.TaskStreamRequest) -> tuple[str, str]:
+    """(client id, client name): the name is shown in logs, so it is one printable line."""
+    return check_id(msg.client_id, "client_id"), check_text(msg.client_name, "client_name", MAX_NAME_CHARS)
+
+
+def download_request_from_proto(msg: pb.DownloadModelRequest) -> tuple[str, str]:
+    """(model id, client id); the client id may be empty (it only marks the client's download done)."""
+    return check_id(msg.model_id, "model_id"), check_id(msg.client_id, "client_id", optional=True)
+
+
+def upload_request_from_proto(msg: pb.UploadRequest) -> tuple[str, str, int]:
+    """(round id, client id, payload bytes)."""
+    return (
+        check_id(msg.round_id, "round_id"),
+        check_id(msg.client_id, "client_id"),
+        _check_count(msg.payload_bytes, "payload_bytes"),
+    )
+
+
+def failure_report_from_proto(msg: pb.ReportFailureRequest) -> tuple[str, str, str]:
+    """(round id, client id, error): the error is the client's own text, bounded where it is kept."""
+    return check_id(msg.round_id, "round_id"), check_id(msg.client_id, "client_id"), msg.error
 
 
 def round_result_to_proto(result: RoundResult) -> pb.RoundResult:

@@ -13,7 +13,7 @@ import pytest
 from combiner.async_run import AsyncRun, async_run_id
 from combiner.clients import HEARTBEAT, ClientConnection, ClientHub
 from combiner.model_cache import ModelCache
-from combiner.run import Run, RunContext
+from combiner.run import Run, RunContext, failure_text
 from combiner.staging import UploadStager
 from combiner.sync_round import SyncRound
 from fedn import heap
@@ -277,5 +277,28 @@ def test_heartbeats_go_to_idle_streams_once_per_interval(tmp_path):
             assert fed.conns["idle"].tasks.get_nowait() is HEARTBEAT and fed.conns["idle"].tasks.empty()
         assert fed.tasks("busy", "heartbeat") == []  # its queue was never empty
         beats.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_report_is_bounded_to_one_printable_line():
+    text = failure_text("Traceback\n  File x\x1b[2J\x00" + "y" * 100_000)
+    assert len(text) <= 2000 and text.isprintable() and text.startswith("Traceback\\n  File x\\x1b[2J\\x00")
+    assert failure_text("") == "unspecified error"
+
+
+def test_an_async_run_forgets_the_failures_of_clients_that_left(tmp_path):
+    async def scenario() -> None:
+        fed = Federation(tmp_path)
+        run, _ = await _async_run(fed)
+        for i in range(50):  # clients that fail once and never come back
+            client_id = f"gone-{i}"
+            fed.connect(client_id)
+            run.client_connected(client_id, replaced=False)
+            run.report_failure(client_id, "oops")
+            fed.ctx.clients.disconnect(fed.conns.pop(client_id))
+            run.client_left(client_id)
+        assert len(run._trainers._strikes) == 0
+        run.close("test over")
 
     asyncio.run(scenario())
