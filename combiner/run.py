@@ -21,7 +21,7 @@ from fedn.clock import Clock
 from fedn.codec import encode_model_chunks
 from fedn.errors import FednError, InvalidArgument, PayloadTooLarge, StoreError
 from fedn.ids import printable
-from fedn.models import partial_key
+from fedn.models import partial_key, partial_metadata
 from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
 from fedn.retry import retry
 from fedn.wire import TaskInfo, UpdateHeaderInfo
@@ -167,10 +167,14 @@ async def store_result(
         # the round is over: a mean computed in place of the running sums saves a model copy
         partial = await asyncio.to_thread(aggregator.finish)
         key = partial_key(round_id, ctx.combiner_id)
+        # the result goes into the partial's header, so the partial is usable without this reply: by this
+        # combiner asked again after a restart, or by a reducer whose combiner did not come back
+        described = _describe(ctx, round_id, key, partial.total_weight, count, num_selected, tally, metrics, client_ids)
+        metadata = partial_metadata(described)
         store = ctx.models.store
         try:
             await retry(
-                lambda: asyncio.to_thread(store.put, key, encode_model_chunks(partial.arrays)),
+                lambda: asyncio.to_thread(store.put, key, encode_model_chunks(partial.arrays, metadata)),
                 deadline=deadline,
                 clock=ctx.clock,
                 what=f"storing the partial of round {round_id}",
@@ -183,6 +187,20 @@ async def store_result(
         else:
             total_weight = partial.total_weight
         del partial
+    return _describe(ctx, round_id, key, total_weight, count, num_selected, tally, metrics, client_ids)
+
+
+def _describe(
+    ctx: RunContext,
+    round_id: str,
+    key: str,
+    total_weight: float,
+    count: int,
+    num_selected: int,
+    tally: Tally,
+    metrics: MetricsAccumulator,
+    client_ids: list[str],
+) -> RoundResult:
     return RoundResult(
         round_id=round_id,
         combiner_id=ctx.combiner_id,

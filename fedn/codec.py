@@ -44,6 +44,7 @@ __all__ = [
     "model_header_size",
     "payload_bytes",
     "read_model_header",
+    "read_model_metadata",
     "sha256_hex",
     "split_model",
     "spooled_arrays",
@@ -182,11 +183,20 @@ def decode_payload(manifest: list[TensorSpec], payload: bytes | bytearray | memo
     return out
 
 
-def encode_model(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """A safetensors file of ``arrays``."""
+def encode_model(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file of ``arrays``, with ``metadata`` (strings to strings) in its header if given."""
     if not arrays:
         raise InvalidModel("a model needs at least one tensor")
-    return _st_save({name: _as_array(name, a) for name, a in arrays.items()})
+    return _st_save({name: _as_array(name, a) for name, a in arrays.items()}, metadata=_metadata(metadata))
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The header's ``__metadata__`` map: the format allows strings to strings only."""
+    if not metadata:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise InvalidModel("model metadata maps strings to strings")
+    return dict(metadata)
 
 
 # numpy dtype name -> safetensors dtype code (the format's spelling)
@@ -206,15 +216,20 @@ _SAFETENSORS_DTYPES = {
 _NUMPY_DTYPES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
 
 
-def encode_model_chunks(arrays: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryview]:
+def encode_model_chunks(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> Iterator[bytes | memoryview]:
     """The same safetensors file as :func:`encode_model`, as its header and then a zero-copy view of each
     tensor, so a store can write a large model (a float64 partial) without a second copy in memory.
+    ``metadata`` (strings to strings) goes in the header's ``__metadata__`` map.
 
     The safetensors library's writer builds the whole file in memory; its reader checks what this writes.
     """
     if not arrays:
         raise InvalidModel("a model needs at least one tensor")
     header: dict[str, dict] = {}
+    if (extra := _metadata(metadata)) is not None:
+        header["__metadata__"] = extra  # type: ignore[assignment]
     views: list[memoryview] = []
     offset = 0
     for name, value in arrays.items():
@@ -266,6 +281,19 @@ def read_model_header(prefix: bytes | memoryview) -> tuple[list[TensorSpec], int
     if not manifest:
         raise InvalidModel("model has no tensors")
     return manifest, offset
+
+
+def read_model_metadata(prefix: bytes | memoryview) -> dict[str, str]:
+    """The ``__metadata__`` map of a safetensors file ({} if it has none), from its first
+    :func:`model_header_size` bytes: no tensor is read or decoded."""
+    try:
+        header = json.loads(bytes(prefix[8 : model_header_size(prefix)]))
+        metadata = header.get("__metadata__") or {}
+    except (ValueError, AttributeError) as exc:
+        raise InvalidModel(f"not a safetensors model: {exc}") from exc
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidModel("not a safetensors model: its metadata is not a map of strings")
+    return metadata
 
 
 def split_model(data: bytes) -> tuple[list[TensorSpec], memoryview]:

@@ -129,6 +129,8 @@ class Round(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     duration_s: float | None = None
+    # combiners that did not come back to a restarted reducer, whose partials it merged from the model store
+    merged_from_store: list[str] = Field(default_factory=list)
 
 
 class ModelRecord(BaseModel):

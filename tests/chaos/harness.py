@@ -283,7 +283,7 @@ class ChaosRun:
         self.config = config
         self.rng = random.Random(config.seed)
         self.report = ChaosReport(config.seed, list(config.modes), list(config.kinds))
-        self.ledger = Ledger()
+        self.ledger = Ledger(round_timeout_s=config.round_timeout_s)
         self._faults = deque(schedule(self.rng, config.faults, config.kinds, config.combiners, config.clients))
         self.report.faults_scheduled = len(self._faults)
         self._mongo: _MongoServer | None = None
@@ -485,7 +485,9 @@ class ChaosRun:
         if fault.kind == "window":
             return self._window(fault, session_id)
         self._note(
-            session_id, fault.kind if fault.kind not in ("combiner", "client") else f"{fault.kind}-{fault.target}"
+            session_id,
+            fault.kind if fault.kind not in ("combiner", "client") else f"{fault.kind}-{fault.target}",
+            fault.down_s,
         )
         if fault.kind == "reducer":
             _kill(fed.reducer)
@@ -527,6 +529,7 @@ class ChaosRun:
         self._note(
             session_id,
             f"window k={fault.target} held {held.command if held else '?'} {held.collection if held else '?'}",
+            fault.down_s,
         )
         _kill(self._fed.reducer)
         proxy.release()
@@ -534,9 +537,10 @@ class ChaosRun:
         self._restart_reducer()
         return True
 
-    def _note(self, session_id: str, what: str) -> None:
+    def _note(self, session_id: str, what: str, down_s: float) -> None:
         logger.info("fault in session %s: %s", session_id, what)
         self.report.faults_by_session.setdefault(session_id, []).append(what)
+        self.ledger.landed(session_id, what, down_s)
 
     def _restart_reducer(self) -> None:
         assert self._fed is not None

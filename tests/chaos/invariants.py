@@ -16,6 +16,9 @@ each a dict ``{"invariant", "session", "detail"}``. The names:
 - ``model_stored``: every done round's model has a record and a blob whose sha256 and size match;
 - ``partial_dropped`` (sync): a combiner's partial written before its round ended was merged, not
   dropped (the combiner is in the round and has no combiner-level failure);
+- ``failed_by_short_fault``: no session failed when every fault that landed in it was shorter than the
+  round timeout (each is undone within seconds, and a round waits its whole deadline): an outage
+  shorter than the deadline costs no session (issue 14);
 - ``orphaned_after_gc``: after garbage collection, no model blob without a record and no partial of
   an ended round or of a round with no record (a violation only when garbage collection ran).
 """
@@ -34,6 +37,7 @@ from fedn.store.base import ModelStore, StateStore
 __all__ = [
     "Blob",
     "BlobLister",
+    "LandedFault",
     "Ledger",
     "Orphans",
     "RoundSnapshot",
@@ -97,11 +101,23 @@ class Ledger:
     sessions: dict[str, str] = field(default_factory=dict)  # session id -> mode, for each 201
     seed_models: list[str] = field(default_factory=list)  # model ids, for each 201
     done_rounds: dict[str, RoundSnapshot] = field(default_factory=dict)  # first sighting of each done round
+    faults: dict[str, list[LandedFault]] = field(default_factory=dict)  # session id -> the faults that landed in it
+    round_timeout_s: float = 12.0  # of every session the harness starts
 
     def observe(self, rounds: Iterable[Round]) -> None:
         for r in rounds:
             if r.status == RoundStatus.DONE:
                 self.done_rounds.setdefault(r.id, snapshot_of(r))
+
+    def landed(self, session_id: str, what: str, down_s: float) -> None:
+        """A fault landed in ``session_id``; what it hit was down (or frozen) ``down_s`` seconds."""
+        self.faults.setdefault(session_id, []).append(LandedFault(what, down_s))
+
+
+@dataclass(frozen=True)
+class LandedFault:
+    what: str
+    down_s: float
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,7 @@ def check_all(
         rounds = state.list_rounds(session_id)
         records = state.list_models(session_id=session_id, limit=10_000)
         found += _check_session(session, rounds, records, models, partials)
+        found += _short_fault_failure(session, ledger)
     for model_id in ledger.seed_models:
         found += [violation("acknowledged_write_lost", "", d) for d in _model_problems(state, models, model_id)]
     found += _check_snapshots(state, ledger)
@@ -232,6 +249,18 @@ def _check_session(
     if status == "done" and done and session.model_id != done[-1].model_out:
         found.append(violation("parent_chain", sid, f"session model {session.model_id} is not the last round's"))
     return found
+
+
+def _short_fault_failure(session: Session, ledger: Ledger) -> list[dict[str, str]]:
+    """A failed session whose every fault (none counts too) was shorter than the round timeout."""
+    if str(session.status) != "failed":
+        return []
+    faults = ledger.faults.get(session.id, [])
+    if any(f.down_s >= ledger.round_timeout_s for f in faults):
+        return []
+    what = ", ".join(f"{f.what} {f.down_s:g}s" for f in faults) or "no fault"
+    detail = f"failed after {what} (round timeout {ledger.round_timeout_s:g}s): {session.error or 'no reason'}"
+    return [violation("failed_by_short_fault", session.id, detail)]
 
 
 def _blob_problems(models: ModelStore, record: ModelRecord | None, model_id: str | None) -> list[str]:

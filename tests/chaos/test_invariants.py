@@ -65,7 +65,7 @@ def test_a_running_session_and_a_failure_without_reason_are_caught(tmp_path: Pat
     assert world.check() == {"session_ended"}
     world.session.status, world.session.error = SessionStatus.FAILED, " "
     world.state.put_session(world.session)
-    assert world.check() == {"session_ended"}
+    assert world.check() == {"session_ended", "failed_by_short_fault"}  # no fault landed in it either
 
 
 def test_a_round_left_running_in_a_done_session_is_caught(tmp_path: Path):
@@ -155,3 +155,22 @@ def test_a_snapshot_records_what_must_not_change():
     r = Round(session_id="s", index=1, model_in="a", model_out="b", status=RoundStatus.DONE, num_updates=4)
     assert snapshot_of(r) == snapshot_of(r.model_copy(update={"metrics": {}}))
     assert snapshot_of(r) != snapshot_of(r.model_copy(update={"model_out": "c"}))
+
+
+def test_a_session_failed_by_faults_shorter_than_the_round_timeout_is_caught(tmp_path: Path):
+    world = World(tmp_path)
+    world.ledger.round_timeout_s = 12.0
+    world.ledger.landed(world.session.id, "s3", 1.5)
+    world.ledger.landed(world.session.id, "combiner-1", 0.4)
+    assert world.check() == set()  # done: the faults cost nothing
+    world.session.status, world.session.error = SessionStatus.FAILED, "round 3 failed: 1 updates arrived"
+    world.state.put_session(world.session)
+    found = check_all(world.state, world.models, world.ledger, partials_before_gc=[], orphans=NO_ORPHANS, gc_ran=False)
+    assert [v["invariant"] for v in found] == ["failed_by_short_fault"]
+    assert "s3 1.5s" in found[0]["detail"] and "round 3 failed: 1 updates arrived" in found[0]["detail"]
+
+    world.ledger.faults.clear()  # a session that failed with no fault at all is no better
+    assert world.check() == {"failed_by_short_fault"}
+
+    world.ledger.landed(world.session.id, "mongo", 30.0)  # an outage longer than a round may fail it
+    assert world.check() == set()
