@@ -1,4 +1,10 @@
-"""Connected clients: one task stream each, and one heartbeat loop for all of them."""
+"""Connected clients: one task stream each, and one heartbeat loop for all of them.
+
+A stream can be *shed* (:meth:`ClientHub.shed`) when the reducer rebalances: it ends with UNAVAILABLE
+and a message that tells the client to ask the reducer for a combiner again. Only idle clients are
+shed: a client is busy from the moment a run holds it (:meth:`ClientHub.hold`, or a train task sent
+to it) for as long as that run is the active one.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,43 @@ import logging
 from dataclasses import dataclass, field
 
 from fedn.clock import Clock
-from fedn.errors import InvalidArgument
+from fedn.errors import InvalidArgument, Unavailable
 from fedn.wire import TaskInfo
 
-__all__ = ["HEARTBEAT", "ClientConnection", "ClientHub"]
+__all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT = TaskInfo("heartbeat")
 
+SHED_MESSAGE = "rebalanced: ask the reducer for a combiner"
+
+
+@dataclass(frozen=True)
+class _Shed:
+    reason: str
+
+
+class TaskQueue(asyncio.Queue):
+    """A stream's tasks; once shed, :meth:`get` raises Unavailable, which ends the stream with that status."""
+
+    async def get(self):
+        item = await super().get()
+        if isinstance(item, _Shed):
+            raise Unavailable(item.reason)
+        return item
+
 
 @dataclass(eq=False)
 class ClientConnection:
-    """One open task stream; the stream handler is the only writer, fed through ``tasks``."""
+    """One open task stream; the stream handler is the only writer, fed through ``tasks``. ``held_by``
+    is the run that gave it work last (a run id, "" for none); ``shed`` once it was told to go."""
 
     client_id: str
     name: str
-    tasks: asyncio.Queue = field(default_factory=asyncio.Queue)
+    tasks: TaskQueue = field(default_factory=TaskQueue)
+    held_by: str = ""
+    shed: bool = False
 
 
 class ClientHub:
@@ -58,19 +84,52 @@ class ClientHub:
         return True
 
     def send(self, client_id: str, task: TaskInfo) -> None:
-        """Queue ``task`` on the client's stream; a client that is gone misses it."""
+        """Queue ``task`` on the client's stream; a client that is gone (or shed) misses it. A train task
+        makes its run hold the client."""
         conn = self._clients.get(client_id)
-        if conn is not None:
+        if conn is not None and not conn.shed:
+            if task.kind == "train":
+                conn.held_by = task.round_id
             conn.tasks.put_nowait(task)
 
+    def hold(self, run_id: str, client_ids: list[str]) -> None:
+        """``run_id`` may give these clients work (e.g. a sync round chose among them): not idle while it runs."""
+        for client_id in client_ids:
+            if (conn := self._clients.get(client_id)) is not None:
+                conn.held_by = run_id
+
+    def idle_client_ids(self, active_run_id: str) -> list[str]:
+        """Connected clients that the active run (``""`` for none) does not hold, latest connected first."""
+        return [
+            c.client_id
+            for c in reversed(self._clients.values())
+            if not c.shed and (not active_run_id or c.held_by != active_run_id)
+        ]
+
+    def shed(self, client_ids: list[str], reason: str = SHED_MESSAGE) -> list[str]:
+        """End these clients' streams with UNAVAILABLE and ``reason``; returns those that were connected.
+        From now on they are not counted as connected; each is forgotten when its stream closes."""
+        shed = []
+        for client_id in client_ids:
+            conn = self._clients.get(client_id)
+            if conn is None or conn.shed:
+                continue
+            conn.shed = True
+            conn.tasks.put_nowait(_Shed(reason))
+            shed.append(client_id)
+        if shed:
+            logger.info("shed %d clients to rebalance: %s", len(shed), ", ".join(shed))
+        return shed
+
     def is_connected(self, client_id: str) -> bool:
-        return client_id in self._clients
+        conn = self._clients.get(client_id)
+        return conn is not None and not conn.shed
 
     def connected_client_ids(self) -> list[str]:
-        return sorted(self._clients)
+        return sorted(c.client_id for c in self._clients.values() if not c.shed)
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return sum(not c.shed for c in self._clients.values())
 
     async def send_heartbeats(self, interval_s: float) -> None:
         """Every ``interval_s``, a heartbeat to each stream with nothing queued, so clients can tell a
@@ -79,5 +138,5 @@ class ClientHub:
         while True:
             await self._clock.sleep(interval_s)
             for conn in list(self._clients.values()):
-                if conn.tasks.empty():
+                if conn.tasks.empty() and not conn.shed:
                     conn.tasks.put_nowait(HEARTBEAT)

@@ -7,6 +7,7 @@ that the reducer moved on from is abandoned (it stores what it has) before the n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ from combiner.clients import ClientConnection
 from combiner.run import Run, RunContext, failure_text
 from combiner.sync_round import SyncRound
 from fedn.aggregation import make_aggregator
-from fedn.errors import FailedPrecondition
+from fedn.errors import FailedPrecondition, InvalidArgument
+from fedn.models import stored_result
 from fedn.records import RoundPlan, RoundResult, SessionMode
+from fedn.retry import retry
 from fedn.wire import Announcement, UpdateHeaderInfo
 
 __all__ = ["RunRouter"]
@@ -45,6 +48,12 @@ class RunRouter:
 
     def connected_client_ids(self) -> list[str]:
         return self._ctx.clients.connected_client_ids()
+
+    def idle_client_ids(self) -> list[str]:
+        """Connected clients the active run does not hold (not among a sync round's candidates, no
+        train task from an async run): ending their streams breaks no run. Latest connected first."""
+        run = self._run
+        return self._ctx.clients.idle_client_ids(run.run_id if run is not None and not run.closed else "")
 
     # -- client events ---------------------------------------------------------------
 
@@ -91,8 +100,42 @@ class RunRouter:
         if plan.mode == SessionMode.ASYNC:
             run: Run = await self._async_run(plan)
         else:
-            run = await self._sync_round(plan)
+            started = self._ctx.clock.now()  # the round's deadline counts from the call, store lookup included
+            stored = await self._stored_result(plan, deadline=started + plan.timeout_s)
+            if stored is not None:
+                return stored
+            run = await self._sync_round(plan, started)
+            # every client it may have selected (no await since): none is shed while the round runs
+            self._ctx.clients.hold(run.run_id, self.connected_client_ids())
         return await run.result(plan)
+
+    async def _stored_result(self, plan: RoundPlan, *, deadline: float) -> RoundResult | None:
+        """The result this combiner stored with its partial of ``plan``'s round, if it finished that round
+        before (and a restart, or the next round, took it from memory): returned again rather than the
+        round run afresh, which would ask the clients again and overwrite the partial. None if there is
+        none (or it is unusable), or the round is running here now (it is joined)."""
+        current = self._run
+        if isinstance(current, SyncRound) and current.run_id == plan.round_id:
+            return None
+        ctx = self._ctx
+        store = ctx.models.store
+        try:
+            result = await retry(
+                lambda: asyncio.to_thread(stored_result, store, plan.round_id, ctx.combiner_id),
+                deadline=deadline,
+                clock=ctx.clock,
+                what=f"looking for a stored partial of round {plan.round_id}",
+            )
+        except InvalidArgument as exc:
+            logger.warning("round %s: stored partial unusable, running the round again: %s", plan.round_id, exc.message)
+            return None
+        if result is not None:
+            logger.info(
+                "round %s asked for again: it ended here before, returning its stored result (%d updates)",
+                plan.round_id,
+                result.num_updates,
+            )
+        return result
 
     def _retire(self, reason: str) -> Run | None:
         """Close the active run, if any, and remember its id; returns it."""
@@ -104,12 +147,11 @@ class RunRouter:
                 self._closed_runs.append(run.run_id)
         return run
 
-    async def _sync_round(self, plan: RoundPlan) -> SyncRound:
+    async def _sync_round(self, plan: RoundPlan, started: float) -> SyncRound:
         current = self._run
         if isinstance(current, SyncRound) and current.run_id == plan.round_id:
             logger.info("round %s asked for again (reducer restarted?): joining it", plan.round_id)
             return current
-        started = self._ctx.clock.now()
         # a plan that cannot run (bad rule, unknown model) is refused before it ends the round running now
         SyncRound.check_plan(plan)
         model = await self._ctx.models.get(plan.model_id, deadline=started + plan.timeout_s)

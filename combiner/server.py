@@ -133,9 +133,10 @@ class CombinerServer:
                     await asyncio.to_thread(self._reducer.register_combiner, self.settings.name, self.address)
                     registered = True
                     logger.info("registered with the reducer as %s at %s", self.settings.name, self.address)
-                await asyncio.to_thread(
+                answer = await asyncio.to_thread(
                     self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids()
                 )
+                self._shed(answer.get("shed", 0))
                 if reducer_down:
                     logger.info("reducer reachable again")
                 reducer_down = False
@@ -148,6 +149,18 @@ class CombinerServer:
                 reducer_down = True
             with contextlib.suppress(TimeoutError):
                 await self._clock.wait_for(self._stopping.wait(), self.settings.heartbeat_interval_s)
+
+    def _shed(self, count: int) -> None:
+        """The reducer's word that this combiner holds more than its share: end the streams of up to
+        ``count`` idle clients (none a run holds), which ask the reducer again and go elsewhere. Called
+        once per heartbeat, so at most one shed per heartbeat interval."""
+        assert self.rounds is not None
+        if count <= 0:
+            return
+        idle = self.rounds.idle_client_ids()
+        shed = self.rounds.context.clients.shed(idle[:count])
+        if len(shed) < count:
+            logger.info("rebalancing: asked to shed %d clients, %d were idle", count, len(shed))
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -63,8 +63,14 @@ class ReducerAPI:
         return CombinerRecord.model_validate(self._json("POST", "/combiners", json=body))
 
     def combiner_heartbeat(self, combiner_id: str, client_ids: list[str]) -> dict:
+        """The reducer's answer: ``status``, ``num_clients`` and ``shed``, how many idle clients to let go
+        so they move to a less loaded combiner (0 from a reducer that does not rebalance, or an older one)."""
         body = {"num_clients": len(client_ids), "client_ids": client_ids}
-        return self._json("PUT", f"/combiners/{combiner_id}/heartbeat", json=body)
+        answer = self._json("PUT", f"/combiners/{combiner_id}/heartbeat", json=body)
+        answer = answer if isinstance(answer, dict) else {}
+        shed = answer.get("shed", 0)
+        answer["shed"] = shed if isinstance(shed, int) and not isinstance(shed, bool) and shed > 0 else 0
+        return answer
 
     def list_combiners(self) -> list[CombinerRecord]:
         return [CombinerRecord.model_validate(c) for c in self._json("GET", "/combiners")["items"]]

@@ -109,7 +109,8 @@ def create_api(ctx: ApiContext) -> Blueprint:
     def combiner_heartbeat(combiner_id: str):
         req = parse(HeartbeatRequest, _body())
         record = ctx.registry.heartbeat(combiner_id, req.client_ids)
-        return jsonify({"status": record.status, "num_clients": record.num_clients})
+        shed = ctx.registry.to_shed(combiner_id)
+        return jsonify({"status": record.status, "num_clients": record.num_clients, "shed": shed})
 
     @api.get("/combiners")
     def list_combiners():

@@ -9,6 +9,10 @@ sends the combiner its next call. No combiner waits for another, and no client w
 Each flush is stored as a :class:`~fedn.records.Round` whose ``index`` is the version it made
 (``rounds`` and ``rounds_done`` of the session count versions). The record is written with the
 partial's key before the merge, so a reducer that dies mid-merge finishes it from the stored partial.
+
+A combiner whose call finds it unreachable takes its open buffer with it: each client it held at its
+last heartbeat is listed (with the combiner's own failure) among the failures of the next flush's
+record, so every version keeps one record and no client that did not deliver goes unlisted.
 """
 
 from __future__ import annotations
@@ -20,9 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fedn.aggregation.server_optimizers import ServerOptimizer, make_server_optimizer
 from fedn.clock import Clock
-from fedn.errors import FednError, NotFound
+from fedn.errors import FednError, NotFound, Unavailable
 from fedn.models import partial_key
-from fedn.records import CombinerRecord, Round, RoundPlan, RoundResult, RoundStatus, Session, SessionStatus, new_id, now
+from fedn.records import (
+    ClientFailureRecord,
+    CombinerRecord,
+    Round,
+    RoundPlan,
+    RoundResult,
+    RoundStatus,
+    Session,
+    SessionStatus,
+    new_id,
+    now,
+)
 from fedn.store.base import ModelStore, StateStore
 from fedn.wire import Announcement
 from reducer.gateway import CombinerGateway
@@ -69,6 +84,8 @@ class AsyncSession:
         self._in_flight: set[str] = set()
         self._retry_at: dict[str, float] = {}  # on the clock
         self._failures: dict[str, int] = {}
+        self._held: dict[str, tuple[str, ...]] = {}  # each call's combiner: its clients when it was sent
+        self._lost: list[ClientFailureRecord] = []  # clients of unreachable combiners, for the next flush
 
     def run(self, session: Session) -> Session:
         """Make the session's remaining versions; returns it done, failed with the reason, or as it was
@@ -97,6 +114,8 @@ class AsyncSession:
                 combiner_id, outcome = arrived
                 self._in_flight.discard(combiner_id)
                 if isinstance(outcome, FednError):
+                    if isinstance(outcome, Unavailable):
+                        self._lose_clients(combiner_id, outcome.message)
                     self._back_off(session, combiner_id, outcome.message)
                 elif not outcome.partial_key:
                     self._failures.pop(combiner_id, None)
@@ -129,6 +148,18 @@ class AsyncSession:
         except queue.Empty:
             return None
 
+    def _lose_clients(self, combiner_id: str, error: str) -> None:
+        """``combiner_id`` did not answer: its buffer is gone, and what its clients trained with it."""
+        held = self._held.get(combiner_id, ())
+        logger.warning("async session: combiner %s unreachable; %d clients listed as failed", combiner_id, len(held))
+        self._lost.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=error))
+        self._lost.extend(
+            ClientFailureRecord(
+                client_id=c, combiner_id=combiner_id, error=f"combiner failed: {error} (client of that combiner)"
+            )
+            for c in held
+        )
+
     def _back_off(self, session: Session, combiner_id: str, reason: str) -> None:
         self._failures[combiner_id] = failures = self._failures.get(combiner_id, 0) + 1
         delay = min(_MAX_RETRY_S, 0.5 * 2**failures)
@@ -148,6 +179,7 @@ class AsyncSession:
             # each call is its own flush: a new id, so its partial's key is its own
             plan = self._planner.plan(session, optimizer, round_id=new_id(), index=version)
             self._in_flight.add(combiner.id)
+            self._held[combiner.id] = share.client_ids
             pool.submit(self._call, combiner, Planner.for_share(plan, share), self._planner.call_timeout_s(session))
 
     def _call(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> None:
@@ -189,11 +221,12 @@ class AsyncSession:
             num_updates=result.num_updates,
             num_rejected=result.num_rejected,
             total_weight=result.total_weight,
-            failures=result.failures,
+            failures=[*self._lost, *result.failures],
             metrics=result.metrics,
             started_at=now(),
         )
         self._state.put_round(round_)  # before the merge: a restarted reducer re-merges this partial
+        self._lost = []
         return self._merger.apply_delta(session, round_, result.partial_key, optimizer)
 
     def _resume(self, session: Session, optimizer: ServerOptimizer) -> Session:

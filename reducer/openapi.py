@@ -237,7 +237,26 @@ def openapi_document() -> dict:
                 "summary": "A combiner's heartbeat with the clients connected to it",
                 "parameters": [_path_param("combiner_id")],
                 "requestBody": _body("HeartbeatRequest"),
-                "responses": {"200": _json({"type": "object"}), **_errors(*_JSON_BODY_ERRORS, 404)},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string", "enum": ["online", "offline"]},
+                                "num_clients": {"type": "integer", "minimum": 0},
+                                "shed": {
+                                    "type": "integer",
+                                    "minimum": 0,
+                                    "description": "how many idle clients the combiner should disconnect (status "
+                                    "UNAVAILABLE) so they ask for a less loaded combiner; 0 when balanced or "
+                                    "rebalancing is off (absent from older reducers: 0)",
+                                },
+                            },
+                            "required": ["status", "num_clients"],
+                        }
+                    ),
+                    **_errors(*_JSON_BODY_ERRORS, 404),
+                },
             }
         },
     }

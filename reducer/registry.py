@@ -3,12 +3,16 @@
 A combiner is live from a heartbeat until it misses them for ``combiner_timeout_s``, or until a call
 to it finds it unreachable (:meth:`CombinerRegistry.mark_unreachable`): from then on it gets no new
 clients and no rounds until its next heartbeat. Clients are sent to the least-loaded live combiner
-when they ask (on start and whenever their stream breaks); a connected client is never moved.
+when they ask (on start and whenever their stream breaks). A combiner that joins or comes back empty
+gets clients by rebalancing: each heartbeat is answered with how many clients that combiner should
+shed (:meth:`CombinerRegistry.to_shed`); it ends the task streams of that many idle clients, which
+ask again and are sent to the least-loaded combiner.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +23,7 @@ from fedn.errors import NotFound, Unavailable
 from fedn.records import ClientRecord, CombinerRecord, NodeStatus, now
 from fedn.store.base import StateStore
 
-__all__ = ["CombinerRegistry"]
+__all__ = ["CombinerRegistry", "shed_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ class _Live:
     # clients sent here that its heartbeats do not list yet, with when: a heartbeat sent before a
     # client connected must not make the combiner look emptier than it is about to be
     pending: dict[str, float] = field(default_factory=dict)
+    last_shed: float | None = None  # when it was last told to shed clients, on the registry's clock
 
     def load(self) -> int:
         return len(self.client_ids | self.pending.keys())
@@ -44,9 +49,19 @@ class _Live:
 class CombinerRegistry:
     """Liveness from heartbeats (on an injected clock) and least-loaded assignment of clients."""
 
-    def __init__(self, state: StateStore, *, combiner_timeout_s: float, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        combiner_timeout_s: float,
+        clock: Clock | None = None,
+        rebalance: bool = True,
+        rebalance_interval_s: float = 5.0,
+    ) -> None:
         self._state = state
         self._timeout_s = combiner_timeout_s
+        self._rebalance = rebalance
+        self._rebalance_interval_s = rebalance_interval_s
         self._clock = clock or SystemClock()
         self._combiners: dict[str, _Live] = {}
         self._waiters: set[threading.Event] = set()  # one per wait_for_clients call in progress
@@ -97,6 +112,27 @@ class CombinerRegistry:
                 logger.info("combiner %s is back online", combiner_id)
             self._notify()
             return live.record
+
+    def to_shed(self, combiner_id: str) -> int:
+        """How many clients ``combiner_id`` should let go so the live combiners even out (see
+        :func:`shed_count`); 0 when rebalancing is off, or it was told to shed less than
+        ``rebalance_interval_s`` ago (its clients are still on their way to the others)."""
+        if not self._rebalance:
+            return 0
+        self.refresh()
+        with self.changed:
+            live = self._combiners.get(combiner_id)
+            if live is None or live.record.status != NodeStatus.ONLINE:
+                return 0
+            at = self._clock.now()
+            if live.last_shed is not None and at - live.last_shed < self._rebalance_interval_s:
+                return 0
+            loads = [x.load() for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
+            shed = shed_count(live.load(), loads)
+            if shed:
+                live.last_shed = at
+                logger.info("combiner %s holds %d (loads %s): told to shed %d", combiner_id, live.load(), loads, shed)
+            return shed
 
     def _mark_clients(self, client_ids: set[str], combiner_id: str, status: NodeStatus) -> None:
         for client_id in client_ids:
@@ -218,3 +254,16 @@ class CombinerRegistry:
         self.changed.notify_all()
         for waiter in self._waiters:
             waiter.set()
+
+
+def shed_count(load: int, loads: list[int]) -> int:
+    """How many of its ``load`` clients a combiner sheds, given the loads of every live combiner (its
+    own included): down to the mean, rounded up, but only when the spread between it and the emptiest
+    one exceeds one client and 10% of the mean, and some combiner is below the mean to take them."""
+    if len(loads) < 2:
+        return 0
+    mean = sum(loads) / len(loads)
+    lowest = min(loads)
+    if lowest >= mean or load - lowest <= max(1, math.ceil(0.1 * mean)):
+        return 0
+    return max(0, load - math.ceil(mean))

@@ -48,7 +48,13 @@ class ReducerServer:
         models = open_model_store(s.models)
         self._stores = [state, models]
         clock = SystemClock()  # one clock judges liveness, waits and deadlines alike
-        registry = CombinerRegistry(state, combiner_timeout_s=s.combiner_timeout_s, clock=clock)
+        registry = CombinerRegistry(
+            state,
+            combiner_timeout_s=s.combiner_timeout_s,
+            clock=clock,
+            rebalance=s.rebalance,
+            rebalance_interval_s=s.rebalance_interval_s,
+        )
         registry.load()
         self._gateway = GrpcCombinerGateway()
         self._controller = Controller(

@@ -23,6 +23,14 @@ class ReducerSettings(BaseSettings):
         description="after a restart, seconds to wait for the combiners of the round that was running "
         "(at most the round's timeout)",
     )
+    rebalance: bool = Field(
+        True,
+        description="move idle clients off a combiner that holds more than its share to one that joined or "
+        "came back (each heartbeat is answered with how many clients to shed)",
+    )
+    rebalance_interval_s: float = Field(
+        5.0, gt=0, description="a combiner is told to shed clients at most once per this many seconds"
+    )
     max_session_errors: int = Field(
         5, ge=1, description="a session whose run fails this many times in a row with an unexpected error is failed"
     )

@@ -17,7 +17,7 @@ from fedn.aggregation import merge_metric_summaries
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.clock import Clock
 from fedn.errors import FednError
-from fedn.models import load_model, model_key, partial_key
+from fedn.models import load_model, model_key, stored_result
 from fedn.records import (
     ClientFailureRecord,
     CombinerRecord,
@@ -29,7 +29,6 @@ from fedn.records import (
     SessionStatus,
     now,
 )
-from fedn.sampling import select_clients
 from fedn.store.base import ModelStore, StateStore
 from reducer.gateway import CombinerGateway
 from reducer.merging import Merger, PartialFolder
@@ -79,9 +78,10 @@ class SyncSession:
     def run_round(self, session: Session, round_: Round) -> Session:
         """Run one round; returns the session as updated (advanced, failed with the reason, or as it was
         if the controller stopped: the round is left running, and a restarted reducer runs it again)."""
-        shares, lost = self._resume(session, round_)
-        if shares:  # as stored: running on these combiners, which are asked again for the same round
-            round_ = round_.model_copy(update={"model_in": session.model_id, "failures": [], "reason": None})
+        shares, lost, stored = self._resume(session, round_)
+        if shares or stored:  # as stored: running on these combiners, which are asked again for the same round
+            update = {"model_in": session.model_id, "failures": [], "reason": None, "merged_from_store": []}
+            round_ = round_.model_copy(update=update)
         elif not self._stop.is_set():
             round_ = round_.model_copy(
                 update={
@@ -90,6 +90,7 @@ class SyncSession:
                     "model_out": None,
                     "failures": [],
                     "reason": None,
+                    "merged_from_store": [],
                     "combiners": [],
                     "started_at": None,
                     "finished_at": None,
@@ -150,6 +151,16 @@ class SyncSession:
                     failures.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=unusable))
                 elif result.partial_key:
                     used.append(result)
+        for result in stored:  # combiners that did not come back: their partials, as they stored them
+            results.append(result)
+            failures.extend(result.failures)
+            if unusable := partials.fold(result):
+                logger.warning("round %s: combiner %s: stored %s", round_.id, result.combiner_id, unusable)
+                failures.append(ClientFailureRecord(client_id="", combiner_id=result.combiner_id, error=unusable))
+            else:
+                used.append(result)
+                merged = [*round_.merged_from_store, result.combiner_id]
+                round_ = round_.model_copy(update={"merged_from_store": merged})
         if self._stop.is_set():
             return session
 
@@ -188,30 +199,45 @@ class SyncSession:
         result = self._gateway.run_round(combiner, plan, timeout_s)
         return result, partials.fold(result) if result.partial_key else ""
 
-    def _resume(self, session: Session, round_: Round) -> tuple[list[Share], list[ClientFailureRecord] | None]:
+    def _resume(
+        self, session: Session, round_: Round
+    ) -> tuple[list[Share], list[ClientFailureRecord] | None, list[RoundResult]]:
         """For a round a previous reducer left running on some combiners: wait (bounded) for them to be
-        back, and return their shares, with a failure for each that did not come back. ``([], None)``
-        if the round was not running, or none of its combiners came back (it is planned afresh)."""
+        back, and return their shares, the results stored with the partials of those that did not come
+        back (merged as if they had answered), and a failure for each of the others. ``([], None, [])``
+        if the round was not running, or nothing of it is left (it is planned afresh)."""
         if round_.status != RoundStatus.RUNNING or not round_.combiners:
-            return [], None
+            return [], None, []
         shares, absent = self._planner.wait_for_combiners(session, round_.combiners)
-        if not shares:
-            return [], None
-        lost = []
+        lost, stored = [], []
         for combiner_id in absent:
             error = f"combiner {combiner_id} did not come back within {self._planner.resume_wait_s(session):.0f}s"
-            if self._models.exists(partial_key(round_.id, combiner_id)):
-                error += "; its stored partial is not merged: its weight is known only from the combiner's result"
+            try:
+                result = stored_result(self._models, round_.id, combiner_id)
+            except FednError as exc:  # unreadable, or not a description of that partial: not merged
+                result, error = None, f"{error}; its stored partial is not used: {exc.message}"
+            if result is not None:
+                logger.info("round %s: %s; merging the partial it stored", round_.id, error)
+                stored.append(result)
+                continue
             logger.warning("round %s: %s", round_.id, error)
             lost.append(ClientFailureRecord(client_id="", combiner_id=combiner_id, error=f"combiner failed: {error}"))
-        return shares, lost
+        if not shares and not stored:
+            return [], None, []
+        return shares, lost, stored
 
 
 def _clients_lost(share: Share, plan: RoundPlan, error: str) -> list[ClientFailureRecord]:
-    """A combiner whose call failed: its own failure, then one for each client it was asked to train
-    (the clients of its last heartbeat, sampled as the combiner samples them)."""
+    """A combiner whose call failed: its own failure, then one for each client it held at its last
+    heartbeat before the round, since what it asked of them is lost with it. Which of them it asked is
+    not known here (its stragglers' back-off chooses too), so when its share was smaller than its
+    clients each error says the client may not have been selected."""
     combiner_id = share.combiner.id
-    selected = select_clients(list(share.client_ids), plan.max_clients, plan.sample_seed)
+    held = sorted(share.client_ids)
+    note = "client of that combiner"
+    if 0 < plan.max_clients < len(held):
+        note += f"; it was to select {plan.max_clients} of its {len(held)} clients, so this one may not have been"
     return [ClientFailureRecord(client_id="", combiner_id=combiner_id, error=error)] + [
-        ClientFailureRecord(client_id=c, combiner_id=combiner_id, error=f"combiner failed: {error}") for c in selected
+        ClientFailureRecord(client_id=c, combiner_id=combiner_id, error=f"combiner failed: {error} ({note})")
+        for c in held
     ]
