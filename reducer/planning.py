@@ -6,7 +6,9 @@ judges liveness and the wait for clients) and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fedn.aggregation.server_optimizers import ServerOptimizer
@@ -37,6 +39,14 @@ class Planner:
         self._stop = stop
         self.rpc_grace_s = rpc_grace_s
         self._resume_wait_s = resume_wait_s
+
+    @contextlib.contextmanager
+    def round_in_progress(self) -> Iterator[None]:
+        """Around a sync round, from its planning to its merge: no shed is ordered meanwhile, and a shed
+        ordered since the last round first shows in the heartbeats (bounded; see the registry)."""
+        with self._registry.round_in_progress():
+            self._registry.wait_for_sheds(self._stop)
+            yield
 
     def wait_for_clients(self, session: Session) -> str:
         """Block until ``min_clients`` are connected, ``round_timeout_s`` passed on the clock, or the

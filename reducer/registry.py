@@ -7,14 +7,32 @@ when they ask (on start and whenever their stream breaks). A combiner that joins
 gets clients by rebalancing: each heartbeat is answered with how many clients that combiner should
 shed (:meth:`CombinerRegistry.to_shed`); it ends the task streams of that many idle clients, which
 ask again and are sent to the least-loaded combiner.
+
+When sheds are ordered: only when the registry knows every live combiner's load first-hand, and never
+while a sync round is being planned or running.
+
+- First-hand: each live combiner has heartbeated since it registered with this registry, and, for
+  ``combiner_timeout_s`` after :meth:`CombinerRegistry.load`, every combiner the store listed as
+  online has too (a restarted reducer must not take a combiner that re-registered but has not listed
+  its clients yet, or has not come back yet, for an empty one). After that, a silent one is not live.
+- Sync rounds: the session runner holds :meth:`CombinerRegistry.round_in_progress` from the round's
+  planning until its ``RunRound`` calls have returned, so the clients a plan counts on are not sent
+  away under it. Sheds happen between rounds; on entering the next round the runner waits, bounded by
+  ``rebalance_interval_s`` on the clock, for a shed ordered since to show in the heartbeats
+  (:meth:`CombinerRegistry.wait_for_sheds`), so the plan sees the moved clients where they now are.
+- Async sessions do not hold it: only idle clients are shed (none with a train task), and a moved
+  client that connects to a combiner with a running async call is given a task there by that call
+  (``AsyncRun.client_connected``); a combiner that gets its first clients gets a call of its own at
+  the next launch. No plan counts on a shed client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -41,6 +59,8 @@ class _Live:
     # client connected must not make the combiner look emptier than it is about to be
     pending: dict[str, float] = field(default_factory=dict)
     last_shed: float | None = None  # when it was last told to shed clients, on the registry's clock
+    heard: bool = False  # it heartbeated since it registered here: its load is known first-hand
+    recount: bool = False  # a shed was ordered since its last heartbeat: its count may be out of date
 
     def load(self) -> int:
         return len(self.client_ids | self.pending.keys())
@@ -65,12 +85,20 @@ class CombinerRegistry:
         self._clock = clock or SystemClock()
         self._combiners: dict[str, _Live] = {}
         self._waiters: set[threading.Event] = set()  # one per wait_for_clients call in progress
+        self._started = self._clock.now()
+        self._unheard: set[str] = set()  # online in the store when loaded, no heartbeat here since
+        self._rounds = 0  # sync rounds being planned or running
+        self._shed_total: int | None = None  # clients online when a shed not yet settled was ordered
         self.changed = threading.Condition()
 
     def load(self) -> None:
         """Forget nothing persisted, but treat every known combiner as offline until it speaks again."""
+        with self.changed:
+            self._started = self._clock.now()
         for record in self._state.list_combiners():
             if record.status != NodeStatus.OFFLINE:
+                with self.changed:
+                    self._unheard.add(record.id)
                 self._state.put_combiner(record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0}))
 
     def register(self, combiner_id: str, name: str, address: str) -> CombinerRecord:
@@ -104,6 +132,8 @@ class CombinerRegistry:
                 c: at for c, at in live.pending.items() if c not in current and clock - at < _PENDING_GRACE_S
             }
             live.client_ids, live.last_seen = current, clock
+            live.heard, live.recount = True, False
+            self._unheard.discard(combiner_id)
             live.record = live.record.model_copy(
                 update={"status": NodeStatus.ONLINE, "num_clients": len(current), "last_seen": now()}
             )
@@ -115,8 +145,9 @@ class CombinerRegistry:
 
     def to_shed(self, combiner_id: str) -> int:
         """How many clients ``combiner_id`` should let go so the live combiners even out (see
-        :func:`shed_count`); 0 when rebalancing is off, or it was told to shed less than
-        ``rebalance_interval_s`` ago (its clients are still on their way to the others)."""
+        :func:`shed_count`); 0 when rebalancing is off, it was told to shed less than
+        ``rebalance_interval_s`` ago (its clients are still on their way to the others), a sync round is
+        in progress, or some combiner's load is not known first-hand yet (see the module's docstring)."""
         if not self._rebalance:
             return 0
         self.refresh()
@@ -127,12 +158,52 @@ class CombinerRegistry:
             at = self._clock.now()
             if live.last_shed is not None and at - live.last_shed < self._rebalance_interval_s:
                 return 0
-            loads = [x.load() for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
+            online = [x for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
+            if self._rounds or not all(x.heard for x in online):
+                return 0
+            if self._unheard and at - self._started < self._timeout_s:
+                return 0
+            loads = [x.load() for x in online]
             shed = shed_count(live.load(), loads)
             if shed:
                 live.last_shed = at
+                for x in online:
+                    x.recount = True
+                self._shed_total = max(self._shed_total or 0, sum(x.record.num_clients for x in online))
                 logger.info("combiner %s holds %d (loads %s): told to shed %d", combiner_id, live.load(), loads, shed)
             return shed
+
+    @contextlib.contextmanager
+    def round_in_progress(self) -> Iterator[None]:
+        """No shed is ordered while this is held (by any thread; it nests): around a sync round's
+        planning and its ``RunRound`` calls."""
+        with self.changed:
+            self._rounds += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self._rounds -= 1
+
+    def wait_for_sheds(self, stop: threading.Event) -> bool:
+        """Block until the sheds ordered since the last call show in the heartbeats (every live combiner
+        heartbeated since, and they list as many clients as before), ``rebalance_interval_s`` passed on
+        the clock, or ``stop``; returns whether they did. Called inside :meth:`round_in_progress`, so
+        no new shed comes between this and the plan. Either way, the next call does not wait for them."""
+        settled = self._wait(self._sheds_settled, bool, self._rebalance_interval_s, stop)
+        with self.changed:
+            self._shed_total = None
+        return settled
+
+    def _sheds_settled(self) -> bool:
+        self.refresh()
+        with self.changed:
+            if self._shed_total is None:
+                return True
+            online = [x for x in self._combiners.values() if x.record.status == NodeStatus.ONLINE]
+            if any(x.recount for x in online):
+                return False
+            return sum(x.record.num_clients for x in online) >= self._shed_total
 
     def _mark_clients(self, client_ids: set[str], combiner_id: str, status: NodeStatus) -> None:
         for client_id in client_ids:

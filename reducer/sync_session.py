@@ -70,7 +70,8 @@ class SyncSession:
                 session = ended
                 continue
             round_ = round_ or Round(session_id=session.id, index=index, model_in=session.model_id)
-            session = self.run_round(session, round_)
+            with self._planner.round_in_progress():  # rebalancing happens between rounds only
+                session = self.run_round(session, round_)
             if session.status == SessionStatus.FAILED:
                 break
         return session

@@ -5,6 +5,7 @@ Manual clocks and fake gateways; no network."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,13 +19,14 @@ from fedn.chunking import iter_chunks
 from fedn.clock import ManualClock
 from fedn.codec import encode_payload, sha256_hex
 from fedn.errors import DeadlineExceeded, Unavailable
-from fedn.records import RoundPlan, SessionStatus
+from fedn.records import CombinerRecord, RoundPlan, RoundResult, SessionStatus
 from fedn.wire import ModelHeaderInfo, UpdateHeaderInfo
 from reducer.api import ApiContext
 from reducer.app import create_app
 from reducer.registry import CombinerRegistry, shed_count
 from tests.unit.test_combiner_runs import Federation, _arrays, _async_plan, _finished, _no_heap_trim, _settle  # noqa: F401
 from tests.unit.test_reducer_async import _setup as _async_setup
+from tests.unit.test_reducer_controller import FakeGateway
 from tests.unit.test_reducer_controller import _setup as _sync_setup
 
 # -- how many to shed ------------------------------------------------------------------------
@@ -241,3 +243,107 @@ def test_an_async_session_lists_the_clients_of_an_unreachable_combiner_in_the_ne
     assert errors[""] == "combiner b: UNAVAILABLE"
     assert errors["b-c1"] == "combiner failed: combiner b: UNAVAILABLE (client of that combiner)"
     assert [c for c, _ in gateway.plans].count("b") == 1, "unreachable: no second call until it heartbeats"
+
+
+# -- when sheds are ordered ----------------------------------------------------------------------
+
+
+def test_a_freshly_loaded_registry_orders_no_shed_until_every_live_combiner_has_heartbeated(stores):
+    state, _ = stores
+    clock = ManualClock(100.0)
+    before = _registry(stores, clock)
+    before.register("c", "c", "c:1")
+    for cid, clients in (("a", ["c1", "c2"]), ("b", ["c3", "c4"]), ("c", [])):
+        before.heartbeat(cid, clients)
+
+    registry = CombinerRegistry(state, combiner_timeout_s=10.0, clock=clock)  # the reducer restarted
+    registry.load()
+    for cid in ("a", "b"):
+        registry.register(cid, cid, f"{cid}:1")
+    registry.heartbeat("a", ["c1", "c2"])  # b registered again, but its clients are not known yet
+    assert registry.to_shed("a") == 0, "b's load is unknown: it only looks empty"
+    registry.heartbeat("b", [])
+    assert registry.to_shed("a") == 0, "c was online before the restart and has not reported yet"
+    clock.advance(5.0)
+    registry.heartbeat("a", ["c1", "c2"])
+    registry.heartbeat("b", [])
+    assert registry.to_shed("a") == 0
+    clock.advance(6.0)  # c stayed silent for combiner_timeout_s: it is not live anyway
+    registry.heartbeat("a", ["c1", "c2"])
+    registry.heartbeat("b", [])
+    assert registry.to_shed("a") == 1
+
+
+def test_no_shed_is_ordered_while_a_round_is_in_progress_and_sheds_resume_after_it(stores):
+    clock = ManualClock(100.0)
+    registry = _registry(stores, clock)
+    registry.heartbeat("a", ["c1", "c2", "c3", "c4"])
+    registry.heartbeat("b", [])
+    with registry.round_in_progress():
+        with registry.round_in_progress():  # e.g. two sessions' rounds
+            assert registry.to_shed("a") == 0
+        assert registry.to_shed("a") == 0
+    assert registry.to_shed("a") == 2, "between rounds, the registry rebalances"
+
+
+def test_the_next_round_waits_bounded_for_shed_clients_to_reappear(stores):
+    clock = ManualClock(100.0)
+    registry = _registry(stores, clock, rebalance_interval_s=5.0)
+    registry.heartbeat("a", ["c1", "c2", "c3", "c4"])
+    registry.heartbeat("b", [])
+    assert registry.to_shed("a") == 2  # between rounds
+    stop = threading.Event()
+    settled: list[bool] = []
+    waiter = threading.Thread(target=lambda: settled.append(registry.wait_for_sheds(stop)))
+    with registry.round_in_progress():
+        waiter.start()
+        waiter.join(0.05)
+        assert waiter.is_alive(), "a's count still includes the two it sheds"
+        registry.heartbeat("a", ["c1", "c2"])
+        registry.heartbeat("b", ["c3"])
+        waiter.join(0.05)
+        assert waiter.is_alive(), "one of them has not reappeared yet"
+        registry.heartbeat("b", ["c3", "c4"])
+        waiter.join(5.0)
+        assert settled == [True]
+        assert registry.wait_for_sheds(stop) is True, "nothing ordered since: no wait"
+
+    registry.heartbeat("a", ["c1", "c2", "c3", "c4"])  # the two went back (say): b holds none
+    registry.heartbeat("b", [])
+    clock.advance(5.0)
+    registry.heartbeat("a", ["c1", "c2", "c3", "c4"])
+    registry.heartbeat("b", [])
+    assert registry.to_shed("a") == 2
+    registry.heartbeat("a", ["c1", "c2"])
+    registry.heartbeat("b", [])  # the shed ones never come back
+    waiter = threading.Thread(target=lambda: settled.append(registry.wait_for_sheds(stop)))
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive()
+    clock.advance(5.0)
+    waiter.join(5.0)
+    assert not waiter.is_alive() and settled[-1] is False, "bounded by rebalance_interval_s on the clock"
+
+
+class _ShedAskingGateway(FakeGateway):
+    """Asks the registry how many clients ``a`` should shed while each round runs."""
+
+    registry: CombinerRegistry
+
+    def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult:
+        self.sheds = [*getattr(self, "sheds", []), self.registry.to_shed("a")]
+        return super().run_round(combiner, plan, timeout_s)
+
+
+def test_a_sync_session_orders_no_shed_during_its_rounds(stores):
+    controller, gateway, session, registry, _ = _sync_setup(
+        stores, {"a": (1.0, 10.0)}, min_clients=1, gateway_class=_ShedAskingGateway
+    )
+    gateway.registry = registry
+    registry.register("b", "b", "b:1")
+    registry.heartbeat("a", ["c1", "c2", "c3", "c4"])
+    registry.heartbeat("b", [])
+    final = controller.run_session(session)
+    assert final.status == SessionStatus.DONE and final.rounds_done == 2
+    assert gateway.sheds == [0, 0], "planned on a's four clients: none of them is sent away meanwhile"
+    assert registry.to_shed("a") == 2, "the session is over"
