@@ -13,7 +13,15 @@ import sys
 
 __all__ = ["BENCHMARKS", "main"]
 
-BENCHMARKS = ("aggregation", "sim", "grpc_load", "async_compare", "flower_compare", "store_writes")
+BENCHMARKS = (
+    "aggregation",
+    "sim",
+    "grpc_load",
+    "async_compare",
+    "flower_compare",
+    "store_writes",
+    "combiner_fuzz_rss",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
