@@ -49,6 +49,7 @@ class Controller:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         max_session_errors: int = 5,
+        round_retries: int = 2,
         clock: Clock | None = None,
     ) -> None:
         self._state = state
@@ -58,6 +59,7 @@ class Controller:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._max_session_errors = max_session_errors
+        self._round_retries = round_retries
         self._clock = clock or SystemClock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -131,7 +133,7 @@ class Controller:
         shared = (self._state, self._models, self._gateway, self._planner, self._merger, self._clock, self._stop)
         if session.mode == SessionMode.ASYNC:
             return AsyncSession(*shared, wake=self._wake)  # stop() sets it: the session's wait ends at once
-        return SyncSession(*shared)
+        return SyncSession(*shared, round_retries=self._round_retries)
 
     def run_session(self, session: Session) -> Session:
         """Run ``session`` until it is done, failed or the controller stops; returns it as stored."""

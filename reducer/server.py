@@ -65,6 +65,7 @@ class ReducerServer:
             rpc_grace_s=s.rpc_grace_s,
             resume_wait_s=s.resume_wait_s,
             max_session_errors=s.max_session_errors,
+            round_retries=s.round_retries,
             clock=clock,
         )
         if s.gc_interval_s > 0:

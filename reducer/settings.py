@@ -34,6 +34,13 @@ class ReducerSettings(BaseSettings):
     max_session_errors: int = Field(
         5, ge=1, description="a session whose run fails this many times in a row with an unexpected error is failed"
     )
+    round_retries: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="a sync round short of min_clients updates is run again this many times before the session "
+        "fails (a combiner that died takes its clients' updates with it)",
+    )
     gc_interval_s: float = Field(
         600.0, ge=0, description="seconds between garbage collections of the model store; 0 = never"
     )

@@ -5,6 +5,11 @@ and marked done only after its model is stored. A reducer that restarts mid-roun
 combiners for the same round (same id, same plan), after waiting (bounded) for them to be back: a
 combiner that still holds that round joins it or returns its finished result, so no finished partial
 is dropped. A round whose model was stored before the restart is completed, never run again.
+
+A round that ends with fewer than ``min_clients`` updates (a combiner died with its clients' updates,
+clients failed) is run again, as a new attempt with a new id, up to ``round_retries`` times, after a
+back-off on the clock; only then does the session fail. Each attempt is a record of its own: the
+ones that fell short are ``failed`` with their reason, and at most one per index is ``done``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,10 @@ class SyncSession:
         merger: Merger,
         clock: Clock,
         stop: threading.Event,
+        *,
+        round_retries: int = 0,
     ) -> None:
+        self._round_retries = round_retries
         self._state = state
         self._models = models
         self._gateway = gateway
@@ -62,23 +70,31 @@ class SyncSession:
 
     def run(self, session: Session) -> Session:
         """Run rounds until the session has them all, fails, or the controller stops; returns it as stored."""
-        existing = {r.index: r for r in self._state.list_rounds(session.id)}
+        # an attempt that fell short is superseded by the next one of the same index
+        existing = {r.index: r for r in self._state.list_rounds(session.id) if r.status != RoundStatus.FAILED}
+        attempts = 0
         while session.rounds_done < session.rounds and not self._stop.is_set():
             index = session.rounds_done + 1
-            round_ = existing.get(index)
+            round_ = existing.pop(index, None)
             if round_ is not None and (ended := self._merger.finish_ended(session, round_)):
                 session = ended
                 continue
             round_ = round_ or Round(session_id=session.id, index=index, model_in=session.model_id)
             with self._planner.round_in_progress():  # rebalancing happens between rounds only
-                session = self.run_round(session, round_)
+                session = self.run_round(session, round_, last_attempt=attempts >= self._round_retries)
             if session.status == SessionStatus.FAILED:
                 break
+            if session.rounds_done < index and not self._stop.is_set():  # it fell short: a new attempt
+                attempts += 1
+                self._clock.wait(self._stop, min(session.round_timeout_s, 2.0 * attempts))
+                continue
+            attempts = 0
         return session
 
-    def run_round(self, session: Session, round_: Round) -> Session:
-        """Run one round; returns the session as updated (advanced, failed with the reason, or as it was
-        if the controller stopped: the round is left running, and a restarted reducer runs it again)."""
+    def run_round(self, session: Session, round_: Round, *, last_attempt: bool = True) -> Session:
+        """Run one round; returns the session as updated: advanced; failed with the reason; as it was if
+        the controller stopped (the round is left running, and a restarted reducer runs it again); or as it
+        was with the round marked failed, if it fell short of ``min_clients`` and is not ``last_attempt``."""
         shares, lost, stored = self._resume(session, round_)
         if shares or stored:  # as stored: running on these combiners, which are asked again for the same round
             update = {"model_in": session.model_id, "failures": [], "reason": None, "merged_from_store": []}
@@ -180,6 +196,12 @@ class SyncSession:
             reason = f"{num_updates} updates arrived, min_clients is {session.min_clients}"
             if failures:
                 reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in failures[:5])
+            if not last_attempt:
+                logger.warning(
+                    "session %s round %d (%s): %s; running it again", session.id, round_.index, round_.id, reason
+                )
+                self._merger.fail_round(round_, reason, started)
+                return session
             return self._merger.fail(session, reason, round_=round_, started=started)
 
         self._state.put_round(round_)  # its results, before the end: a restart that completes it keeps them

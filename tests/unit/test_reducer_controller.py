@@ -78,8 +78,9 @@ def _combiners_and_seed(stores, behaviour, clock=None):
     return registry, seed
 
 
-def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None, clock=None):
-    """A controller on ``clock`` (the real one if None) over the combiners of ``behaviour``."""
+def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None, clock=None, round_retries=0):
+    """A controller on ``clock`` (the real one if None) over the combiners of ``behaviour``; a round short
+    of ``min_clients`` fails the session at once unless ``round_retries`` says otherwise."""
     state, models = stores
     registry, seed = _combiners_and_seed(stores, behaviour, clock)
     session = Session(
@@ -92,7 +93,7 @@ def _setup(stores, behaviour, *, min_clients=2, rounds=2, gateway_class=None, cl
     )
     state.put_session(session)
     gateway = (gateway_class or FakeGateway)(models, behaviour)
-    controller = Controller(state, models, registry, gateway, rpc_grace_s=1.0, clock=clock)
+    controller = Controller(state, models, registry, gateway, rpc_grace_s=1.0, clock=clock, round_retries=round_retries)
     return controller, gateway, session, registry, clock
 
 
@@ -230,6 +231,63 @@ def test_not_enough_clients_fails_once_the_round_timeout_passed_on_the_clock(sto
     assert out[0].status == SessionStatus.FAILED
     assert "only 2 clients connected" in state.list_rounds(session.id)[0].reason
     assert "round 1 failed: only 2 clients" in state.get_session(session.id).error
+
+
+class _FlakyCombinerGateway(FakeGateway):
+    """Combiner b is down for its first ``down_calls`` RunRound calls, then answers."""
+
+    down_calls = 1
+
+    def run_round(self, combiner, plan, timeout_s):
+        if combiner.id == "b" and sum(c == "b" for c, _ in self.plans) < self.down_calls:
+            self.plans.append((combiner.id, plan))
+            raise Unavailable("combiner b died mid-round")
+        return super().run_round(combiner, plan, timeout_s)
+
+
+def test_a_round_short_of_min_clients_runs_again_as_a_new_attempt_after_a_back_off(stores):
+    state, _ = stores
+    clock = ManualClock()
+    behaviour = {"a": (1.0, 10.0), "b": (4.0, 30.0)}
+    controller, gateway, session, registry, _ = _setup(
+        stores, behaviour, min_clients=3, rounds=1, gateway_class=_FlakyCombinerGateway, clock=clock, round_retries=2
+    )
+    thread, out = _run_in_thread(controller, session)
+    for _ in range(500):  # the first attempt falls short, then waits 2 s on the clock
+        if [c for c, _ in gateway.plans].count("b") == 1 and thread.is_alive():
+            break
+        thread.join(0.01)
+    registry.heartbeat("b", ["b-c1", "b-c2"])  # b is back (its failed call marked it unreachable)
+    thread.join(0.1)
+    assert thread.is_alive()  # still backing off: no real time counts
+    clock.advance(2.0)
+    thread.join(5)
+    assert not thread.is_alive()
+    assert out[0].status == SessionStatus.DONE
+    first, second = sorted(state.list_rounds(session.id), key=lambda r: r.created_at)
+    assert (first.index, first.status) == (
+        1,
+        RoundStatus.FAILED,
+    ) and "2 updates arrived, min_clients is 3" in first.reason
+    assert (second.index, second.status) == (1, RoundStatus.DONE) and second.id != first.id
+    assert second.num_updates == 4 and out[0].model_id == second.model_out
+
+
+def test_a_round_that_stays_short_fails_the_session_after_its_retries(stores):
+    state, _ = stores
+    clock = ManualClock()
+    controller, _, session, _, _ = _setup(
+        stores, {"a": (1.0, 10.0), "b": Unavailable("down")}, min_clients=3, rounds=1, clock=clock, round_retries=1
+    )
+    thread, out = _run_in_thread(controller, session)
+    _advance_until_done(clock, thread)
+    assert out[0].status == SessionStatus.FAILED
+    first, second = sorted(state.list_rounds(session.id), key=lambda r: r.created_at)
+    assert first.status == second.status == RoundStatus.FAILED and first.index == second.index == 1
+    assert "2 updates arrived, min_clients is 3" in first.reason
+    # b's failed call took it out of the federation until it heartbeats: the last attempt waited for clients
+    assert "only 2 clients connected" in second.reason
+    assert "round 1 failed: only 2 clients connected" in state.get_session(session.id).error
 
 
 def test_the_wait_for_clients_ends_when_enough_connect(stores):
