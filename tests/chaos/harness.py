@@ -253,6 +253,24 @@ class _MongoServer:
         return int(self.url.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
 
 
+def _start_again(old: ManagedProcess, env: dict[str, str]) -> tuple[ManagedProcess, list[str]]:
+    """A process started again from ``old``'s command line. One that exits within 3 s (a port still
+    taken, say) is started once more, up to 3 tries; what each early exit logged last is returned, so a
+    federation that is not whole afterwards says why instead of staying one process short unnoticed."""
+    exits: list[str] = []
+    for _ in range(3):
+        proc = ManagedProcess(old.name, old.argv, old.log_path)
+        proc.start(env)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and proc.is_running():
+            time.sleep(0.1)
+        if proc.is_running():
+            return proc, exits
+        tail = old.log_path.read_text(errors="replace").strip().splitlines()[-1:] if old.log_path.exists() else []
+        exits.append(f"{old.name} exited at restart: {tail[0][:300] if tail else 'no log'}")
+    return proc, exits
+
+
 class _Federation(LocalFederation):
     """LocalFederation with extra reducer settings and restarts of single combiners and clients."""
 
@@ -263,17 +281,15 @@ class _Federation(LocalFederation):
     def _reducer_env(self) -> dict[str, str]:
         return {**super()._reducer_env(), **self._reducer_settings}
 
-    def restart_combiner(self, index: int) -> None:
-        old = self.combiners[index]
-        proc = ManagedProcess(old.name, old.argv, old.log_path)
-        proc.start({**self._env(), "FEDN_COMBINER_MODELS": self.models_url})
-        self.combiners[index] = proc
+    def restart_combiner(self, index: int) -> list[str]:
+        """Start combiner ``index`` again; returns why earlier tries exited at once (it is tried 3 times)."""
+        env = {**self._env(), "FEDN_COMBINER_MODELS": self.models_url}
+        self.combiners[index], exits = _start_again(self.combiners[index], env)
+        return exits
 
-    def restart_client(self, index: int) -> None:
-        old = self.clients[index]
-        proc = ManagedProcess(old.name, old.argv, old.log_path)
-        proc.start(self._env())
-        self.clients[index] = proc
+    def restart_client(self, index: int) -> list[str]:
+        self.clients[index], exits = _start_again(self.clients[index], self._env())
+        return exits
 
     def kill_all(self) -> None:
         for proc in self.processes:
@@ -500,11 +516,11 @@ class ChaosRun:
         elif fault.kind == "combiner":
             _kill(fed.combiners[fault.target])
             time.sleep(fault.down_s)
-            fed.restart_combiner(fault.target)
+            self.report.recovery_timeouts.extend(fed.restart_combiner(fault.target))
         elif fault.kind == "client":
             _kill(fed.clients[fault.target])
             time.sleep(fault.down_s)
-            fed.restart_client(fault.target)
+            self.report.recovery_timeouts.extend(fed.restart_client(fault.target))
         elif fault.kind == "mongo":
             self._mongo.kill()
             time.sleep(fault.down_s)
