@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from combiner.async_trainers import AsyncTrainers
 from combiner.model_cache import CachedModel
-from combiner.run import UPDATE_FAULTS, RunContext, Tally, store_result, train_task
+from combiner.run import UPDATE_FAULTS, RoundMetrics, RunContext, Tally, store_result, train_task
 from combiner.staging import is_big
-from fedn.aggregation import MetricsAccumulator, WeightedMean, staleness_weight
+from fedn.aggregation import WeightedMean, staleness_weight
 from fedn.codec import NamedArrays
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
 from fedn.records import RoundPlan, RoundResult
@@ -46,7 +46,7 @@ class _FlushBuffer:
     """Updates folded since the last flush: their staleness-scaled deltas, metrics and senders."""
 
     mean: WeightedMean
-    metrics: MetricsAccumulator = field(default_factory=MetricsAccumulator)
+    metrics: RoundMetrics = field(default_factory=RoundMetrics)
     accepted: list[str] = field(default_factory=list)
 
 
@@ -197,7 +197,9 @@ class AsyncRun:
                     buffer = self._buffer
                     fold = functools.partial(buffer.mean.add, arrays, header.num_examples, base=base, scale=scale)
                     await asyncio.to_thread(fold) if is_big(header) else fold()
-                    buffer.metrics.add({**header.metrics, "staleness": staleness}, header.num_examples)
+                    # staleness first, so it is kept however many names the client sent (and is never theirs)
+                    metrics = {"staleness": staleness, **header.metrics} | {"staleness": staleness}
+                    buffer.metrics.add(metrics, header.num_examples)
                     buffer.accepted.append(client_id)
                     count = buffer.mean.count
                     if count >= max(1, self.plan.buffer_size) and len(self._sealed) < _MAX_SEALED:

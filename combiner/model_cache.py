@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from combiner.grants import GrantGate
+from combiner.transfers import Abortable, TransferLimits
 from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, decode_payload, model_header_size, read_model_header, split_model
-from fedn.errors import InvalidModel
+from fedn.errors import ChecksumMismatch, InvalidModel
 from fedn.models import model_key
 from fedn.retry import retry
 from fedn.store.base import ModelStore
@@ -40,6 +41,7 @@ _STREAM_BUFFER_BYTES = 8 << 20  # what one download stream may hold: its read-ah
 _TASKS_PER_DOWNLOAD_STREAM = 2
 _READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
 _READ_RETRY_S = 30.0  # how long a read with no deadline of its own (a client's download) retries the store
+_EXPECTED_KEPT = 16  # digests the reducer named, by model id
 
 
 def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
@@ -61,6 +63,7 @@ class CachedModel:
     messages: tuple[bytes, ...] | None  # the serialized data messages, if held
     key: str = ""
     offset: int = 0  # where the payload starts in the stored blob
+    blob_sha256: str = ""  # of the whole stored blob, as the reducer records it (ModelRecord.sha256)
 
 
 class ModelCache:
@@ -76,6 +79,8 @@ class ModelCache:
         max_concurrent_downloads: int = 16,
         max_download_bytes: int = 16 << 20,
         grant_timeout_s: float = 30.0,
+        min_transfer_bytes_per_s: float = 64 * 1024,
+        transfer_grace_s: float = 30.0,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -87,26 +92,57 @@ class ModelCache:
         self._cache: OrderedDict[str, CachedModel] = OrderedDict()
         self._lock = asyncio.Lock()
         self._download_slots: dict[str, asyncio.Semaphore] = {}
+        self._expected: OrderedDict[str, str] = OrderedDict()  # model id -> sha256 the reducer recorded
+        self._transfers = TransferLimits(min_transfer_bytes_per_s, transfer_grace_s)
 
     @property
     def store(self) -> ModelStore:
         return self._store
 
-    async def get(self, model_id: str, *, deadline: float | None = None) -> CachedModel:
-        """The model, loaded once and kept while it is among the last few asked for; NotFound if unknown.
+    def expect(self, model_id: str, sha256: str) -> None:
+        """The reducer's word on ``model_id``'s digest (its plan or announcement); "" says nothing. A model
+        held under another digest is dropped, and refused from then on."""
+        if not sha256:
+            return
+        self._expected[model_id] = sha256
+        self._expected.move_to_end(model_id)
+        while len(self._expected) > _EXPECTED_KEPT:
+            self._expected.popitem(last=False)
+        held = self._cache.get(model_id)
+        if held is not None and held.blob_sha256 != sha256:
+            self._cache.pop(model_id, None)
+
+    def _verify(self, model: CachedModel) -> None:
+        expected = self._expected.get(model.model_id)
+        if expected and model.blob_sha256 != expected:
+            self._cache.pop(model.model_id, None)
+            message = (
+                f"model {model.model_id} in the model store has sha256 {model.blob_sha256}, not {expected} as the "
+                "reducer recorded: refused (the stored copy was altered or replaced)"
+            )
+            logger.error("%s", message)
+            raise ChecksumMismatch(message)
+
+    async def get(self, model_id: str, *, deadline: float | None = None, expected_sha256: str = "") -> CachedModel:
+        """The model, loaded once and kept while it is among the last few asked for; NotFound if unknown,
+        ChecksumMismatch if its stored blob is not the one the reducer recorded (``expected_sha256``, or
+        what :meth:`expect` was told).
 
         A store error is retried until ``deadline`` (on the clock; by default ``_READ_RETRY_S`` from
         now), then raised. A held model is returned at once, whatever another load waits for.
         """
+        self.expect(model_id, expected_sha256)
         cached = self._cache.get(model_id)
         if cached is None:
             async with self._lock:
                 cached = self._cache.get(model_id)
                 if cached is None:
                     cached = await self._read(lambda: self._load(model_id), f"reading model {model_id}", deadline)
+                    self._verify(cached)
                     self._cache[model_id] = cached
                     while len(self._cache) > _MODEL_CACHE_SIZE:
                         self._cache.popitem(last=False)
+        self._verify(cached)
         if model_id in self._cache:
             self._cache.move_to_end(model_id)
         return cached
@@ -144,12 +180,13 @@ class ModelCache:
         offset = model_header_size(head)
         manifest, size = read_model_header(head)
         keep = size <= self._model_cache_bytes
-        digest = hashlib.sha256()
+        digest, blob_digest = hashlib.sha256(), hashlib.sha256(head)
         payload = bytearray(head[offset:]) if keep else None
         digest.update(memoryview(head)[offset:])
         received = len(head) - offset
         for chunk in chunks:
             digest.update(chunk)
+            blob_digest.update(chunk)
             received += len(chunk)
             if payload is not None:
                 payload += chunk
@@ -165,13 +202,23 @@ class ModelCache:
         sha256 = digest.hexdigest()
         header = model_header_message(ModelHeaderInfo(model_id, manifest, sha256, size))
         messages = None if payload is None else tuple(map(model_data_message, iter_chunks(payload, self._chunk_bytes)))
-        return CachedModel(model_id, manifest, sha256, size, header, messages, key, offset)
+        return CachedModel(model_id, manifest, sha256, size, header, messages, key, offset, blob_digest.hexdigest())
 
     # -- downloads -------------------------------------------------------------
 
-    async def download_messages(self, model: CachedModel) -> AsyncIterator[bytes]:
+    async def download_messages(self, model: CachedModel, context: Abortable | None = None) -> AsyncIterator[bytes]:
         """A download's serialized messages: the header, then the data, held or read from the store off
-        the event loop (and serialized there)."""
+        the event loop (and serialized there). A download that outlasts its transfer deadline (a client
+        that stopped reading) is cut off, which frees its download stream, and its call (``context``)
+        is ended with DEADLINE_EXCEEDED."""
+        what = f"download of model {model.model_id}"
+        cutoff = self._transfers.cutoff(self._clock, what, model.size, context=context)
+        with cutoff:
+            async with contextlib.aclosing(self._download_messages(model)) as messages:
+                async for message in messages:
+                    yield message
+
+    async def _download_messages(self, model: CachedModel) -> AsyncIterator[bytes]:
         yield model.header
         if model.messages is not None:
             for message in model.messages:

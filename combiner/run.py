@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,16 +19,18 @@ from combiner.staging import UploadStager
 from combiner.stragglers import Stragglers
 from fedn.aggregation import Aggregator, MetricsAccumulator
 from fedn.clock import Clock
-from fedn.codec import encode_model_chunks
-from fedn.errors import FednError, InvalidArgument, PayloadTooLarge, StoreError
+from fedn.codec import check_finite, encode_model_chunks
+from fedn.errors import FednError, InvalidArgument, NonFiniteValues, PayloadTooLarge, StoreError
 from fedn.ids import printable
 from fedn.models import partial_key, partial_metadata
-from fedn.records import ClientFailureRecord, RoundPlan, RoundResult
+from fedn.records import ClientFailureRecord, MetricSummary, RoundPlan, RoundResult
 from fedn.retry import retry
 from fedn.wire import TaskInfo, UpdateHeaderInfo
+from fedn.wire_limits import MAX_METRICS
 
 __all__ = [
     "UPDATE_FAULTS",
+    "RoundMetrics",
     "Run",
     "RunContext",
     "Tally",
@@ -122,6 +125,39 @@ def train_task(run_id: str, plan: RoundPlan, model_id: str, round_index: int) ->
     return TaskInfo("train", run_id, plan.session_id, model_id, round_index, plan.timeout_s, plan.config)
 
 
+class RoundMetrics(MetricsAccumulator):
+    """A run's metrics as the reducer will accept them (fedn.wire_limits): each update may bring 64 names,
+    but clients may each bring others, so names past the first ``MAX_METRICS`` of the run are left out;
+    and a name whose weighted sum overflowed is left out of the summary, not reported as inf."""
+
+    def __init__(self, max_names: int = MAX_METRICS) -> None:
+        super().__init__()
+        self._names: set[str] = set()
+        self._max_names = max_names
+        self._left_out = False
+
+    def add(self, metrics: Mapping[str, float], weight: float) -> None:
+        kept = {}
+        for name, value in metrics.items():
+            if name not in self._names and len(self._names) >= self._max_names:
+                if not self._left_out:
+                    logger.warning(
+                        "more than %d metric names in one run: %r and later new names are left out",
+                        self._max_names,
+                        name,
+                    )
+                self._left_out = True
+                continue
+            self._names.add(name)
+            kept[name] = value
+        super().add(kept, weight)
+
+    def summary(self) -> dict[str, MetricSummary]:
+        return {
+            name: s for name, s in super().summary().items() if all(math.isfinite(v) for v in (s.mean, s.min, s.max))
+        }
+
+
 @dataclass(eq=False)
 class Tally:
     """Clients that failed (and why) and updates refused, until the next result takes them."""
@@ -166,6 +202,14 @@ async def store_result(
     if count:
         # the round is over: a mean computed in place of the running sums saves a model copy
         partial = await asyncio.to_thread(aggregator.finish)
+        problem = await asyncio.to_thread(_not_finite, partial.arrays, partial.total_weight)
+        if problem:
+            # each update was finite, but their weighted sum overflowed: a partial of inf/NaN would poison
+            # the global model, so none is stored and the round's result says why
+            logger.error("round %s: the aggregate is not finite (%s); no partial stored", round_id, problem)
+            for client_id in client_ids:
+                tally.fail(client_id, f"update lost: the combiner's aggregate is not finite ({problem})")
+            return _describe(ctx, round_id, "", 0.0, 0, num_selected, tally, metrics, [])
         key = partial_key(round_id, ctx.combiner_id)
         # the result goes into the partial's header, so the partial is usable without this reply: by this
         # combiner asked again after a restart, or by a reducer whose combiner did not come back
@@ -188,6 +232,18 @@ async def store_result(
             total_weight = partial.total_weight
         del partial
     return _describe(ctx, round_id, key, total_weight, count, num_selected, tally, metrics, client_ids)
+
+
+def _not_finite(arrays: Mapping, total_weight: float) -> str:
+    """Why the partial is unusable ("" if it is fine)."""
+    if not math.isfinite(total_weight):
+        return f"total weight {total_weight}"
+    try:
+        for name, array in arrays.items():
+            check_finite(name, array)
+    except NonFiniteValues as exc:
+        return exc.message
+    return ""
 
 
 def _describe(

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import numpy as np
 
 from combiner.grants import GrantGate
+from combiner.transfers import TransferLimits
 from fedn import heap
 from fedn.chunking import ChunkAssembler, ChunkSpool
 from fedn.clock import Clock
@@ -64,6 +65,9 @@ class UploadStager:
         grant_timeout_s: float = 30.0,
         spool_over_bytes: int = 16 << 20,
         spool_dir: str | None = None,
+        max_num_examples: float = 1e9,
+        min_transfer_bytes_per_s: float = 64 * 1024,
+        transfer_grace_s: float = 30.0,
     ) -> None:
         self._clock = clock
         self._max_update_bytes = max_update_bytes
@@ -72,6 +76,8 @@ class UploadStager:
         self._grant_timeout_s = grant_timeout_s
         self._spool_over_bytes = spool_over_bytes
         self._spool_dir = spool_dir
+        self._max_num_examples = max_num_examples
+        self._transfers = TransferLimits(min_transfer_bytes_per_s, transfer_grace_s)
 
     def upload_gate(self, manifest: list[TensorSpec], notify: Callable[[str], None]) -> GrantGate:
         """Upload slots for updates of ``manifest``: bounded in count and in bytes, but one may always be staged."""
@@ -85,8 +91,11 @@ class UploadStager:
     def check_header(self, manifest: list[TensorSpec], header: UpdateHeaderInfo) -> None:
         """Refuse an update from its header alone, before it takes a staging slot."""
         weight = header.num_examples
-        if not (weight > 0 and weight != float("inf")):
-            raise InvalidArgument(f"num_examples must be a positive finite number, got {weight}")
+        if not (0 < weight <= self._max_num_examples):  # NaN fails too
+            raise InvalidArgument(
+                f"num_examples must be a positive finite number of at most {self._max_num_examples:g} "
+                f"(the combiner's --max-num-examples), got {weight:g}"
+            )
         size = header.model.payload_bytes
         self.check_size(size)
         check_manifest(manifest, header.model.tensors)
@@ -121,10 +130,13 @@ class UploadStager:
         of the model in memory; the file is gone when the block ends.
         """
         size, sha = header.model.payload_bytes, header.model.sha256
+        # from here the client holds an upload slot: it must send its update within its transfer deadline
+        cutoff = self._transfers.cutoff(self._clock, f"upload of client {header.client_id}'s update", size)
         if size <= self._spool_over_bytes or not spool:
             assembler = ChunkAssembler(size, sha, self._max_update_bytes)
-            async for chunk in chunks:
-                assembler.add(chunk)
+            with cutoff:
+                async for chunk in chunks:
+                    assembler.add(chunk)
             arrays = decode_payload(manifest, assembler.finish())
             await _check_finite_values(arrays, big=size > FOLD_IN_THREAD_BYTES)
             yield arrays
@@ -137,14 +149,15 @@ class UploadStager:
             # pace of thread handoffs.
             batch: list[bytes] = []
             batch_bytes = 0
-            async for chunk in chunks:
-                batch.append(chunk)
-                batch_bytes += len(chunk)
-                if batch_bytes >= _SPOOL_WRITE_BYTES:
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(spooler.add_all, batch))
-                    batch, batch_bytes = [], 0
+            with cutoff:
+                async for chunk in chunks:
+                    batch.append(chunk)
+                    batch_bytes += len(chunk)
+                    if batch_bytes >= _SPOOL_WRITE_BYTES:
+                        if writing is not None:
+                            await asyncio.shield(writing)  # a cut-off upload still lets its write end first
+                        writing = asyncio.ensure_future(asyncio.to_thread(spooler.add_all, batch))
+                        batch, batch_bytes = [], 0
             if writing is not None:
                 await writing
             spooler.add_all(batch)  # less than one batch

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 from combiner.grants import GrantGate
 from combiner.model_cache import CachedModel
-from combiner.run import UPDATE_FAULTS, RunContext, Tally, store_result, train_task
+from combiner.run import UPDATE_FAULTS, RoundMetrics, RunContext, Tally, store_result, train_task
 from combiner.staging import is_big
 from fedn import heap
-from fedn.aggregation import Aggregator, MetricsAccumulator, aggregator_config
+from fedn.aggregation import Aggregator, aggregator_config
 from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
 from fedn.records import RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
@@ -47,7 +47,7 @@ class SyncRound:
         self._selected = set(selected)
         # when the reducer asked: the deadline counts from then, whatever reading the model took
         self._started_at = ctx.clock.now() if started_at is None else started_at
-        self._metrics = MetricsAccumulator()
+        self._metrics = RoundMetrics()
         self._tally = Tally()
         self._answered: set[str] = set()
         self._accepted: list[str] = []

@@ -15,6 +15,22 @@ from fedn.errors import InvalidArgument, validation_problem
 from fedn.ids import check_id, check_text, printable
 from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult, SessionMode
 from fedn.v1 import fedn_pb2 as pb
+from fedn.wire_limits import (
+    MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TENSOR_DIM,
+    MAX_TENSOR_DIMS,
+    MAX_TENSOR_NAME_CHARS,
+    MAX_TIMEOUT_S,
+    check_metric_summaries,
+    check_metrics,
+    check_model_sha256,
+    config_from_proto,
+    config_to_proto,
+)
+from fedn.wire_limits import check_count as _check_count
+from fedn.wire_limits import check_finite as _check_finite
+from fedn.wire_limits import check_sha256 as _check_sha256
 
 __all__ = [
     "Announcement",
@@ -45,10 +61,7 @@ __all__ = [
     "upload_request_from_proto",
 ]
 
-# What a peer may send is bounded at decode: anything past these is refused with InvalidArgument.
-MAX_TIMEOUT_S, MAX_METRICS, MAX_KEY_CHARS, MAX_NAME_CHARS = 1e7, 64, 128, 256  # 116 days; config keys, metrics
-MAX_TENSOR_NAME_CHARS, MAX_TENSOR_DIMS, MAX_TENSOR_DIM = 1024, 32, 1 << 40
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# What a peer may send is bounded at decode (fedn.wire_limits): anything past it is refused with InvalidArgument.
 _DTYPE_RE = re.compile(r"^[A-Za-z0-9<>|=]{1,16}$")
 
 
@@ -116,49 +129,6 @@ def task_from_proto(msg: pb.Task) -> TaskInfo:
     )
 
 
-def config_to_proto(config: Mapping[str, ConfigScalar], target) -> None:
-    """Fill a ``map<string, ConfigValue>`` field from a dict of scalars."""
-    for key, value in config.items():
-        slot = target[key]
-        if isinstance(value, bool):
-            slot.bool_value = value
-        elif isinstance(value, int):
-            slot.int_value = value
-        elif isinstance(value, float):
-            slot.double_value = value
-        elif isinstance(value, str):
-            slot.string_value = value
-        else:
-            raise InvalidArgument(f"config value {key!r} must be bool, int, float or str, not {type(value).__name__}")
-
-
-def config_from_proto(config, field: str = "config") -> dict[str, ConfigScalar]:
-    """A ``map<string, ConfigValue>`` as a dict; InvalidArgument for a value with no kind, NaN or an infinity."""
-    out: dict[str, ConfigScalar] = {}
-    for key, value in config.items():
-        check_text(key, f"{field} key", MAX_KEY_CHARS, empty=False)
-        kind = value.WhichOneof("kind")
-        if kind is None:
-            raise InvalidArgument(f"{field}.{key} has no value (set one of double, int, string, bool)")
-        scalar = getattr(value, kind)
-        if kind == "double_value":
-            _check_finite(scalar, f"{field}.{key}")
-        out[key] = scalar
-    return out
-
-
-def _check_finite(value: float, field: str) -> float:
-    if not math.isfinite(value):
-        raise InvalidArgument(f"{field} must be a finite number, not {value}")
-    return value
-
-
-def _check_count(value: int, field: str) -> int:
-    if value < 0:
-        raise InvalidArgument(f"{field} must not be negative, got {value}")
-    return int(value)
-
-
 def model_header_to_proto(info: ModelHeaderInfo) -> pb.ModelHeader:
     return pb.ModelHeader(
         model_id=info.model_id,
@@ -198,12 +168,6 @@ def _tensor_spec_from_proto(msg: pb.TensorSpec) -> TensorSpec:
     return TensorSpec(name, msg.dtype, tuple(int(d) for d in shape))
 
 
-def _check_sha256(digest: str) -> str:
-    if not _SHA256_RE.fullmatch(digest):
-        raise InvalidArgument("sha256 must be 64 lowercase hex digits")
-    return digest
-
-
 def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
     return pb.UpdateHeader(
         round_id=info.round_id,
@@ -217,18 +181,12 @@ def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
 
 def update_header_from_proto(msg: pb.UpdateHeader) -> UpdateHeaderInfo:
     """An update's header: ids checked, metrics bounded in number and name (they are summed per name)."""
-    if len(msg.metrics) > MAX_METRICS:
-        raise InvalidArgument(f"an update may carry at most {MAX_METRICS} metrics, not {len(msg.metrics)}")
-    # a NaN metric is common (a loss that diverged, an AUC with one class): it is left out, the update kept
-    metrics = {
-        check_text(k, "metric name", MAX_KEY_CHARS, empty=False): v for k, v in msg.metrics.items() if math.isfinite(v)
-    }
     return UpdateHeaderInfo(
         round_id=check_id(msg.round_id, "round_id"),
         client_id=check_id(msg.client_id, "client_id"),
         base_model_id=check_id(msg.base_model_id, "base_model_id", optional=True),
-        num_examples=float(msg.num_examples),
-        metrics=metrics,
+        num_examples=float(msg.num_examples),  # bounded by the run, which counts a refusal against the client
+        metrics=check_metrics(msg.metrics),
         model=model_header_from_proto(msg.model),
     )
 
@@ -248,6 +206,7 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         model_version=plan.model_version,
         staleness_exponent=plan.staleness_exponent,
         max_staleness=plan.max_staleness,
+        model_sha256=plan.model_sha256,
     )
     config_to_proto(plan.config, msg.config)
     config_to_proto(plan.aggregator_config, msg.aggregator_config)
@@ -276,6 +235,7 @@ def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
             model_version=_check_count(msg.model_version, "model_version"),
             staleness_exponent=_check_finite(msg.staleness_exponent, "staleness_exponent"),
             max_staleness=_check_count(msg.max_staleness, "max_staleness"),
+            model_sha256=check_model_sha256(msg.model_sha256),
         )
     except ValidationError as exc:
         raise validation_problem(exc, "round plan") from None
@@ -290,17 +250,23 @@ def _plan_mode(text: str) -> SessionMode:
 
 @dataclass(frozen=True)
 class Announcement:
-    """An asynchronous session's global model moved on (or, with ``final``, the session ended)."""
+    """An asynchronous session's global model moved on (or, with ``final``, the session ended);
+    ``model_sha256`` is its stored blob's digest ("" if unsaid)."""
 
     session_id: str
     model_id: str
     model_version: int
     final: bool = False
+    model_sha256: str = ""
 
 
 def announcement_to_proto(info: Announcement) -> pb.ModelAnnouncement:
     return pb.ModelAnnouncement(
-        session_id=info.session_id, model_id=info.model_id, model_version=info.model_version, final=info.final
+        session_id=info.session_id,
+        model_id=info.model_id,
+        model_version=info.model_version,
+        final=info.final,
+        model_sha256=info.model_sha256,
     )
 
 
@@ -310,6 +276,7 @@ def announcement_from_proto(msg: pb.ModelAnnouncement) -> Announcement:
         check_id(msg.model_id, "model_id"),
         _check_count(msg.model_version, "model_version"),
         bool(msg.final),
+        check_model_sha256(msg.model_sha256),
     )
 
 
@@ -355,6 +322,7 @@ def round_result_to_proto(result: RoundResult) -> pb.RoundResult:
 
 
 def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
+    """A combiner's result; its metric summaries bounded as an update's metrics are."""
     return RoundResult(
         round_id=msg.round_id,
         combiner_id=msg.combiner_id,
@@ -366,7 +334,9 @@ def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
         failures=[
             ClientFailureRecord(client_id=f.client_id, combiner_id=msg.combiner_id, error=f.error) for f in msg.failures
         ],
-        metrics={k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()},
+        metrics=check_metric_summaries(
+            {k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()}
+        ),
         client_ids=list(msg.client_ids),
     )
 

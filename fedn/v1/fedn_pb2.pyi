@@ -173,7 +173,7 @@ class ReportFailureResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness")
+    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness", "model_sha256")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class RoundPlan(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STALENESS_EXPONENT_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     session_id: str
     round_index: int
@@ -218,19 +219,22 @@ class RoundPlan(_message.Message):
     model_version: int
     staleness_exponent: float
     max_staleness: int
-    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ..., aggregator_config: _Optional[_Mapping[str, ConfigValue]] = ..., mode: _Optional[str] = ..., buffer_size: _Optional[int] = ..., model_version: _Optional[int] = ..., staleness_exponent: _Optional[float] = ..., max_staleness: _Optional[int] = ...) -> None: ...
+    model_sha256: str
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ..., aggregator_config: _Optional[_Mapping[str, ConfigValue]] = ..., mode: _Optional[str] = ..., buffer_size: _Optional[int] = ..., model_version: _Optional[int] = ..., staleness_exponent: _Optional[float] = ..., max_staleness: _Optional[int] = ..., model_sha256: _Optional[str] = ...) -> None: ...
 
 class ModelAnnouncement(_message.Message):
-    __slots__ = ("session_id", "model_id", "model_version", "final")
+    __slots__ = ("session_id", "model_id", "model_version", "final", "model_sha256")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model_id: str
     model_version: int
     final: bool
-    def __init__(self, session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+    model_sha256: str
+    def __init__(self, session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., final: _Optional[bool] = ..., model_sha256: _Optional[str] = ...) -> None: ...
 
 class AnnounceModelResponse(_message.Message):
     __slots__ = ("known",)
