@@ -19,12 +19,13 @@ from fedn.codec import (
     read_model_metadata,
     split_model,
 )
-from fedn.errors import InvalidModel, NotFound
+from fedn.errors import ChecksumMismatch, InvalidModel, NotFound
 from fedn.records import ModelRecord, RoundResult, new_id
 from fedn.store.base import ModelStore
 
 __all__ = [
     "load_model",
+    "load_verified",
     "model_key",
     "partial_key",
     "partial_metadata",
@@ -89,6 +90,23 @@ def save_model(
 def load_model(models: ModelStore, key: str) -> NamedArrays:
     """The stored model as read-only views of its blob: no decoded copy (a float64 partial is large)."""
     manifest, payload = split_model(models.get(key))
+    return decode_payload(manifest, payload)
+
+
+def load_verified(models: ModelStore, record: ModelRecord) -> NamedArrays:
+    """The model of ``record``, read like :func:`load_model` once its blob's sha256 matches the record's.
+
+    The one way the reducer reads a model that has a record: a blob replaced or corrupted in the
+    model store (whose write access the combiners share) is refused with ChecksumMismatch.
+    """
+    blob = models.get(record.key)
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != record.sha256:
+        raise ChecksumMismatch(
+            f"model {record.id}: its blob {record.key!r} has sha256 {digest}, its record says {record.sha256}; "
+            "refused (the blob was replaced or corrupted in the model store)"
+        )
+    manifest, payload = split_model(blob)
     return decode_payload(manifest, payload)
 
 

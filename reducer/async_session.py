@@ -41,8 +41,9 @@ from fedn.records import (
 from fedn.store.base import ModelStore, StateStore
 from fedn.wire import Announcement
 from reducer.gateway import CombinerGateway
-from reducer.merging import Merger, PartialRefused
+from reducer.merging import Merger, MergeRefused, PartialRefused
 from reducer.planning import Planner
+from reducer.results import ResultRefused, bound_failures
 
 __all__ = ["AsyncSession"]
 
@@ -96,6 +97,8 @@ class AsyncSession:
             session = self._resume(session, optimizer)
             if session.rounds_done < session.rounds:
                 session = self._loop(session, optimizer, pool)
+        except MergeRefused as exc:  # the global model itself is unusable: no flush can be merged
+            session = self._merger.fail(self._state.get_session(session.id), exc.message)  # as last advanced
         finally:
             if session.status == SessionStatus.FAILED or session.rounds_done >= session.rounds:
                 self._announce(pool, session, final=True)
@@ -116,6 +119,10 @@ class AsyncSession:
                 if isinstance(outcome, FednError):
                     if isinstance(outcome, Unavailable):
                         self._lose_clients(combiner_id, outcome.message)
+                    elif isinstance(outcome, ResultRefused):  # listed with the next flush, like a lost buffer
+                        self._lost.append(
+                            ClientFailureRecord(client_id="", combiner_id=combiner_id, error=outcome.message)
+                        )
                     self._back_off(session, combiner_id, outcome.message)
                 elif not outcome.partial_key:
                     self._failures.pop(combiner_id, None)
@@ -184,7 +191,9 @@ class AsyncSession:
 
     def _call(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> None:
         try:
-            outcome: RoundResult | FednError = self._gateway.run_round(combiner, plan, timeout_s)
+            outcome: RoundResult | FednError = self._merger.check_result(
+                self._gateway.run_round(combiner, plan, timeout_s), round_id=plan.round_id, combiner_id=combiner.id
+            )
         except FednError as exc:
             outcome = exc
         except Exception as exc:  # never lose the slot: the loop must hear back from every call
@@ -194,7 +203,12 @@ class AsyncSession:
         self._arrived.set()
 
     def _announce(self, pool: ThreadPoolExecutor, session: Session, *, final: bool) -> None:
-        info = Announcement(session.id, session.model_id, session.rounds_done, final)
+        try:
+            sha256 = self._planner.model_sha256(session)
+        except FednError as exc:  # announced all the same: a combiner that needs the model checks it then
+            logger.warning("async session %s: model %s has no readable record: %s", session.id, session.model_id, exc)
+            sha256 = ""
+        info = Announcement(session.id, session.model_id, session.rounds_done, final, model_sha256=sha256)
         calls = [
             pool.submit(self._gateway.announce, c, info, _ANNOUNCE_TIMEOUT_S)
             for c in self._planner.listeners(final=final)
@@ -221,7 +235,7 @@ class AsyncSession:
             num_updates=result.num_updates,
             num_rejected=result.num_rejected,
             total_weight=result.total_weight,
-            failures=[*self._lost, *result.failures],
+            failures=bound_failures([*self._lost, *result.failures]),
             metrics=result.metrics,
             started_at=now(),
         )

@@ -17,7 +17,7 @@ import logging
 import threading
 
 from fedn.clock import Clock, SystemClock
-from fedn.errors import FednError, StoreError
+from fedn.errors import FailedPrecondition, FednError, StoreError
 from fedn.records import Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
 from reducer.async_session import AsyncSession
@@ -27,7 +27,7 @@ from reducer.planning import Planner
 from reducer.registry import CombinerRegistry
 from reducer.sync_session import SyncSession
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "check_session_capacity"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ class Controller:
         max_backoff_s: float = 30.0,
         max_session_errors: int = 5,
         round_retries: int = 2,
+        max_num_examples: float = 1e9,
+        max_clients_per_combiner: int = 10_000,
         clock: Clock | None = None,
     ) -> None:
+        """``max_num_examples`` and ``max_clients_per_combiner`` bound what a combiner's result may
+        report (see :mod:`reducer.results`)."""
         self._state = state
         self._models = models
         self._registry = registry
@@ -64,8 +68,14 @@ class Controller:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._planner = Planner(registry, self._stop, rpc_grace_s=rpc_grace_s, resume_wait_s=resume_wait_s)
-        self._merger = Merger(state, models, self._clock)
+        self._planner = Planner(registry, self._stop, rpc_grace_s=rpc_grace_s, resume_wait_s=resume_wait_s, state=state)
+        self._merger = Merger(
+            state,
+            models,
+            self._clock,
+            max_num_examples=max_num_examples,
+            max_clients_per_combiner=max_clients_per_combiner,
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
@@ -150,6 +160,23 @@ class Controller:
             self._state.put_session(session)
             logger.info("session %s: done, final model %s", session.id, session.model_id)
         return session
+
+
+def check_session_capacity(state: StateStore, max_pending: int) -> None:
+    """FailedPrecondition if ``max_pending`` sessions are already pending or running: a session is
+    refused when it is asked for, rather than queued without bound behind the others."""
+    open_, offset, page = 0, 0, 1000
+    while True:  # every session is looked at: an old pending one may sit behind many newer done ones
+        sessions = state.list_sessions(limit=page, offset=offset)
+        open_ += sum(s.status in (SessionStatus.PENDING, SessionStatus.RUNNING) for s in sessions)
+        if open_ >= max_pending:
+            raise FailedPrecondition(
+                f"{open_} sessions are pending or running; at most {max_pending} (max_pending_sessions): "
+                "wait for one to end, or stop one"
+            )
+        if len(sessions) < page:
+            return
+        offset += page
 
 
 def _describe(exc: Exception, limit: int = 500) -> str:

@@ -9,6 +9,10 @@ session and the round (:func:`~fedn.models.round_model_id`), so a merge written 
 overwrites what the first attempt wrote instead of adding a second model. The model record is the
 commit point: once it exists the round has ended, and :meth:`Merger.finish_ended` completes the
 writes a crash cut short (round done, session advanced) instead of running the round again.
+
+Nothing a combiner reports is trusted (DESIGN §9): each result is checked (:mod:`reducer.results`)
+before its partial is read; every new global model is checked finite before anything of it is
+stored; the global model is read through its record, whose sha256 its blob must match.
 """
 
 from __future__ import annotations
@@ -23,20 +27,28 @@ from fedn.aggregation import Partial, PartialMerge, add_delta, cast_like, partia
 from fedn.aggregation.server_optimizers import ServerOptimizer
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, check_manifest, encode_model, manifest_of
-from fedn.errors import FednError, InvalidArgument, NotFound
-from fedn.models import load_model, model_key, round_model_id, save_model
+from fedn.errors import ChecksumMismatch, FednError, InvalidArgument, NotFound
+from fedn.models import load_model, load_verified, round_model_id, save_model
 from fedn.records import Round, RoundResult, RoundStatus, Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
+from fedn.store.validation import clip
+from reducer.results import check_result
 
-__all__ = ["Merger", "PartialFolder", "PartialRefused"]
+__all__ = ["MergeRefused", "Merger", "PartialFolder", "PartialRefused"]
 
 logger = logging.getLogger(__name__)
 
 _OPEN = (RoundStatus.PENDING, RoundStatus.RUNNING)
 
 
-class PartialRefused(FednError):
-    """A partial could not be read or does not fit the global model; its round is already marked failed."""
+class MergeRefused(FednError):
+    """A merge cannot be made (its global model fails its checksum, ...); its round is already marked
+    failed, and the session cannot go on."""
+
+
+class PartialRefused(MergeRefused):
+    """A partial could not be read, does not fit the global model or makes it non-finite; its round is
+    already marked failed (an async session backs off that combiner and goes on)."""
 
 
 class PartialFolder:
@@ -67,10 +79,34 @@ class PartialFolder:
 class Merger:
     """Steps, stores and records merges for sync rounds and async flushes, and fails them."""
 
-    def __init__(self, state: StateStore, models: ModelStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        models: ModelStore,
+        clock: Clock,
+        *,
+        max_num_examples: float = 1e9,
+        max_clients_per_combiner: int = 10_000,
+    ) -> None:
+        """``max_num_examples`` bounds one update's weight (as at the combiners), so a result's total
+        weight is at most its updates times it; ``max_clients_per_combiner`` bounds its client ids."""
         self._state = state
         self._models = models
         self._clock = clock
+        self._max_num_examples = max_num_examples
+        self._max_clients = max_clients_per_combiner
+
+    def check_result(self, result: RoundResult, *, round_id: str, combiner_id: str) -> RoundResult:
+        """``result`` if it is what round (or flush) ``round_id`` asked of ``combiner_id``: that round,
+        that combiner, the partial key the reducer derives for them, a finite weight of at most
+        ``num_updates x max_num_examples``, bounded metrics and client ids. ResultRefused otherwise."""
+        return check_result(
+            result,
+            round_id=round_id,
+            combiner_id=combiner_id,
+            max_num_examples=self._max_num_examples,
+            max_clients=self._max_clients,
+        )
 
     def folder(self, model_id: str) -> PartialFolder:
         """A folder whose partials must match the global model ``model_id`` as its record lists it (if the
@@ -82,7 +118,15 @@ class Merger:
         return PartialFolder(self._models, [TensorSpec.from_dict(t) for t in tensors] or None)
 
     def load_global(self, session: Session) -> NamedArrays:
-        return load_model(self._models, model_key(session.model_id))
+        """The session's global model, through its record: ChecksumMismatch if its blob was replaced."""
+        return load_verified(self._models, self._state.get_model(session.model_id))
+
+    def _global_or_refuse(self, session: Session, round_: Round, started: float | None) -> NamedArrays:
+        try:
+            return self.load_global(session)
+        except ChecksumMismatch as exc:  # no merge can build on it: the session cannot go on
+            self.fail_round(round_, exc.message, started)
+            raise MergeRefused(exc.message) from exc
 
     def apply_delta(self, session: Session, round_: Round, key: str, optimizer: ServerOptimizer) -> Session:
         """Merge an async flush: global + the partial's mean delta at ``key``, through the optimizer.
@@ -91,7 +135,7 @@ class Merger:
         the global model, which numpy would otherwise broadcast into it.
         """
         started = self._clock.now()
-        current = self.load_global(session)
+        current = self._global_or_refuse(session, round_, started)
         try:
             delta = load_model(self._models, key)
             check_manifest(partial_manifest(manifest_of(current)), manifest_of(delta), ordered=False)
@@ -116,17 +160,24 @@ class Merger:
         not given) towards ``merged``, store the new global (and the optimizer's state) and mark ``round_``
         done; returns the advanced session. ``started`` is on the clock, for the round's duration."""
         if previous is None:
-            previous = self.load_global(session)
-        if session.strategy_state_key and optimizer.step_count < session.strategy_step:
-            optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
-        new_global = optimizer.step(previous, merged)
+            previous = self._global_or_refuse(session, round_, started)
+        if optimizer.step_count != session.strategy_step:  # a fresh one, or one whose last step was refused
+            if session.strategy_state_key:
+                optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
+            else:
+                optimizer.load_state({}, session.strategy_step)
+        new_global = cast_like(optimizer.step(previous, merged), previous)
+        if bad := _non_finite(new_global):  # checked before anything of this merge is stored
+            reason = f"the new global model is not finite (tensor {clip(bad)!r}): nothing stored"
+            self.fail_round(round_, reason, started)
+            raise PartialRefused(reason)
         state_key = session.strategy_state_key
         if optimizer.moments:  # stored before the round is marked done, so a restart continues from it
             state_key = _strategy_state_key(session, round_)
             self._models.put(state_key, encode_model(optimizer.state_arrays()))
         record = save_model(
             self._models,
-            cast_like(new_global, previous),
+            new_global,
             model_id=round_model_id(round_.id),
             session_id=session.id,
             round_id=round_.id,
@@ -228,6 +279,15 @@ class Merger:
         self._state.put_session(session)
         logger.error("session %s failed: %s", session.id, error)
         return session
+
+
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> str:
+    """The name of the first floating-point tensor of ``arrays`` with a NaN or an infinity ("" if none)."""
+    for name, array in arrays.items():
+        a = np.asarray(array)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            return name
+    return ""
 
 
 def _strategy_state_key(session: Session, round_: Round) -> str:

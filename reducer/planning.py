@@ -1,7 +1,8 @@
 """What a round (sync) or a flush (async) asks of the combiners: who takes part, with what share, and the plan.
 
 Sync and async sessions are both given one :class:`Planner`. It reads the registry (whose clock
-judges liveness and the wait for clients) and writes nothing.
+judges liveness and the wait for clients) and the global model's record (its sha256, which every plan
+and announcement carries so a combiner refuses a blob that was replaced), and writes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from fedn.aggregation.server_optimizers import ServerOptimizer
 from fedn.records import CombinerRecord, RoundPlan, Session, SessionMode
 from fedn.sampling import allocate_sample, sample_seed, sample_size
+from fedn.store.base import StateStore
 from reducer.registry import CombinerRegistry
 
 __all__ = ["Planner", "Share"]
@@ -33,8 +35,16 @@ class Planner:
     """Waits for clients, splits a session's sample over the live combiners and builds their plans."""
 
     def __init__(
-        self, registry: CombinerRegistry, stop: threading.Event, *, rpc_grace_s: float, resume_wait_s: float = 30.0
+        self,
+        registry: CombinerRegistry,
+        stop: threading.Event,
+        *,
+        rpc_grace_s: float,
+        resume_wait_s: float = 30.0,
+        state: StateStore | None = None,
     ) -> None:
+        """Without ``state``, plans leave ``model_sha256`` unsaid."""
+        self._state = state
         self._registry = registry
         self._stop = stop
         self.rpc_grace_s = rpc_grace_s
@@ -106,6 +116,7 @@ class Planner:
             config={**session.config, **optimizer.client_config()},
             timeout_s=session.round_timeout_s,
             sample_seed=sample_seed(session.seed, index),
+            model_sha256=self.model_sha256(session),
         )
         if session.mode != SessionMode.ASYNC:
             return plan
@@ -118,6 +129,10 @@ class Planner:
                 "max_staleness": session.max_staleness,
             }
         )
+
+    def model_sha256(self, session: Session) -> str:
+        """The sha256 of the session's global model, as its record has it ("" without a state store)."""
+        return self._state.get_model(session.model_id).sha256 if self._state is not None else ""
 
     def listeners(self, *, final: bool) -> list[CombinerRecord]:
         """Who hears that an async session's model moved on: the combiners with clients, or every live

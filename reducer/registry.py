@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fedn.clock import Clock, SystemClock
-from fedn.errors import NotFound, Unavailable
+from fedn.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from fedn.records import ClientRecord, CombinerRecord, NodeStatus, now
 from fedn.store.base import StateStore
 
@@ -77,7 +77,13 @@ class CombinerRegistry:
         clock: Clock | None = None,
         rebalance: bool = True,
         rebalance_interval_s: float = 5.0,
+        max_combiners: int = 1000,
+        max_clients_per_combiner: int = 10_000,
     ) -> None:
+        """``max_combiners`` live at once (each costs a thread in every round, and memory here);
+        ``max_clients_per_combiner`` in one heartbeat."""
+        self._max_combiners = max_combiners
+        self._max_clients = max_clients_per_combiner
         self._state = state
         self._timeout_s = combiner_timeout_s
         self._rebalance = rebalance
@@ -102,7 +108,18 @@ class CombinerRegistry:
                 self._state.put_combiner(record.model_copy(update={"status": NodeStatus.OFFLINE, "num_clients": 0}))
 
     def register(self, combiner_id: str, name: str, address: str) -> CombinerRecord:
+        """FailedPrecondition if ``combiner_id`` is not live and ``max_combiners`` others are."""
+        self.refresh()  # a silent one's place is free
         with self.changed:
+            live = sum(x.record.status == NodeStatus.ONLINE for x in self._combiners.values())
+            known = self._combiners.get(combiner_id)
+            if (known is None or known.record.status != NodeStatus.ONLINE) and live >= self._max_combiners:
+                raise FailedPrecondition(
+                    f"{live} combiners are live; at most {self._max_combiners} (max_combiners): "
+                    f"combiner {combiner_id!r} is not registered"
+                )
+            if len(self._combiners) >= 2 * self._max_combiners:  # forget offline ones; each registers again
+                self._combiners = {k: x for k, x in self._combiners.items() if x.record.status == NodeStatus.ONLINE}
             try:
                 previous = self._state.get_combiner(combiner_id)
                 registered_at = previous.registered_at
@@ -119,6 +136,12 @@ class CombinerRegistry:
         return record
 
     def heartbeat(self, combiner_id: str, client_ids: list[str]) -> CombinerRecord:
+        """InvalidArgument if it lists more than ``max_clients_per_combiner`` clients (nothing changes)."""
+        if len(client_ids) > self._max_clients:
+            raise InvalidArgument(
+                f"combiner {combiner_id!r} reported {len(client_ids)} clients; "
+                f"at most {self._max_clients} (max_clients_per_combiner)"
+            )
         with self.changed:
             live = self._combiners.get(combiner_id)
             if live is None:

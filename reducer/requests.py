@@ -28,8 +28,9 @@ __all__ = [
     "parse",
 ]
 
-MAX_CLIENTS_PER_HEARTBEAT = 5000
-"""Connected clients a combiner may report in one heartbeat."""
+MAX_CLIENTS_PER_HEARTBEAT = 100_000
+"""Connected clients a combiner may report in one heartbeat, at most; the registry holds each combiner
+to the reducer's ``max_clients_per_combiner`` (default 10,000) below this."""
 MAX_CONFIG_ENTRIES = 256
 """Entries of a session's ``config``, ``aggregator_config`` or ``strategy_config``."""
 MAX_OFFSET = 10**9

@@ -22,7 +22,7 @@ from fedn.aggregation import merge_metric_summaries
 from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.clock import Clock
 from fedn.errors import FednError
-from fedn.models import load_model, model_key, stored_result
+from fedn.models import stored_result
 from fedn.records import (
     ClientFailureRecord,
     CombinerRecord,
@@ -36,8 +36,9 @@ from fedn.records import (
 )
 from fedn.store.base import ModelStore, StateStore
 from reducer.gateway import CombinerGateway
-from reducer.merging import Merger, PartialFolder
+from reducer.merging import Merger, MergeRefused, PartialFolder
 from reducer.planning import Planner, Share
+from reducer.results import bound_failures, bound_metrics
 
 __all__ = ["SyncSession"]
 
@@ -148,7 +149,7 @@ class SyncSession:
         # other partials, reading the current global model) is done while it works, one partial at a
         # time, so the reducer holds one partial, not one per combiner, and the merge only stores.
         with ThreadPoolExecutor(max_workers=len(shares) + 1, thread_name_prefix="run-round") as pool:
-            previous = pool.submit(load_model, self._models, model_key(session.model_id))
+            previous = pool.submit(self._merger.load_global, session)
             futures = [
                 (s, pool.submit(self._round_at, s.combiner, Planner.for_share(plan, s), timeout_s, partials))
                 for s in shares
@@ -188,14 +189,14 @@ class SyncSession:
                 "num_updates": num_updates,
                 "num_rejected": sum(r.num_rejected for r in results),
                 "total_weight": sum(r.total_weight for r in used),
-                "failures": failures,
-                "metrics": merge_metric_summaries((r.metrics, r.total_weight) for r in used),
+                "failures": bound_failures(failures),
+                "metrics": bound_metrics(merge_metric_summaries((r.metrics, r.total_weight) for r in used), used),
             }
         )
         if num_updates < session.min_clients:
             reason = f"{num_updates} updates arrived, min_clients is {session.min_clients}"
             if failures:
-                reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in failures[:5])
+                reason += "; " + "; ".join(f"{f.client_id or f.combiner_id}: {f.error}" for f in round_.failures[:5])
             if not last_attempt:
                 logger.warning(
                     "session %s round %d (%s): %s; running it again", session.id, round_.index, round_.id, reason
@@ -210,9 +211,12 @@ class SyncSession:
             current = previous.result()
         except FednError:
             current = None  # the merger reads it again, and reports the error if it persists
-        return self._merger.apply(
-            session, round_, merged.arrays, optimizer, started=started, num_partials=len(used), previous=current
-        )
+        try:
+            return self._merger.apply(
+                session, round_, merged.arrays, optimizer, started=started, num_partials=len(used), previous=current
+            )
+        except MergeRefused as exc:  # no other attempt would merge into a model that is finite and intact
+            return self._merger.fail(session, exc.message, round_=round_, started=started)
 
     def _round_at(
         self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float, partials: PartialFolder
@@ -220,6 +224,7 @@ class SyncSession:
         """Run ``plan`` at one combiner and fold its partial in as soon as it is stored; returns the
         combiner's result and why its partial could not be used ("" if it was, or if it had none)."""
         result = self._gateway.run_round(combiner, plan, timeout_s)
+        self._merger.check_result(result, round_id=plan.round_id, combiner_id=combiner.id)  # before its partial is read
         return result, partials.fold(result) if result.partial_key else ""
 
     def _resume(
@@ -237,6 +242,8 @@ class SyncSession:
             error = f"combiner {combiner_id} did not come back within {self._planner.resume_wait_s(session):.0f}s"
             try:
                 result = stored_result(self._models, round_.id, combiner_id)
+                if result is not None:
+                    self._merger.check_result(result, round_id=round_.id, combiner_id=combiner_id)
             except FednError as exc:  # unreadable, or not a description of that partial: not merged
                 result, error = None, f"{error}; its stored partial is not used: {exc.message}"
             if result is not None:

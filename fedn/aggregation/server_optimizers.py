@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedn.codec import NamedArrays
-from fedn.errors import InvalidArgument, validation_problem
+from fedn.errors import InvalidArgument
 
 __all__ = [
     "SERVER_OPTIMIZERS",
@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # each parameter is bounded (DESIGN §9): eta=1e308 or tau=1e-300 would make the first step inf
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerOptimizer:
@@ -121,7 +122,7 @@ class FedProx(ServerOptimizer):
     name = "fedprox"
 
     class Config(_Config):
-        mu: float = Field(0.01, ge=0, description="proximal term weight μ")
+        mu: float = Field(0.01, ge=0, le=100, description="proximal term weight μ, in [0, 100]")
 
     def client_config(self) -> dict[str, float]:
         return {"mu": self.config.mu}
@@ -131,8 +132,8 @@ class FedAvgM(ServerOptimizer):
     name = "fedavgm"
 
     class Config(_Config):
-        eta: float = Field(1.0, gt=0, description="server learning rate")
-        momentum: float = Field(0.9, ge=0, lt=1, description="server momentum β")
+        eta: float = Field(1.0, gt=0, le=10, description="server learning rate η, in (0, 10]")
+        momentum: float = Field(0.9, ge=0, lt=1, description="server momentum β, in [0, 1)")
 
     def _update(self, name, x, delta):
         m = self._moment("m", name, x, 0.0)
@@ -142,14 +143,21 @@ class FedAvgM(ServerOptimizer):
 
 
 class _AdaptiveConfig(_Config):
-    eta: float = Field(0.1, gt=0, description="server learning rate η")
-    eta_l: float | None = Field(None, gt=0, description="client learning rate η_l, sent to clients as lr")
-    beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay β1")
-    tau: float = Field(1e-3, gt=0, description="adaptivity τ; v starts at τ² (at 0 with bias correction)")
+    eta: float = Field(0.1, gt=0, le=10, description="server learning rate η, in (0, 10]")
+    eta_l: float | None = Field(
+        None, gt=0, le=10, description="client learning rate η_l, sent to clients as lr, in (0, 10]"
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="first-moment decay β1, in [0, 1)")
+    tau: float = Field(
+        1e-3,
+        ge=1e-12,
+        le=10,
+        description="adaptivity τ, in [1e-12, 10]; v starts at τ² (at 0 with bias correction)",
+    )
 
 
 class _MomentsConfig(_AdaptiveConfig):
-    beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay β2")
+    beta2: float = Field(0.99, ge=0, lt=1, description="second-moment decay β2, in [0, 1)")
     bias_correction: bool = Field(False, description="Adam's: m, v start at 0 and are divided by 1 - β^t")
 
 
@@ -234,4 +242,16 @@ def make_server_optimizer(name: str, config: Mapping[str, object] | None = None)
     try:
         return cls(cls.Config.model_validate(dict(config or {})))
     except ValidationError as exc:
-        raise validation_problem(exc, f"invalid config for strategy {name!r}") from None
+        raise _config_problem(cls.Config, exc, f"invalid config for strategy {name!r}") from None
+
+
+def _config_problem(config: type[BaseModel], exc: ValidationError, context: str) -> InvalidArgument:
+    """Like fedn.errors.validation_problem, with each bad parameter's allowed range (its description)."""
+    fields = config.model_fields
+    problems = []
+    for error in exc.errors():
+        name = ".".join(map(str, error["loc"]))
+        field = fields.get(name)
+        allowed = f" (allowed: {field.description})" if field is not None and field.description else ""
+        problems.append(f"{name}: {error['msg']}{allowed}")
+    return InvalidArgument(f"{context}: {'; '.join(problems)}")
