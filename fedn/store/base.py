@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 
 __all__ = ["ModelStore", "StateStore", "StoredObject"]
 
@@ -22,7 +22,7 @@ class StoredObject:
 
 
 class StateStore(ABC):
-    """Sessions, rounds, models, clients and combiners.
+    """Sessions, rounds, models, clients, combiners, audit events and issued tokens.
 
     ``put_*`` inserts or replaces by id (safe to retry). ``get_*`` raises
     NotFound. ``list_*`` returns newest first unless stated otherwise.
@@ -63,6 +63,45 @@ class StateStore(ABC):
     def get_combiner(self, combiner_id: str) -> CombinerRecord: ...
     @abstractmethod
     def list_combiners(self) -> list[CombinerRecord]: ...
+
+    # The audit log: appended by fedn.audit.AuditLog, read by admins, pruned by age.
+    @abstractmethod
+    def append_audit(self, event: AuditEvent) -> None:
+        """Store ``event`` (by id, so a retried write never duplicates it)."""
+
+    @abstractmethod
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before: float | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> list[AuditEvent]:
+        """Newest first (ties by id); ``before`` is an exclusive time cursor: the next page starts
+        before the last event's ``time``."""
+
+    @abstractmethod
+    def prune_audit(self, older_than: float) -> int:
+        """Delete events with ``time < older_than``; how many were deleted."""
+
+    # Issued tokens by their jti; the token itself is never stored.
+    @abstractmethod
+    def put_token(self, record: TokenRecord) -> None: ...
+    @abstractmethod
+    def get_token(self, token_id: str) -> TokenRecord: ...
+    @abstractmethod
+    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+        """Newest issued first; without ``include_expired`` only tokens with ``expires_at > now``."""
+
+    @abstractmethod
+    def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:
+        """The token marked revoked at ``at`` by ``by``; revoking again keeps the first revocation."""
+
+    @abstractmethod
+    def revoked_token_ids(self, now: float) -> list[str]:
+        """Ids of revoked tokens that have not expired yet, sorted: the deny list every combiner gets
+        with each heartbeat, small because an expired token needs no revocation."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -11,9 +11,9 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 from fedn.store.base import StateStore
-from fedn.store.validation import RecordReader, check_page, clip
+from fedn.store.validation import RecordReader, check_page, check_time, clip
 
 __all__ = ["SYNCHRONOUS_LEVELS", "SQLiteStateStore"]
 
@@ -23,6 +23,18 @@ T = TypeVar("T", bound=BaseModel)
 
 _TABLES = ("sessions", "rounds", "models", "clients", "combiners")
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")  # PRAGMA synchronous = 0, 1, 2, 3
+# The audit log and tokens are filtered on more than a parent, so their columns are their own.
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, time REAL NOT NULL, action TEXT NOT NULL, "
+    "subject TEXT NOT NULL, doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit(time, id)",
+    "CREATE INDEX IF NOT EXISTS audit_action ON audit(action, time)",
+    "CREATE INDEX IF NOT EXISTS audit_subject ON audit(subject, time)",
+    "CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, issued_at REAL NOT NULL, expires_at REAL NOT NULL, "
+    "revoked INTEGER NOT NULL, doc TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS tokens_expires ON tokens(expires_at)",
+    "CREATE INDEX IF NOT EXISTS tokens_revoked ON tokens(revoked, expires_at)",
+)
 
 
 class SQLiteStateStore(StateStore):
@@ -55,6 +67,8 @@ class SQLiteStateStore(StateStore):
                     "id TEXT PRIMARY KEY, parent TEXT, sort REAL NOT NULL, doc TEXT NOT NULL)"
                 )
                 self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table}(parent, sort)")
+            for statement in _DDL:
+                self._db.execute(statement)
             self._db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite state store at {path}: {exc}") from exc
@@ -160,6 +174,89 @@ class SQLiteStateStore(StateStore):
 
     def list_combiners(self) -> list[CombinerRecord]:
         return self._list("combiners", CombinerRecord, "combiner", newest_first=False)
+
+    def _write(self, table: str, sql: str, args: tuple) -> int:
+        """Run one write and commit it (durable per ``synchronous``); the rows it changed."""
+        try:
+            with self._lock:
+                changed = self._db.execute(sql, args).rowcount
+                self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write to {table} failed: {exc}") from exc
+        return changed
+
+    def _rows(self, table: str, sql: str, args: list) -> list[tuple]:
+        try:
+            with self._lock:
+                return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite read from {table} failed: {exc}") from exc
+
+    def append_audit(self, event: AuditEvent) -> None:
+        self._reader.storable(event)
+        sql = "INSERT OR REPLACE INTO audit (id, time, action, subject, doc) VALUES (?, ?, ?, ?, ?)"
+        self._write("audit", sql, (event.id, event.time, event.action, event.subject, event.model_dump_json()))
+
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before: float | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> list[AuditEvent]:
+        check_page(limit, 0)
+        check_time(before, "before")
+        filters = {"time < ?": before, "action = ?": action, "subject = ?": subject}
+        where = [clause for clause, value in filters.items() if value is not None]
+        args = [value for value in filters.values() if value is not None]
+        sql = "SELECT id, doc FROM audit " + (f"WHERE {' AND '.join(where)} " if where else "")
+        rows = self._rows("audit", sql + "ORDER BY time DESC, id DESC LIMIT ?", [*args, limit])
+        return self._reader.many(AuditEvent, "audit event", rows)
+
+    def prune_audit(self, older_than: float) -> int:
+        check_time(older_than, "older_than")
+        return self._write("audit", "DELETE FROM audit WHERE time < ?", (older_than,))
+
+    def put_token(self, record: TokenRecord) -> None:
+        self._reader.storable(record)
+        sql = "INSERT OR REPLACE INTO tokens (id, issued_at, expires_at, revoked, doc) VALUES (?, ?, ?, ?, ?)"
+        revoked = int(record.revoked_at is not None)
+        self._write("tokens", sql, (record.id, record.issued_at, record.expires_at, revoked, record.model_dump_json()))
+
+    def get_token(self, token_id: str) -> TokenRecord:
+        return self._get("tokens", token_id, TokenRecord, "token")
+
+    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+        check_time(now, "now")
+        where, args = ("", []) if include_expired else ("WHERE expires_at > ? ", [now])
+        rows = self._rows("tokens", f"SELECT id, doc FROM tokens {where}ORDER BY issued_at DESC, id DESC", args)
+        return self._reader.many(TokenRecord, "token", rows)
+
+    def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:
+        check_time(at, "at")
+        try:
+            with self._lock:  # read and write under one lock: two revocations cannot both win
+                row = self._db.execute("SELECT doc FROM tokens WHERE id = ?", (token_id,)).fetchone()
+                if row is None:
+                    raise NotFound(f"token '{clip(token_id)}' not found")
+                record = self._reader.one(TokenRecord, "token", token_id, row[0])
+                if record.revoked_at is not None:
+                    return record
+                record = record.model_copy(update={"revoked_at": at, "revoked_by": by})
+                self._reader.storable(record)
+                self._db.execute(
+                    "UPDATE tokens SET revoked = 1, doc = ? WHERE id = ?", (record.model_dump_json(), token_id)
+                )
+                self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write to tokens failed: {exc}") from exc
+        return record
+
+    def revoked_token_ids(self, now: float) -> list[str]:
+        check_time(now, "now")
+        rows = self._rows("tokens", "SELECT id FROM tokens WHERE revoked = 1 AND expires_at > ? ORDER BY id", [now])
+        return [row[0] for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ it, ``get_*`` refuses it with InvalidArgument, a permanent error, so no caller r
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterable
 from typing import TypeVar
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from fedn.errors import InvalidArgument
 
-__all__ = ["MAX_KEY_BYTES", "RecordReader", "check_key", "check_page", "clip"]
+__all__ = ["MAX_KEY_BYTES", "RecordReader", "check_key", "check_page", "check_time", "clip"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ def check_page(limit: int, offset: int) -> None:
     for name, value in (("limit", limit), ("offset", offset)):
         if not 0 <= value <= _MAX_PAGE:
             raise InvalidArgument(f"{name} must be between 0 and {_MAX_PAGE}, not {clip(value, 40)}")
+
+
+def check_time(value: float | None, name: str) -> None:
+    """InvalidArgument unless ``value`` is None or a finite number (a cursor or a cut-off time)."""
+    if value is not None and not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number of seconds, not {clip(value, 40)}")
 
 
 def _first_error(exc: ValidationError) -> str:

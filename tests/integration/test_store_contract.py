@@ -13,7 +13,17 @@ import pymongo
 import pytest
 
 from fedn.errors import InvalidArgument, NotFound
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, RoundStatus, Session, SessionStatus
+from fedn.records import (
+    AuditEvent,
+    ClientRecord,
+    CombinerRecord,
+    ModelRecord,
+    Round,
+    RoundStatus,
+    Session,
+    SessionStatus,
+    TokenRecord,
+)
 from fedn.store import ModelStore, StateStore, StoredObject, open_model_store, open_state_store
 
 
@@ -320,3 +330,102 @@ def test_unknown_store_schemes_are_rejected():
         open_state_store("postgres://x")
     with pytest.raises(InvalidArgument, match="file"):
         open_model_store("ftp://x")
+
+
+def _event(i: int, **fields) -> AuditEvent:
+    base = dict(
+        id=f"e{i:03d}",
+        time=1000.0 + i,
+        subject=f"user{i % 3}",
+        role="admin",
+        peer="127.0.0.1:5000",
+        action="session.create" if i % 2 else "model.upload",
+        target=f"t{i}",
+        outcome="ok",
+    )
+    return AuditEvent(**{**base, **fields})
+
+
+def test_audit_append_list_filter_and_page(state: StateStore):
+    for i in (3, 0, 4, 1, 2, 5):  # written out of order: listed by time, newest first
+        state.append_audit(_event(i))
+    assert [e.id for e in state.list_audit()] == ["e005", "e004", "e003", "e002", "e001", "e000"]
+    assert state.list_audit(limit=2) == [_event(5), _event(4)]
+    assert [e.id for e in state.list_audit(limit=2, before=1004.0)] == ["e003", "e002"]
+    assert [e.id for e in state.list_audit(action="session.create")] == ["e005", "e003", "e001"]
+    assert [e.id for e in state.list_audit(subject="user1")] == ["e004", "e001"]
+    assert [e.id for e in state.list_audit(subject="user1", action="model.upload")] == ["e004"]
+    assert state.list_audit(before=1000.0) == []
+    assert state.list_audit(limit=0) == []
+    state.append_audit(_event(2, detail="again"))  # a retried write replaces, never duplicates
+    assert [e.detail for e in state.list_audit() if e.id == "e002"] == ["again"]
+
+
+def test_audit_prune_removes_only_older_events(state: StateStore):
+    for i in range(5):
+        state.append_audit(_event(i))
+    assert state.prune_audit(1002.0) == 2
+    assert [e.id for e in state.list_audit()] == ["e004", "e003", "e002"]
+    assert state.prune_audit(1002.0) == 0
+
+
+@pytest.mark.parametrize("bad", [{"limit": -1}, {"limit": 2**63}, {"before": float("nan")}, {"before": float("inf")}])
+def test_audit_listing_arguments_are_checked(state: StateStore, bad: dict):
+    with pytest.raises(InvalidArgument):
+        state.list_audit(**bad)
+
+
+def _token(i: int, **fields) -> TokenRecord:
+    base = dict(id=f"jti{i}", subject=f"client{i}", role="client", issued_at=100.0 + i, expires_at=200.0 + i)
+    return TokenRecord(**{**base, "issued_by": "admin", **fields})
+
+
+def test_tokens_put_get_list(state: StateStore):
+    for i in range(4):
+        state.put_token(_token(i))
+    assert state.get_token("jti2") == _token(2)
+    with pytest.raises(NotFound):
+        state.get_token("nope")
+    assert [t.id for t in state.list_tokens(now=150.0)] == ["jti3", "jti2", "jti1", "jti0"]
+    assert [t.id for t in state.list_tokens(now=201.5)] == ["jti3", "jti2"]  # expires_at > now
+    assert [t.id for t in state.list_tokens(now=201.5, include_expired=True)] == ["jti3", "jti2", "jti1", "jti0"]
+
+
+def test_revoking_is_idempotent_and_lists_only_live_revoked_ids(state: StateStore):
+    for i in range(4):
+        state.put_token(_token(i))
+    revoked = state.revoke_token("jti1", by="root", at=150.0)
+    assert (revoked.revoked_at, revoked.revoked_by) == (150.0, "root")
+    assert state.get_token("jti1") == revoked
+    again = state.revoke_token("jti1", by="other", at=160.0)  # the first revocation stands
+    assert again == revoked
+    state.revoke_token("jti3", by="root", at=150.0)
+    with pytest.raises(NotFound):
+        state.revoke_token("nope", by="root", at=150.0)
+    assert sorted(state.revoked_token_ids(150.0)) == ["jti1", "jti3"]
+    assert state.revoked_token_ids(201.0) == ["jti3"]  # jti1 expired at 201: no longer worth sending
+    assert state.revoked_token_ids(300.0) == []
+    assert state.get_token("jti0").revoked_at is None
+
+
+def test_audit_and_tokens_same_from_every_backend(request):
+    """Differential: every backend pages and filters the audit log and tokens the same way."""
+    backends = [open_state_store("sqlite://:memory:"), open_state_store(request.getfixturevalue("mongo_url"))]
+    for store in backends:
+        for i in range(25):
+            store.append_audit(_event(i, time=1000.0 + i // 2))  # ties on time: ordered by id
+            store.put_token(_token(i, issued_at=100.0 + i % 4))
+        store.revoke_token("jti7", by="root", at=101.0)
+    results = [
+        [
+            [e.id for e in store.list_audit(limit=7)],
+            [e.id for e in store.list_audit(limit=5, before=1006.0, action="session.create")],
+            [e.id for e in store.list_audit(subject="user2")],
+            [t.id for t in store.list_tokens(now=210.0)],
+            store.revoked_token_ids(205.0),
+        ]
+        for store in backends
+    ]
+    assert results[0] == results[1]
+    for store in backends:
+        store.close()
