@@ -6,13 +6,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint unit bench chaos proto clean
+# torch for the image lock: the CPU build, from the PyTorch CPU index (or a wheel already on disk)
+TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: install demo test lint audit lock unit bench chaos proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[torch,examples,plot,dev]'
+	$(PY) -m pip install -q -e '.[server,torch,examples,plot,dev]'
 	# test-only servers (MongoDB wire protocol, S3): never runtime dependencies
 	$(PY) -m pip install -q 'secantusdb==0.7.0b3' 'nanio==0.1.7'
 	touch $(STAMP)
@@ -27,6 +30,19 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(MAKE) audit
+
+# Known vulnerabilities in what the Docker image installs. Fails on any found; says NOT AUDITED (and
+# passes, unless FEDN_AUDIT_REQUIRED=1) when the vulnerability service cannot be reached from here.
+audit: install
+	$(PY) .ci/audit.py requirements/docker.lock
+
+# The Docker image's lock: every package pinned and hashed (the Dockerfile installs it with
+# --require-hashes). Run after changing dependencies in pyproject.toml or requirements/docker.in.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/docker.in --extra server --extra examples \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) \
+		--index-strategy unsafe-best-match --custom-compile-command 'make lock' -o requirements/docker.lock
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -7,10 +7,22 @@ a bad reference fails with the same message wherever it is given.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from fedn.errors import InvalidArgument
 
 __all__ = ["load_object"]
+
+
+def _search_working_directory() -> None:
+    """User code is named from the working directory, as under ``python -m``.
+
+    The ``fedn`` script's sys.path lacks it. Appended, so a file here never shadows an installed module.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
 
 
 def load_object(spec: str) -> object:
@@ -18,6 +30,7 @@ def load_object(spec: str) -> object:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InvalidArgument(f"{spec!r} is not of the form module:Class")
+    _search_working_directory()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -8,11 +8,19 @@
                        ``journal=true`` unless the URL's ``w=`` / ``journal=`` say otherwise
 ``s3://`` ``minio://`` MinIO / S3 models: ``s3://ACCESS:SECRET@host:port/bucket[?secure=true]``
 =====================  ===========================================
+
+A URL may come as a ``SecretStr`` (settings fields that can carry credentials are secret): it is
+unwrapped here, at the one place that connects, and printed only through ``redact_url``. MongoDB
+URIs are handed to pymongo whole, so seed lists (``h1:27017,h2:27017``), ``replicaSet=`` and
+``mongodb+srv://`` work as pymongo documents them.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit
+
+from pydantic import SecretStr
 
 from fedn.errors import InvalidArgument
 from fedn.store.base import ModelStore, StateStore, StoredObject
@@ -57,9 +65,23 @@ def _file_path(url: str) -> str:
     return unquote(parsed.netloc + parsed.path)
 
 
-def open_state_store(url: str) -> StateStore:
+def _plain(url: str | SecretStr) -> str:
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
+
+
+def _scheme(url: str) -> str:
+    """The scheme alone (parsing more of a multi-host URI, its "port", would fail); "" if none.
+
+    Never more than a scheme's characters, so an error that names it cannot show a credential.
+    """
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+    return match[1].lower() if match else ""
+
+
+def open_state_store(url: str | SecretStr) -> StateStore:
     """A state store for ``url``; InvalidArgument for a scheme with no backend."""
-    scheme = urlparse(url).scheme
+    url = _plain(url)
+    scheme = _scheme(url)
     if scheme == "sqlite":
         return SQLiteStateStore(_sqlite_path(url), **_sqlite_options(url))
     if scheme in ("mongodb", "mongodb+srv"):
@@ -67,11 +89,12 @@ def open_state_store(url: str) -> StateStore:
     raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path or mongodb://...)")
 
 
-def open_model_store(url: str) -> ModelStore:
+def open_model_store(url: str | SecretStr) -> ModelStore:
     """A model store for ``url``; InvalidArgument for a scheme with no backend."""
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
+    url = _plain(url)
+    scheme = _scheme(url)
+    if scheme == "file":
         return LocalModelStore(_file_path(url))
-    if parsed.scheme in ("s3", "minio"):
+    if scheme in ("s3", "minio"):
         return S3ModelStore(url)
-    raise InvalidArgument(f"unsupported model store URL scheme {parsed.scheme!r} (use file:///dir or s3://...)")
+    raise InvalidArgument(f"unsupported model store URL scheme {scheme!r} (use file:///dir or s3://...)")

@@ -14,6 +14,7 @@ from minio.error import MinioException, S3Error
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
 from fedn.store.base import ModelStore, StoredObject
+from fedn.store.redact import redact_url
 from fedn.store.validation import check_key
 
 __all__ = ["S3ModelStore"]
@@ -66,7 +67,13 @@ class S3ModelStore(ModelStore):
         secure = parse_qs(parts.query).get("secure", ["false"])[0].lower() in ("1", "true", "yes")
         access = unquote(parts.username or "") or os.environ.get("FEDN_S3_ACCESS_KEY", "")
         secret = unquote(parts.password or "") or os.environ.get("FEDN_S3_SECRET_KEY", "")
-        self._endpoint = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        try:
+            port = parts.port
+        except ValueError:  # e.g. an unescaped "/" in the secret; the "port" urllib saw is part of it
+            raise InvalidArgument(
+                f"invalid S3 URL {redact_url(url)}: percent-encode an access key or secret holding : / ? # @ %"
+            ) from None
+        self._endpoint = f"{parts.hostname}:{port}" if port else parts.hostname
         where = f"{'https' if secure else 'http'}://{self._endpoint}/{self.bucket}"
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout_s, read=120.0),

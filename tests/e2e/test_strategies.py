@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from fedn.cli.sessions import wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import SessionStatus
+from tests.plugin_dist import write_plugin_dist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -28,8 +30,12 @@ CASES = [
 ]
 
 
-def test_every_strategy_and_rule_trains_across_two_combiners(tmp_path: Path):
+def test_every_strategy_and_rule_trains_across_two_combiners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from examples.digits import DigitsClient
+
+    # fedn registers no plug-in itself; the processes find clipped_mean as a user's installed package
+    plugins = str(write_plugin_dist(tmp_path / "plugins"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])))
 
     spec = FederationSpec(
         client="examples.digits:DigitsClient", num_combiners=2, num_clients=6, workdir=tmp_path / "fed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from client.cli import ClientSettings
 from combiner.settings import CombinerSettings
 from fedn.cli import build_parser
+from fedn.config import secret_fields
 from reducer.settings import ReducerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +48,33 @@ def test_fedn_commands_parse_and_env_matches_the_settings(compose):
             prefix = next((p for p in SETTINGS if key.startswith(p)), None)
             assert prefix, f"{name}: {key} is not a fedn setting"
             field = key[len(prefix) :].lower()
+            if field.endswith("_file") and field.removesuffix("_file") in secret_fields(SETTINGS[prefix]):
+                continue  # a secret read from a file (fedn.config)
             assert field in SETTINGS[prefix].model_fields, f"{name}: {key} matches no field of {SETTINGS[prefix]}"
 
 
-def test_stores_are_mongo_and_minio_with_credentials_from_the_environment(compose):
+def test_stores_are_mongo_and_minio_with_credentials_from_secret_files(compose):
     env = compose["services"]["reducer"]["environment"]
-    assert env["FEDN_REDUCER_STATE"].startswith("mongodb://") and "${FEDN_MONGO_PASSWORD" in env["FEDN_REDUCER_STATE"]
-    assert env["FEDN_REDUCER_MODELS"].startswith("s3://") and "${FEDN_MINIO_SECRET_KEY" in env["FEDN_REDUCER_MODELS"]
+    assert env["FEDN_REDUCER_STATE_FILE"] == "/run/secrets/state_url"
+    assert env["FEDN_REDUCER_MODELS_FILE"] == "/run/secrets/models_url"
     combiner_env = compose["services"]["combiner-0"]["environment"]
-    assert combiner_env["FEDN_COMBINER_MODELS"] == env["FEDN_REDUCER_MODELS"]
+    assert combiner_env["FEDN_COMBINER_MODELS_FILE"] == env["FEDN_REDUCER_MODELS_FILE"]
     assert combiner_env["FEDN_COMBINER_ADVERTISE_HOST"] == "combiner-0"
+    mongo_env = compose["services"]["mongo"]["environment"]
+    assert mongo_env["MONGO_INITDB_ROOT_PASSWORD_FILE"] == "/run/secrets/mongo_password"
+
+
+def test_no_secret_is_in_the_compose_file_and_every_secret_file_is_mounted(compose):
+    declared = set(compose["secrets"])
+    assert all(spec["file"].startswith("./secrets/") for spec in compose["secrets"].values())
+    for name, service in compose["services"].items():
+        mounted = set(service.get("secrets", []))
+        assert mounted <= declared, name
+        for key, value in service.get("environment", {}).items():
+            assert not re.search(r"://[^/@\s]*:[^@\s]*@", str(value)), f"{name}: {key} holds a credential"
+            assert not re.search(r"PASSWORD$|SECRET|_KEY$", key) or key.endswith("_FILE"), f"{name}: {key}"
+            if key.endswith("_FILE"):
+                assert value.removeprefix("/run/secrets/") in mounted, f"{name}: {key} names an unmounted secret"
 
 
 def test_docs_name_every_service():

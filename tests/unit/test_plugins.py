@@ -16,16 +16,22 @@ from fedn.aggregation.server_optimizers import FedAvg, make_server_optimizer
 from fedn.aggregation.weighted_mean import Partial
 from fedn.codec import manifest_of
 from fedn.errors import InvalidArgument
+from tests.plugin_dist import write_plugin_dist
 
 
-def test_the_shipped_example_aggregator_is_found_and_clips():
+def test_the_shipped_example_aggregator_is_found_and_clips(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(write_plugin_dist(tmp_path)))  # fedn itself registers no plug-in
+    aggregation._aggregators.cache_clear()
     manifest = manifest_of({"w": np.zeros(4, np.float32)})
-    agg = make_aggregator("clipped_mean", manifest, {"max_norm": 2.0})
-    agg.add({"w": np.full(4, 1.0, np.float32)}, 1.0)  # norm 2: kept
-    agg.add({"w": np.full(4, 100.0, np.float32)}, 1.0)  # norm 200: scaled to norm 2
-    np.testing.assert_allclose(agg.partial().arrays["w"], np.full(4, 1.0))
-    with pytest.raises(InvalidArgument, match="max_norm"):
-        aggregator_config("clipped_mean", {"max_norm": 0})
+    try:
+        agg = make_aggregator("clipped_mean", manifest, {"max_norm": 2.0})
+        agg.add({"w": np.full(4, 1.0, np.float32)}, 1.0)  # norm 2: kept
+        agg.add({"w": np.full(4, 100.0, np.float32)}, 1.0)  # norm 200: scaled to norm 2
+        np.testing.assert_allclose(agg.partial().arrays["w"], np.full(4, 1.0))
+        with pytest.raises(InvalidArgument, match="max_norm"):
+            aggregator_config("clipped_mean", {"max_norm": 0})
+    finally:
+        aggregation._aggregators.cache_clear()
 
 
 @dataclass
