@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.runtime import ClientRuntime
@@ -17,6 +17,7 @@ from fedn.config import add_settings_arguments, settings_from_args
 from fedn.errors import InvalidArgument
 from fedn.loading import load_object
 from fedn.logs import configure_logging
+from fedn.tls import TLSFiles
 
 __all__ = ["ClientSettings", "register"]
 
@@ -28,6 +29,22 @@ class ClientSettings(BaseSettings):
     client: str | None = Field(None, description="your client class, module:Class")
     name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="client name")
     heartbeat_timeout_s: float = Field(10.0, gt=0, description="reconnect after this long without a message")
+    max_model_bytes: int = Field(
+        4 << 30,
+        gt=0,
+        description="largest global model this client downloads; a larger one is refused from its header, before "
+        "any of it is downloaded, and the round reported as failed (a combiner cannot make it exhaust memory)",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="this client's token (role client); its subject is the client's id",
+        json_schema_extra={"secret": True},
+    )
+    ca_file: str | None = Field(
+        None, description="CA the reducer's and combiners' certificates must chain to: TLS to both"
+    )
+    tls_cert: str | None = Field(None, description="this client's certificate, for mutual TLS")
+    tls_key: str | None = Field(None, description="the certificate's private key")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -66,9 +83,18 @@ def _start(args: argparse.Namespace) -> int:
         user_client = cls(**parse_client_args(args.client_arg))
     except TypeError as exc:
         raise InvalidArgument(f"cannot create {settings.client}: {exc}") from None
-    with ReducerAPI(settings.reducer, timeout_s=10.0) as reducer:
+    tls = TLSFiles(cert_file=settings.tls_cert, key_file=settings.tls_key, ca_file=settings.ca_file)
+    tls.check()
+    token = settings.token.get_secret_value() if settings.token else None
+    with ReducerAPI(settings.reducer, timeout_s=10.0, token=token, tls=tls) as reducer:
         runtime = ClientRuntime(
-            user_client, reducer, name=settings.name, heartbeat_timeout_s=settings.heartbeat_timeout_s
+            user_client,
+            reducer,
+            name=settings.name,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            max_model_bytes=settings.max_model_bytes,
+            tls=tls,
+            token=token,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())

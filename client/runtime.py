@@ -9,18 +9,21 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from fedn import wire
+from fedn.auth.rpc import open_channel
 from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler
 from fedn.codec import NamedArrays, TensorSpec, decode_payload
-from fedn.errors import FednError, InvalidModel
+from fedn.errors import FednError, InvalidModel, PayloadTooLarge
+from fedn.tls import TLSFiles
 from fedn.train_result import check_train_result
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
@@ -61,8 +64,15 @@ class ClientRuntime:
         heartbeat_timeout_s: float = 10.0,
         backoff_max_s: float = 5.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        tls: TLSFiles | None = None,
+        token: str | None = None,
+        max_model_bytes: int = 4 << 30,
+        rng: random.Random | None = None,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self.client = client
+        self._tls = tls  # TLS to combiners when it names a CA (and mutual TLS with a certificate)
+        self._token = token  # sent with every call; the combiner binds this client's id to it
         self.name = name
         self.client_id: str | None = None
         self.combiner_id: str | None = None
@@ -70,7 +80,11 @@ class ClientRuntime:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._backoff_max_s = backoff_max_s
         self._chunk_bytes = chunk_bytes
+        self._max_model_bytes = max_model_bytes
+        self._rng = rng or random.Random()
         self._stop = threading.Event()
+        self._wait = wait or self._stop.wait  # tests inject one that does not sleep
+        self._connected = False
         self._lock = threading.Lock()
         self._call: grpc.Future | None = None
         self._inbox: queue.Queue | None = None
@@ -88,29 +102,37 @@ class ClientRuntime:
 
     def run(self) -> None:
         """Connect, serve tasks, and reconnect after failures, until stopped."""
-        attempt = 0
+        attempt = 0  # failures in a row: no assignment, or a combiner left before it sent anything
         while not self._stop.is_set():
             try:
                 assignment = self._reducer.assign_client(self.name, self.client_id)
             except FednError as exc:
-                delay = min(self._backoff_max_s, 0.5 * 2**attempt)
+                delay = self._backoff(attempt)
                 attempt += 1
                 logger.warning("no combiner assignment yet (%s); retrying in %.1fs", exc.message, delay)
-                self._stop.wait(delay)
+                self._wait(delay)
                 continue
-            attempt = 0
             self.client_id = assignment["client_id"]
             self.combiner_id = assignment["combiner_id"]
+            self._connected = False
             reason = self._serve(assignment["combiner_address"])
+            attempt = 0 if self._connected else attempt
             if not self._stop.is_set():
-                logger.info("left combiner %s (%s); asking the reducer again", self.combiner_id, reason)
-                self._stop.wait(0.5)
+                delay = self._backoff(attempt)
+                attempt += 1
+                logger.info("left combiner %s (%s); asking the reducer again in %.1fs", self.combiner_id, reason, delay)
+                self._wait(delay)
         logger.info("client %s stopped", self.name)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential back-off, capped, with full jitter: clients that lost the same combiner (or reducer)
+        at once spread their retries instead of arriving together."""
+        return self._rng.uniform(0, min(self._backoff_max_s, 0.5 * 2 ** min(attempt, 30)))
 
     # -- one connection ----------------------------------------------------
 
     def _serve(self, address: str) -> str:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = open_channel(address, tls=self._tls, token=self._token, options=CHANNEL_OPTIONS)
         stub = pb_grpc.CombinerStub(channel)
         inbox: queue.Queue = queue.Queue()
         call = stub.TaskStream(pb.TaskStreamRequest(client_id=self.client_id, client_name=self.name))
@@ -130,7 +152,7 @@ class ClientRuntime:
                 if isinstance(item, _StreamEnded):
                     return item.reason
                 if not connected:
-                    connected = True
+                    connected = self._connected = True
                     logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
                 task = wire.task_from_proto(item)
                 if task.kind == "train":
@@ -231,6 +253,12 @@ class ClientRuntime:
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidModel("model stream did not start with a header")
             header = wire.model_header_from_proto(first.header)
+            if header.payload_bytes > self._max_model_bytes:
+                stream.cancel()  # refused from its header: none of it is downloaded
+                raise PayloadTooLarge(
+                    f"model {model_id} has {header.payload_bytes} bytes, larger than this client accepts "
+                    f"({self._max_model_bytes}, --max-model-bytes)"
+                )
             assembler = ChunkAssembler(header.payload_bytes, header.sha256)
             for msg in stream:
                 assembler.add(msg.data)

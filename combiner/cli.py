@@ -13,6 +13,7 @@ from fedn.api_client import ReducerAPI
 from fedn.config import add_settings_arguments, settings_from_args
 from fedn.logs import configure_logging
 from fedn.store import open_model_store
+from fedn.tls import TLSFiles
 
 __all__ = ["register"]
 
@@ -40,7 +41,10 @@ def _start(args: argparse.Namespace) -> int:
     heap.limit_arenas(settings.malloc_arenas)  # before gRPC and the worker threads start
     configure_logging(args.log_level, service=settings.name)
     models = open_model_store(settings.models)
-    with ReducerAPI(settings.reducer, timeout_s=10.0) as reducer:
+    tls = TLSFiles(settings.tls_cert, settings.tls_key, settings.ca_file)
+    with ReducerAPI(
+        settings.reducer, timeout_s=10.0, token=settings.token.get_secret_value() if settings.token else None, tls=tls
+    ) as reducer:
         asyncio.run(_serve(settings, models, reducer))
     return 0
 

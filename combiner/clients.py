@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from fedn.clock import Clock
-from fedn.errors import InvalidArgument, Unavailable
+from fedn.errors import InvalidArgument, ResourceExhausted, Unavailable
 from fedn.wire import TaskInfo
 
 __all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
@@ -53,10 +53,13 @@ class ClientConnection:
 
 
 class ClientHub:
-    """The task streams open now, by client id; a client that connects again replaces its old stream."""
+    """The task streams open now, by client id; a client that connects again replaces its old stream.
+    At most ``max_clients`` streams are held (shed ones until they close included): each costs memory
+    and a heartbeat, and a sync round selects among them."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, max_clients: int = 10_000) -> None:
         self._clock = clock
+        self._max_clients = max_clients
         self._clients: dict[str, ClientConnection] = {}
 
     def connect(self, client_id: str, name: str) -> tuple[ClientConnection, bool]:
@@ -64,6 +67,11 @@ class ClientHub:
         if not client_id:
             raise InvalidArgument("client_id is required")
         previous = self._clients.get(client_id)
+        if previous is None and len(self._clients) >= self._max_clients:
+            raise ResourceExhausted(
+                f"combiner is full: it serves at most {self._max_clients} clients (--max-clients); "
+                "ask the reducer for another combiner later"
+            )
         conn = ClientConnection(client_id, name or client_id)
         self._clients[client_id] = conn
         logger.info(
@@ -74,6 +82,9 @@ class ClientHub:
             len(self._clients),
         )
         return conn, previous is not None
+
+    def has(self, client_id: str) -> bool:
+        return client_id in self._clients
 
     def disconnect(self, conn: ClientConnection) -> bool:
         """Forget ``conn``; False if a newer stream of the same client had already replaced it."""

@@ -57,6 +57,9 @@ class RunRouter:
 
     # -- client events ---------------------------------------------------------------
 
+    def has_client(self, client_id: str) -> bool:
+        return self._ctx.clients.has(client_id)
+
     def connect(self, client_id: str, name: str) -> ClientConnection:
         conn, replaced = self._ctx.clients.connect(client_id, name)
         if self._run is not None:
@@ -154,7 +157,9 @@ class RunRouter:
             return current
         # a plan that cannot run (bad rule, unknown model) is refused before it ends the round running now
         SyncRound.check_plan(plan)
-        model = await self._ctx.models.get(plan.model_id, deadline=started + plan.timeout_s)
+        model = await self._ctx.models.get(
+            plan.model_id, deadline=started + plan.timeout_s, expected_sha256=plan.model_sha256
+        )
         aggregator = make_aggregator(plan.aggregator, model.manifest, plan.aggregator_config)
         reason = f"a synchronous round ({plan.round_id}) started"
         if isinstance(current, SyncRound):
@@ -173,7 +178,8 @@ class RunRouter:
         """Join (or start) the async session of ``plan``."""
         AsyncRun.check_plan(plan)
         deadline = self._ctx.clock.now() + plan.timeout_s
-        model = await self._ctx.models.get(plan.model_id, deadline=deadline)  # refuse an unknown one before clients go
+        # refuse an unknown model, or one that is not what the reducer recorded, before clients go
+        model = await self._ctx.models.get(plan.model_id, deadline=deadline, expected_sha256=plan.model_sha256)
         run = self._run
         if isinstance(run, AsyncRun) and not run.closed and run.session_id == plan.session_id:
             run.update_plan(plan)
@@ -199,6 +205,7 @@ class RunRouter:
         if info.final:
             self._retire(f"the session ended at version {info.model_version}")
         else:
+            self._ctx.models.expect(info.model_id, info.model_sha256)  # checked as clients download it
             run.advance(info.model_id, info.model_version)
         return True
 

@@ -18,11 +18,15 @@ from combiner.settings import CombinerSettings
 from combiner.staging import UploadStager
 from combiner.stragglers import Stragglers
 from fedn.api_client import ReducerAPI
+from fedn.audit import AuditLog
+from fedn.auth.rpc import AuthInterceptor
+from fedn.auth.tokens import TokenVerifier, load_public_key
 from fedn.clock import Clock, SystemClock
 from fedn.errors import FednError, NotFound
 from fedn.store.base import ModelStore
+from fedn.tls import TLSFiles, check_exposure, server_credentials
 
-__all__ = ["CombinerServer", "run_context"]
+__all__ = ["CombinerServer", "max_concurrent_rpcs", "run_context", "server_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +40,40 @@ def _check_spool_dir(directory: str | None) -> None:
         raise FednError(f"cannot write temporary files in the spool directory {where!r} (--spool-dir): {exc}") from exc
 
 
+def server_options(settings: CombinerSettings) -> list[tuple[str, int]]:
+    """The gRPC server's channel options: message sizes, keepalive, and when connections are closed."""
+    s = settings
+    message_limit = max(2 * s.chunk_bytes, 4 << 20)
+    options = [
+        ("grpc.max_receive_message_length", message_limit),
+        ("grpc.max_send_message_length", message_limit),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.max_pending_requests", 20_000),
+        ("grpc.so_reuseport", 0),
+        ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
+    ]
+    if s.max_connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", int(s.max_connection_idle_s * 1000)))
+    if s.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(s.max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(s.transfer_grace_s * 1000)))
+    return options
+
+
+def max_concurrent_rpcs(settings: CombinerSettings) -> int:
+    """Calls in flight: each client's task stream plus one short call each, and room for the reducer."""
+    return settings.max_concurrent_rpcs or 2 * settings.max_clients + 64
+
+
 def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) -> RunContext:
     """The clients, model cache and upload staging a combiner with ``settings`` gives its runs."""
     s = settings
     return RunContext(
         combiner_id=s.name,
-        clients=ClientHub(clock),
+        clients=ClientHub(clock, max_clients=s.max_clients),
         models=ModelCache(
             models,
             clock,
@@ -50,6 +82,8 @@ def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) ->
             max_concurrent_downloads=s.max_concurrent_downloads,
             max_download_bytes=s.max_download_bytes,
             grant_timeout_s=s.upload_grant_timeout_s,
+            min_transfer_bytes_per_s=s.min_transfer_bytes_per_s,
+            transfer_grace_s=s.transfer_grace_s,
         ),
         stager=UploadStager(
             clock,
@@ -59,6 +93,9 @@ def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) ->
             grant_timeout_s=s.upload_grant_timeout_s,
             spool_over_bytes=s.spool_over_bytes,
             spool_dir=s.spool_dir,
+            max_num_examples=s.max_num_examples,
+            min_transfer_bytes_per_s=s.min_transfer_bytes_per_s,
+            transfer_grace_s=s.transfer_grace_s,
         ),
         clock=clock,
         stragglers=Stragglers(s.straggler_backoff_rounds, s.straggler_backoff_max_rounds),
@@ -86,6 +123,8 @@ class CombinerServer:
         self._stopping: asyncio.Event | None = None
         self.rounds: RunRouter | None = None
         self.port = 0
+        self.verifier: TokenVerifier | None = None
+        self.audit = AuditLog(None, self._clock)  # a combiner keeps no state: its audit events are log lines
 
     @property
     def address(self) -> str:
@@ -95,32 +134,48 @@ class CombinerServer:
     async def start(self) -> None:
         s = self.settings
         _check_spool_dir(s.spool_dir)
+        tls = TLSFiles(s.tls_cert, s.tls_key, s.ca_file, s.client_ca)
+        tls.check()
+        if s.token_public_key:
+            self.verifier = TokenVerifier(load_public_key(s.token_public_key, "--token-public-key"))
+        check_exposure(
+            s.host, tls=tls.has_identity, auth=self.verifier is not None, insecure=s.insecure, service="combiner"
+        )
         ctx = run_context(s, self._models, self._clock)
         self.rounds = RunRouter(ctx)
-        message_limit = max(2 * s.chunk_bytes, 4 << 20)
         self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", message_limit),
-                ("grpc.max_send_message_length", message_limit),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.max_pending_requests", 20_000),
-                ("grpc.so_reuseport", 0),
-                ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
-            ]
+            interceptors=[AuthInterceptor(self.verifier, on_denied=self._denied)],
+            options=server_options(s),
+            maximum_concurrent_rpcs=max_concurrent_rpcs(s),
         )
-        CombinerServicer(self.rounds, ctx.models).add_to_server(self._server)
-        self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        CombinerServicer(self.rounds, ctx.models, self.audit).add_to_server(self._server)
+        address = f"{s.host}:{s.port}"
+        if tls.has_identity:
+            assert s.tls_cert and s.tls_key
+            self.port = self._server.add_secure_port(address, server_credentials(s.tls_cert, s.tls_key, s.client_ca))
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise FednError(f"cannot bind {s.host}:{s.port}")
         await self._server.start()
-        logger.info("combiner %s listening on %s:%d (advertised as %s)", s.name, s.host, self.port, self.address)
+        logger.info(
+            "combiner %s listening on %s:%d (advertised as %s; %s, %s)",
+            s.name,
+            s.host,
+            self.port,
+            self.address,
+            ("mutual TLS" if s.client_ca else "TLS") if tls.has_identity else "plaintext",
+            "tokens required" if self.verifier else "no tokens",
+        )
         self._stopping = asyncio.Event()
         self._heartbeats = asyncio.create_task(ctx.clients.send_heartbeats(s.heartbeat_interval_s))
         if self._reducer is not None:
             self._link = asyncio.create_task(self._reducer_link())
+
+    def _denied(self, method: str, peer: str, subject: str, error: FednError) -> None:
+        self.audit.record(
+            "auth.denied", subject=subject, role="", peer=peer, target=method, outcome="denied", detail=error.message
+        )
 
     async def _reducer_link(self) -> None:
         """Register, then heartbeat with the connected clients; survive the reducer being away."""
@@ -137,6 +192,8 @@ class CombinerServer:
                     self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids()
                 )
                 self._shed(answer.get("shed", 0))
+                if self.verifier is not None:
+                    self.verifier.set_revoked(answer.get("revoked", ()))
                 if reducer_down:
                     logger.info("reducer reachable again")
                 reducer_down = False

@@ -14,7 +14,10 @@ from combiner.grpc_errors import decoded, map_errors, tolerant
 from combiner.model_cache import ModelCache
 from combiner.router import RunRouter
 from fedn import wire
-from fedn.errors import InvalidArgument
+from fedn.audit import AuditLog
+from fedn.auth.policy import require_subject
+from fedn.auth.rpc import current_principal
+from fedn.errors import Conflict, FednError, InvalidArgument
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
@@ -36,9 +39,22 @@ class _CapturedHandlers:
 
 
 class CombinerServicer(pb_grpc.CombinerServicer):
-    def __init__(self, rounds: RunRouter, models: ModelCache) -> None:
+    def __init__(self, rounds: RunRouter, models: ModelCache, audit: AuditLog) -> None:
         self._rounds = rounds
         self._models = models
+        self._audit = audit
+
+    def _record(self, action: str, context, target: str, outcome: str = "ok", detail: str = "") -> None:
+        principal = current_principal()
+        self._audit.record(
+            action,
+            subject=principal.subject if principal else "",
+            role=principal.role.value if principal else "",
+            peer=context.peer() or "",
+            target=target,
+            outcome=outcome,
+            detail=detail,
+        )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the generated handlers, but let DownloadModel send messages it serialized itself: a
@@ -57,6 +73,11 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     @map_errors
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
         client_id, name = wire.task_stream_request_from_proto(request)
+        principal = current_principal()
+        require_subject(principal, client_id, "client id")
+        if principal is not None and self._rounds.has_client(client_id):
+            # one stream per identity: a second one (a stolen token, or a stale reconnect) takes nothing over
+            raise Conflict(f"client {client_id} already has a task stream here; retry once it has closed")
         conn = self._rounds.connect(client_id, name)
         heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
@@ -70,10 +91,12 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     @map_errors
     async def DownloadModel(self, request: pb.DownloadModelRequest, context: grpc.aio.ServicerContext):
         model_id, client_id = wire.download_request_from_proto(request)
+        if client_id:
+            require_subject(current_principal(), client_id, "client id")
         model = await self._models.get(model_id)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._models.download_slots(model):
-            async for message in self._models.download_messages(model):
+            async for message in self._models.download_messages(model, context):
                 yield message  # already serialized (see add_to_server)
         if client_id:
             self._rounds.download_done(model_id, client_id)
@@ -84,6 +107,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         if first is None or decoded(first).WhichOneof("part") != "header":
             raise InvalidArgument("an update stream must start with its header")
         header = wire.update_header_from_proto(first.header)
+        require_subject(current_principal(), header.client_id, "client id")
 
         async def chunks():
             async for msg in request_iterator:
@@ -91,25 +115,38 @@ class CombinerServicer(pb_grpc.CombinerServicer):
                     raise InvalidArgument("only data chunks may follow the header")
                 yield msg.data
 
-        count = await self._rounds.receive_update(header, chunks())
+        try:
+            count = await self._rounds.receive_update(header, chunks())
+        except FednError as exc:
+            target = f"update of {header.client_id} for round {header.round_id}"
+            self._record("update.rejected", context, target, "refused", exc.message)
+            raise
         return pb.UploadUpdateResponse(round_id=header.round_id, accepted_updates=count)
 
     @map_errors
     async def RequestUpload(self, request: pb.UploadRequest, context) -> pb.UploadGrant:
-        granted, queued = self._rounds.request_upload(*wire.upload_request_from_proto(request))
+        round_id, client_id, size = wire.upload_request_from_proto(request)
+        require_subject(current_principal(), client_id, "client id")
+        granted, queued = self._rounds.request_upload(round_id, client_id, size)
         return pb.UploadGrant(granted=granted, queued_before=0 if granted else queued)
 
     @map_errors
     async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:
-        self._rounds.report_failure(*wire.failure_report_from_proto(request))
+        report = wire.failure_report_from_proto(request)
+        require_subject(current_principal(), report[1], "client id")
+        self._rounds.report_failure(*report)
         return pb.ReportFailureResponse()
 
     @map_errors
     async def RunRound(self, request: pb.RoundPlan, context) -> pb.RoundResult:
-        result = await self._rounds.run_round(wire.round_plan_from_proto(request))
+        plan = wire.round_plan_from_proto(request)
+        self._record("round.run", context, f"round {plan.round_id} of session {plan.session_id}")
+        result = await self._rounds.run_round(plan)
         return wire.round_result_to_proto(result)
 
     @map_errors
     async def AnnounceModel(self, request: pb.ModelAnnouncement, context) -> pb.AnnounceModelResponse:
-        known = self._rounds.announce(wire.announcement_from_proto(request))
+        info = wire.announcement_from_proto(request)
+        self._record("model.announce", context, f"model {info.model_id} v{info.model_version} of {info.session_id}")
+        known = self._rounds.announce(info)
         return pb.AnnounceModelResponse(known=known)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedn.chunking import DEFAULT_CHUNK_BYTES
@@ -19,7 +19,11 @@ class CombinerSettings(BaseSettings):
     advertise_host: str | None = Field(None, description="host clients and the reducer dial [default: --host]")
     advertise_port: int | None = Field(None, ge=1, le=65535, description="port they dial [default: bound port]")
     reducer: str = Field("http://127.0.0.1:8092", description="reducer base URL")
-    models: str = Field("file://.fedn/models", description="model store URL, shared with the reducer")
+    models: SecretStr = Field(
+        SecretStr("file://.fedn/models"),
+        description="model store URL, shared with the reducer (may hold credentials)",
+        json_schema_extra={"secret": True},
+    )
     heartbeat_interval_s: float = Field(2.0, gt=0, description="seconds between heartbeats (reducer and clients)")
     max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
     max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
@@ -78,8 +82,62 @@ class CombinerSettings(BaseSettings):
         "the next allocation, so peak memory stays near what the combiner holds; 0 leaves the C library's "
         "default (eight per core, or MALLOC_ARENA_MAX)",
     )
+    max_num_examples: float = Field(
+        1e9,
+        gt=0,
+        description="largest num_examples (aggregation weight) an update may claim; a larger one is refused, so "
+        "one client cannot dominate FedAvg by claiming a huge weight, or overflow the float64 weighted sum",
+    )
+    min_transfer_bytes_per_s: int = Field(
+        64 * 1024,
+        gt=0,
+        description="slowest rate a download or upload may keep: one of n bytes is cut off after "
+        "--transfer-grace-s + n / this, so a client that stops reading or trickles cannot hold a slot forever",
+    )
+    transfer_grace_s: float = Field(30.0, ge=0, description="seconds every download and upload gets on top of that")
+    max_clients: int = Field(
+        10_000,
+        ge=1,
+        description="task streams (connected clients) this combiner holds; more are refused (RESOURCE_EXHAUSTED) "
+        "and ask the reducer again; bounds memory, heartbeats and the candidates of a round",
+    )
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="calls in flight the gRPC server accepts; more are refused (RESOURCE_EXHAUSTED) "
+        "[default: 2 * --max-clients + 64: each client holds its task stream plus a short call]",
+    )
+    max_connection_idle_s: float = Field(
+        300.0, ge=0, description="close a connection with no call open for this long (0: never); frees idle peers"
+    )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        description="close every connection after this long (0: never, the default): it also ends long-lived task "
+        "streams, so clients reconnect; set it to spread clients again behind a load balancer",
+    )
     chunk_bytes: int = Field(
         DEFAULT_CHUNK_BYTES,
         ge=1024,
         description="size of model chunks sent to clients; each one in flight is copied a few times on its way",
+    )
+    # security (docs/security.md)
+    tls_cert: str | None = Field(None, description="this combiner's certificate (PEM): serve gRPC over TLS")
+    tls_key: str | None = Field(None, description="the certificate's private key (PEM)")
+    client_ca: str | None = Field(
+        None, description="CA certificate(s) clients must present a certificate from (mutual TLS)"
+    )
+    ca_file: str | None = Field(None, description="CA an https:// reducer's certificate must chain to")
+    token_public_key: str | None = Field(
+        None,
+        description="the federation's token public key (token-signing.pub): every call must bring a valid "
+        "token with the role its method needs, and a client acts only as its token's subject",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="this combiner's token (role combiner, subject = --name), sent to the reducer",
+        json_schema_extra={"secret": True},
+    )
+    insecure: bool = Field(
+        False, description="allow a non-loopback --host without TLS and tokens (a warning is logged)"
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Generator
 from typing import Any
 
 import httpx
 
 from fedn import errors
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session
 
 __all__ = ["DEFAULT_REDUCER_URL", "Assignment", "ReducerAPI"]
 
@@ -18,13 +20,41 @@ class Assignment(dict):
     """``{"client_id", "combiner_id", "combiner_address"}`` as returned by the reducer."""
 
 
-class ReducerAPI:
-    """Calls ``{base_url}/api/v1``; raises FednError subclasses carrying the server's message."""
+class _BearerAuth(httpx.Auth):
+    """Sends the current token with every request (a function gives it when it is renewed)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, token: str | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    def __init__(self, token: str | Callable[[], str]) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._token() if callable(self._token) else self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+class ReducerAPI:
+    """Calls ``{base_url}/api/v1``; raises FednError subclasses carrying the server's message.
+
+    ``token`` is sent as a bearer token; ``tls`` (a :class:`fedn.tls.TLSFiles`) gives the CA that an
+    ``https://`` reducer's certificate must chain to, and a client certificate for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        token: str | Callable[[], str] | None = None,
+        tls: Any = None,
+    ) -> None:
         self._base = base_url.rstrip("/") + "/api/v1"
-        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+        verify: Any = True
+        if tls is not None and (tls.ca_file or tls.cert_file):
+            from fedn.tls import client_ssl_context
+
+            verify = client_ssl_context(tls.ca_file, tls.cert_file, tls.key_file)
+        auth = _BearerAuth(token) if token else None
+        self._http = httpx.Client(timeout=timeout_s, auth=auth, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -63,13 +93,16 @@ class ReducerAPI:
         return CombinerRecord.model_validate(self._json("POST", "/combiners", json=body))
 
     def combiner_heartbeat(self, combiner_id: str, client_ids: list[str]) -> dict:
-        """The reducer's answer: ``status``, ``num_clients`` and ``shed``, how many idle clients to let go
-        so they move to a less loaded combiner (0 from a reducer that does not rebalance, or an older one)."""
+        """The reducer's answer: ``status``, ``num_clients``, ``shed``, how many idle clients to let go
+        so they move to a less loaded combiner (0 from a reducer that does not rebalance, or an older one),
+        and ``revoked``, the ids of revoked tokens the combiner must refuse."""
         body = {"num_clients": len(client_ids), "client_ids": client_ids}
         answer = self._json("PUT", f"/combiners/{combiner_id}/heartbeat", json=body)
         answer = answer if isinstance(answer, dict) else {}
         shed = answer.get("shed", 0)
         answer["shed"] = shed if isinstance(shed, int) and not isinstance(shed, bool) and shed > 0 else 0
+        revoked = answer.get("revoked")
+        answer["revoked"] = [r for r in revoked if isinstance(r, str)] if isinstance(revoked, list) else []
         return answer
 
     def list_combiners(self) -> list[CombinerRecord]:
@@ -100,7 +133,15 @@ class ReducerAPI:
         return [ModelRecord.model_validate(m) for m in self._json("GET", "/models", params=params)["items"]]
 
     def download_model(self, model_id: str) -> bytes:
-        return self._request("GET", f"/models/{model_id}/download").content
+        """The model's safetensors file, checked against the sha256 of its record (ChecksumMismatch)."""
+        record = self.get_model(model_id)
+        blob = self._request("GET", f"/models/{model_id}/download").content
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != record.sha256:
+            raise errors.ChecksumMismatch(
+                f"model {model_id}: the download has sha256 {digest}, its record says {record.sha256}; refused"
+            )
+        return blob
 
     # sessions and rounds
     def start_session(self, **params: Any) -> Session:
@@ -117,3 +158,28 @@ class ReducerAPI:
 
     def get_round(self, round_id: str) -> Round:
         return Round.model_validate(self._json("GET", f"/rounds/{round_id}"))
+
+    # tokens (admin)
+    def issue_token(self, role: str, subject: str, ttl_s: float) -> dict:
+        """``{"token", "id", "subject", "role", "expires_at", ...}``: the token is shown only here."""
+        return self._json("POST", "/tokens", json={"role": role, "subject": subject, "ttl_s": ttl_s})
+
+    def list_tokens(self, include_expired: bool = False) -> list[dict]:
+        return self._json("GET", "/tokens", params={"include_expired": str(include_expired).lower()})["items"]
+
+    def revoke_token(self, token_id: str) -> dict:
+        return self._json("POST", f"/tokens/{token_id}/revoke")
+
+    # audit log (admin)
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before: float | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> tuple[list[AuditEvent], float | None]:
+        """One page of audit events, newest first, and the ``before`` of the next page (None at the end)."""
+        filters = {"limit": limit, "before": before, "action": action, "subject": subject}
+        body = self._json("GET", "/audit", params={k: v for k, v in filters.items() if v is not None})
+        return [AuditEvent.model_validate(e) for e in body["items"]], body.get("next_before")

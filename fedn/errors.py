@@ -9,6 +9,9 @@ errors in one place (a gRPC decorator, a Flask error handler)::
     │   ├── NonFiniteValues         400 / INVALID_ARGUMENT   NaN or Inf in an update
     │   └── ChecksumMismatch        400 / DATA_LOSS          payload does not match its sha256
     ├── PayloadTooLarge             413 / RESOURCE_EXHAUSTED update over the configured limit
+    ├── ResourceExhausted           429 / RESOURCE_EXHAUSTED a server at a capacity limit (e.g. clients)
+    ├── Unauthenticated             401 / UNAUTHENTICATED    no credential, or a bad/expired/revoked one
+    ├── PermissionDenied            403 / PERMISSION_DENIED  the caller's role or identity may not do this
     ├── NotFound                    404 / NOT_FOUND          unknown session, round, model, ...
     ├── Conflict                    409 / ALREADY_EXISTS     duplicate update, existing id
     ├── FailedPrecondition          409 / FAILED_PRECONDITION round closed or not for this combiner
@@ -36,7 +39,10 @@ __all__ = [
     "NonFiniteValues",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "ResourceExhausted",
     "StoreError",
+    "Unauthenticated",
     "Unavailable",
     "error_from_grpc",
     "error_from_http",
@@ -80,6 +86,24 @@ class PayloadTooLarge(FednError):
     grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 413
     title = "payload too large"
+
+
+class ResourceExhausted(FednError):
+    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    title = "resource exhausted"
+
+
+class Unauthenticated(FednError):
+    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    title = "unauthenticated"
+
+
+class PermissionDenied(FednError):
+    grpc_status = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    title = "permission denied"
 
 
 class NotFound(FednError):
@@ -129,6 +153,8 @@ _PEER_ERRORS: tuple[type[FednError], ...] = (
     InvalidArgument,
     ChecksumMismatch,
     PayloadTooLarge,
+    Unauthenticated,
+    PermissionDenied,
     NotFound,
     Conflict,
     FailedPrecondition,

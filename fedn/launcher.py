@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedn.api_client import ReducerAPI
+from fedn.auth.tokens import Role
 from fedn.errors import FednError, Unavailable
+from fedn.provision import LocalSecrets, provision
+from fedn.tls import TLSFiles
 
 __all__ = ["FederationSpec", "LocalFederation", "ManagedProcess", "free_port"]
 
@@ -111,6 +114,7 @@ class FederationSpec:
     combiner_heartbeat_s: float = 1.0
     combiner_timeout_s: float = 6.0
     client_heartbeat_timeout_s: float = 5.0
+    secure: bool = True  # TLS and tokens, from a throw-away CA and key in the work directory
     # Where each process runs, by name ("reducer", "combiner-0", "client-3"): a command prefix (e.g.
     # ["ip", "netns", "exec", "host-b"]) and the address it binds. Default: this host, ``host``.
     placement: Callable[[str], tuple[list[str], str]] | None = None
@@ -131,6 +135,7 @@ class LocalFederation:
         self.combiners: list[ManagedProcess] = []
         self.clients: list[ManagedProcess] = []
         self.reducer_url = ""
+        self.secrets: LocalSecrets | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -177,6 +182,8 @@ class LocalFederation:
             self._workdir = Path(spec.workdir).resolve()
             self._workdir.mkdir(parents=True, exist_ok=True)
         try:
+            if spec.secure:
+                self.secrets = provision(self.workdir / "secrets", {"reducer": [spec.place("reducer")[1]]})
             self.start_reducer(wait_timeout_s=wait_timeout_s)
             for i in range(spec.num_combiners):
                 self.start_combiner(i)
@@ -196,7 +203,7 @@ class LocalFederation:
     def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
         _, host = self.spec.place("reducer")
         port = free_port()
-        self.reducer_url = f"http://{host}:{port}"
+        self.reducer_url = f"{'https' if self.secrets else 'http'}://{host}:{port}"
         self.reducer = ManagedProcess(
             "reducer",
             self._fedn(
@@ -209,6 +216,7 @@ class LocalFederation:
                 str(port),
                 "--combiner-timeout-s",
                 str(self.spec.combiner_timeout_s),
+                *self._security_args("reducer", host),
             ),
             self.workdir / "logs" / "reducer.log",
         )
@@ -246,10 +254,11 @@ class LocalFederation:
                 self.reducer_url,
                 "--heartbeat-interval-s",
                 str(self.spec.combiner_heartbeat_s),
+                *self._security_args(name, host),
             ),
             self.workdir / "logs" / f"{name}.log",
         )
-        proc.start({**self._env(), "FEDN_COMBINER_MODELS": self.models_url})
+        proc.start({**self._env(), **self._token_env(Role.COMBINER, name), "FEDN_COMBINER_MODELS": self.models_url})
         self.combiners.append(proc)
         self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}")
         return proc
@@ -272,6 +281,7 @@ class LocalFederation:
             f"partition={index}",
             "--client-arg",
             f"num_partitions={self.spec.num_clients}",
+            *self._security_args(name, ""),
         )
         for arg in [*self.spec.client_args, *extra_args]:
             argv += ["--client-arg", arg]
@@ -285,7 +295,7 @@ class LocalFederation:
 
     def _start_client_process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
-        proc.start(self._env())
+        proc.start({**self._env(), **self._token_env(Role.CLIENT, name)})
         self.clients.append(proc)
         return proc
 
@@ -310,7 +320,35 @@ class LocalFederation:
     # -- waiting -----------------------------------------------------------
 
     def api(self) -> ReducerAPI:
-        return ReducerAPI(self.reducer_url, timeout_s=10.0)
+        """A client of the reducer with an admin token (and the CA) when the federation is secure."""
+        token = self.secrets.token(Role.ADMIN, "admin") if self.secrets else None
+        return ReducerAPI(self.reducer_url, timeout_s=10.0, token=token, tls=self.api_tls())
+
+    def api_tls(self) -> TLSFiles | None:
+        return TLSFiles(ca_file=str(self.secrets.ca_file)) if self.secrets else None
+
+    # -- security ----------------------------------------------------------
+
+    def _security_args(self, name: str, host: str) -> list[str]:
+        """The flags of ``name``: its certificate (servers), the CA, and the token keys; no secrets."""
+        sec = self.secrets
+        if sec is None:
+            return []
+        args = ["--ca-file", str(sec.ca_file)]
+        if name.startswith("client"):
+            return args
+        cert, key = sec.ensure_certificate(name, [host])
+        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        if name == "reducer":
+            return [*args, "--token-signing-key", str(sec.signing_key)]
+        return [*args, "--token-public-key", str(sec.public_key)]
+
+    def _token_env(self, role: Role, name: str) -> dict[str, str]:
+        """The token of a combiner or client process, as a file named in its environment."""
+        if self.secrets is None:
+            return {}
+        prefix = "FEDN_COMBINER" if role == Role.COMBINER else "FEDN_CLIENT"
+        return {f"{prefix}_TOKEN_FILE": str(self.secrets.token_file(role, name))}
 
     def _wait(self, ready: Callable[[], bool], what: str, proc: ManagedProcess | None, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

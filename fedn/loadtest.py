@@ -23,12 +23,16 @@ import grpc
 import numpy as np
 
 from fedn import heap, wire
+from fedn.api_client import ReducerAPI
+from fedn.auth.rpc import open_aio_channel
+from fedn.auth.tokens import Role, TokenIssuer, load_private_key
 from fedn.chunking import ChunkAssembler
 from fedn.codec import decode_payload, encode_model
 from fedn.errors import InvalidArgument, Unavailable
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
 from fedn.sim.memory import peak_rss_mb, rss_mb
+from fedn.tls import TLSFiles
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
@@ -81,18 +85,21 @@ def _train_and_encode(
     return list(wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update))
 
 
-async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str) -> None:
-    call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id))
+async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: str = "") -> None:
+    # each emulated client's own token on each call: they share channels, so it cannot be the channel's
+    md = (("authorization", f"Bearer {token}"),) if token else None
+    call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id), metadata=md)
     waiting: tuple[str, list[pb.UpdateChunk]] | None = None  # an update waiting for its upload grant
     try:
         async for msg in call:
             task = wire.task_from_proto(msg)
             if task.kind == "upload_grant" and waiting is not None and waiting[0] == task.round_id:
-                await stub.UploadUpdate(iter(waiting[1]))
+                await stub.UploadUpdate(iter(waiting[1]), metadata=md)
                 waiting = None
             if task.kind != "train":
                 continue
-            stream = stub.DownloadModel(pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id))
+            request = pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id)
+            stream = stub.DownloadModel(request, metadata=md)
             header, chunks = None, []
             async for msg in stream:
                 if header is None:
@@ -105,10 +112,10 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str) -> None:
             del chunks
             size = messages[0].header.model.payload_bytes
             grant = await stub.RequestUpload(
-                pb.UploadRequest(round_id=task.round_id, client_id=client_id, payload_bytes=size)
+                pb.UploadRequest(round_id=task.round_id, client_id=client_id, payload_bytes=size), metadata=md
             )
             if grant.granted:  # as the client runtime does: upload now, or when the grant comes down the stream
-                await stub.UploadUpdate(iter(messages))
+                await stub.UploadUpdate(iter(messages), metadata=md)
             else:
                 waiting = (task.round_id, messages)
     except grpc.aio.AioRpcError:
@@ -117,11 +124,11 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str) -> None:
         call.cancel()
 
 
-async def _serve_clients(assignments: list[tuple[str, str]]) -> None:
+async def _serve_clients(assignments: list[tuple[str, str, str]], ca_file: str | None) -> None:
     """Run every emulated client, a few channels per combiner, until SIGTERM or SIGINT."""
-    by_address: dict[str, list[str]] = defaultdict(list)
-    for client_id, address in assignments:
-        by_address[address].append(client_id)
+    by_address: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for client_id, address, token in assignments:
+        by_address[address].append((client_id, token))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -130,11 +137,12 @@ async def _serve_clients(assignments: list[tuple[str, str]]) -> None:
     tasks: list[asyncio.Task] = []
     try:
         for address, ids in by_address.items():
-            group = [grpc.aio.insecure_channel(address) for _ in range(max(1, len(ids) // CLIENTS_PER_CHANNEL))]
+            tls = TLSFiles(ca_file=ca_file)
+            group = [open_aio_channel(address, tls=tls) for _ in range(max(1, len(ids) // CLIENTS_PER_CHANNEL))]
             channels.extend(group)
-            for i, client_id in enumerate(ids):
+            for i, (client_id, token) in enumerate(ids):
                 stub = pb_grpc.CombinerStub(group[i % len(group)])
-                tasks.append(asyncio.ensure_future(_emulated_client(stub, client_id)))
+                tasks.append(asyncio.ensure_future(_emulated_client(stub, client_id, token)))
         await stop.wait()
     finally:
         for t in tasks:
@@ -145,7 +153,10 @@ async def _serve_clients(assignments: list[tuple[str, str]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fedn.loadtest ASSIGNMENTS_JSON``: the emulated clients, in a process of their own.
+    """``python -m fedn.loadtest ASSIGNMENTS_JSON [CA_FILE]``: the emulated clients, in a process of their own.
+
+    ASSIGNMENTS_JSON lists ``[client_id, combiner_address, token]``; with CA_FILE the combiners are
+    dialled over TLS.
 
     Real clients run on machines of their own; here they share the cores with the servers, so what
     they cost is kept low: their allocator reuses freed buffers (:func:`fedn.heap.keep_freed_memory`)
@@ -153,9 +164,26 @@ def main(argv: list[str] | None = None) -> None:
     measures.
     """
     heap.keep_freed_memory()
-    (path,) = sys.argv[1:] if argv is None else argv
-    assignments = [(client_id, address) for client_id, address in json.loads(Path(path).read_text())]
-    asyncio.run(_serve_clients(assignments))
+    args = sys.argv[1:] if argv is None else argv
+    path, ca_file = args[0], (args[1] if len(args) > 1 else None)
+    assignments = [(client_id, address, token) for client_id, address, token in json.loads(Path(path).read_text())]
+    asyncio.run(_serve_clients(assignments, ca_file))
+
+
+def _assign(fed: LocalFederation, clients: int) -> list[tuple[str, str, str]]:
+    """Ask the reducer for a combiner for each emulated client, each with a token of its own when the
+    federation is secure (a client is assigned, and served, only as its token's subject)."""
+    issuer = TokenIssuer(load_private_key(fed.secrets.signing_key)) if fed.secrets else None
+    current = [""]
+    api = ReducerAPI(fed.reducer_url, timeout_s=30.0, token=lambda: current[0], tls=fed.api_tls())
+    assignments = []
+    with api:
+        for i in range(clients):
+            client_id = f"load-{i}"
+            current[0] = issuer.issue(Role.CLIENT, client_id, 86400.0).token if issuer else ""
+            a = api.assign_client(client_id)
+            assignments.append((a["client_id"], a["combiner_address"], current[0]))
+    return assignments
 
 
 def run_load(
@@ -178,13 +206,12 @@ def run_load(
         reducer_peak = rss_mb(fed.reducer.pid) if fed.reducer and fed.reducer.pid else 0.0
         with fed.api() as api:
             seed = api.upload_model(encode_model({"w": np.zeros(params, dtype=np.float32)}))
-            assignments = []
-            for i in range(clients):
-                a = api.assign_client(f"load-{i}")
-                assignments.append((a["client_id"], a["combiner_address"]))
+        assignments = _assign(fed, clients)
         assignments_path = fed.workdir / "emulated-clients.json"
+        assignments_path.touch(0o600)
         assignments_path.write_text(json.dumps(assignments))
-        emulated = fed.start_client_process("emulated-clients", ["-m", "fedn.loadtest", str(assignments_path)])
+        ca = [str(fed.secrets.ca_file)] if fed.secrets else []
+        emulated = fed.start_client_process("emulated-clients", ["-m", "fedn.loadtest", str(assignments_path), *ca])
         try:
             try:
                 fed.wait_for_clients(clients, timeout_s=max(60.0, clients * 0.2))

@@ -133,8 +133,8 @@ class FloodFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "fedn_flood_summary", False):
-            return True
+        if getattr(record, "fedn_flood_summary", False) or record.name == "fedn.audit":
+            return True  # the audit trail is never thinned, nor does it take the windows of other messages
         template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
         key = (record.name, template[:500])
         with self._lock:
@@ -215,5 +215,5 @@ def configure_logging(
             old.flood.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("waitress", "httpx", "httpcore"):
+    for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

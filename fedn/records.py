@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "AuditEvent",
+    "AuditOutcome",
     "ClientFailureRecord",
     "ClientRecord",
     "CombinerRecord",
@@ -23,6 +26,7 @@ __all__ = [
     "Session",
     "SessionMode",
     "SessionStatus",
+    "TokenRecord",
     "new_id",
     "now",
 ]
@@ -185,6 +189,7 @@ class RoundPlan(BaseModel):
     model_version: int = 0  # async: the version of model_id (merges made so far)
     staleness_exponent: float = 0.5
     max_staleness: int = 0
+    model_sha256: str = ""  # sha256 of model_id's stored blob; the combiner refuses another ("" = unsaid)
 
 
 class RoundResult(BaseModel):
@@ -200,3 +205,37 @@ class RoundResult(BaseModel):
     failures: list[ClientFailureRecord] = Field(default_factory=list)
     metrics: dict[str, MetricSummary] = Field(default_factory=dict)
     client_ids: list[str] = Field(default_factory=list)
+
+
+AuditOutcome = Literal["ok", "denied", "failed", "refused"]
+
+
+class AuditEvent(BaseModel):
+    """One security-relevant event (fedn.audit): who did what to which thing, and how it ended.
+
+    ``time`` is wall-clock seconds since the epoch (the audit log keeps them strictly increasing,
+    so it is also the listing cursor). No field ever holds a credential.
+    """
+
+    id: str = Field(default_factory=new_id)
+    time: float
+    subject: str  # the credential's subject; "" when the caller presented none
+    role: str
+    peer: str  # the caller's address as the server saw it
+    action: str  # one of fedn.audit.ACTIONS
+    target: str  # what was acted on: a session, model, combiner or token id
+    outcome: AuditOutcome
+    detail: str = ""
+
+
+class TokenRecord(BaseModel):
+    """An issued bearer token, by its ``jti``; the token itself is never stored."""
+
+    id: str  # the JWT's jti
+    subject: str
+    role: str
+    issued_at: float  # seconds since the epoch
+    expires_at: float
+    issued_by: str
+    revoked_at: float | None = None
+    revoked_by: str = ""

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-import numpy as np
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 import fedn
-from fedn.codec import check_finite, decode_model
-from fedn.errors import Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
+from fedn.audit import AuditLog
+from fedn.auth.policy import require_subject
+from fedn.clock import SystemClock
+from fedn.errors import ChecksumMismatch, Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
 from fedn.logs import escape_controls
-from fedn.models import save_model
-from fedn.records import Session
+from fedn.records import ModelRecord, Session
 from fedn.session_options import check_session_options
 from fedn.store.base import ModelStore, StateStore
-from reducer.controller import Controller
+from reducer.auth import ReducerAuth, caller
+from reducer.controller import Controller, check_session_capacity
 from reducer.edge import MAX_JSON_BYTES, check_ids, load_json
 from reducer.openapi import json_operations, openapi_document
 from reducer.registry import CombinerRegistry
 from reducer.requests import AssignRequest, HeartbeatRequest, Page, RegisterCombinerRequest, SessionRequest, parse
+from reducer.uploads import receive_model
 
 __all__ = ["ApiContext", "create_api", "register_error_handlers"]
 
@@ -38,26 +42,45 @@ class ApiContext:
     registry: CombinerRegistry
     controller: Controller | None
     max_model_bytes: int = 1 << 30
+    max_json_bytes: int = MAX_JSON_BYTES
+    max_pending_sessions: int = 100
+    auth: ReducerAuth | None = None  # None: tokens are off (a loopback federation without --token-signing-key)
+    audit: AuditLog = field(default_factory=lambda: AuditLog(None, SystemClock()))
+
+    def record(self, action: str, target: str, *, outcome: str = "ok", detail: str = "") -> None:
+        """One audit event for the request being served, by its verified caller."""
+        principal = caller()
+        self.audit.record(
+            action,
+            subject=principal.subject if principal else "",
+            role=principal.role.value if principal else "",
+            peer=request.remote_addr or "",
+            target=target,
+            outcome=outcome,
+            detail=detail,
+        )
 
 
 _MAX_DETAIL_CHARS = 2000
 
 
-def _check_request() -> None:
+def _check_request(max_json_bytes: int = MAX_JSON_BYTES) -> None:
     """The edge of every route (DESIGN §9): ids in the path match the id pattern, and a route whose
-    OpenAPI operation takes a JSON body gets it read (at most MAX_JSON_BYTES), parsed and checked
-    once, here; the route reads it with :func:`_body`."""
+    OpenAPI operation takes a JSON body gets it read (at most ``max_json_bytes``, refused on its
+    Content-Length before any of it is read), parsed and checked once, here; the route reads it with
+    :func:`_body`. The HTTP server refuses larger bodies before Flask sees them; this holds the same
+    bound under any other WSGI server."""
     check_ids(request.view_args or {})
     rule = request.url_rule
     if rule is None or (rule.rule.replace("<", "{").replace(">", "}"), request.method) not in json_operations():
         return
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes; this one has {request.content_length}")
-    request.max_content_length = MAX_JSON_BYTES
+    if (request.content_length or 0) > max_json_bytes:
+        raise PayloadTooLarge(f"a JSON body is at most {max_json_bytes} bytes; this one has {request.content_length}")
+    request.max_content_length = max_json_bytes
     try:
         data = request.get_data(cache=True)
     except RequestEntityTooLarge:  # no Content-Length: the stream ran past the bound
-        raise PayloadTooLarge(f"a JSON body is at most {MAX_JSON_BYTES} bytes") from None
+        raise PayloadTooLarge(f"a JSON body is at most {max_json_bytes} bytes") from None
     if not data:
         g.json_body = {}
         return
@@ -79,9 +102,26 @@ def _items(records) -> Response:
     return jsonify({"items": items, "count": len(items)})
 
 
+def _verified_chunks(chunks: Iterator[bytes], record: ModelRecord) -> Iterator[bytes]:
+    """The blob as it streams, hashed on the way: a blob that does not match its record's sha256 is cut
+    off before its last chunk, so the download fails (short of its Content-Length) rather than succeeds."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    for chunk in chunks:
+        if held is not None:
+            yield held
+        digest.update(chunk)
+        held = chunk
+    if digest.hexdigest() != record.sha256:
+        logger.error("model %s: its blob does not match the sha256 of its record; download cut off", record.id)
+        raise ChecksumMismatch(f"model {record.id}: the stored blob does not match its record's sha256")
+    if held is not None:
+        yield held
+
+
 def create_api(ctx: ApiContext) -> Blueprint:
     api = Blueprint("api_v1", __name__, url_prefix="/api/v1")
-    api.before_request(_check_request)
+    api.before_request(lambda: _check_request(ctx.max_json_bytes))
 
     @api.get("/health")
     def health():
@@ -103,14 +143,19 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.post("/combiners")
     def register_combiner():
         req = parse(RegisterCombinerRequest, _body())
-        return jsonify(ctx.registry.register(req.id, req.name, req.address).model_dump(mode="json"))
+        require_subject(caller(), req.id, "combiner id")  # a combiner registers, and moves, only itself
+        record = ctx.registry.register(req.id, req.name, req.address)
+        ctx.record("combiner.register", f"combiner {req.id} at {req.address}")
+        return jsonify(record.model_dump(mode="json"))
 
     @api.put("/combiners/<combiner_id>/heartbeat")
     def combiner_heartbeat(combiner_id: str):
         req = parse(HeartbeatRequest, _body())
+        require_subject(caller(), combiner_id, "combiner id")
         record = ctx.registry.heartbeat(combiner_id, req.client_ids)
         shed = ctx.registry.to_shed(combiner_id)
-        return jsonify({"status": record.status, "num_clients": record.num_clients, "shed": shed})
+        revoked = ctx.auth.revoked_ids() if ctx.auth is not None else []
+        return jsonify({"status": record.status, "num_clients": record.num_clients, "shed": shed, "revoked": revoked})
 
     @api.get("/combiners")
     def list_combiners():
@@ -126,7 +171,12 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.post("/clients/assign")
     def assign_client():
         req = parse(AssignRequest, _body())
-        return jsonify(ctx.registry.assign(req.name, req.client_id))
+        principal = caller()
+        client_id = req.client_id
+        if principal is not None:  # a client's id is its token's subject
+            require_subject(principal, client_id or principal.subject, "client id")
+            client_id = principal.subject
+        return jsonify(ctx.registry.assign(req.name, client_id))
 
     @api.get("/clients")
     def list_clients():
@@ -141,14 +191,17 @@ def create_api(ctx: ApiContext) -> Blueprint:
     # models
     @api.post("/models")
     def upload_model():
-        blob = request.get_data(cache=False)
-        if len(blob) > ctx.max_model_bytes:
-            raise PayloadTooLarge(f"upload of {len(blob)} bytes exceeds the limit of {ctx.max_model_bytes} bytes")
-        arrays = decode_model(blob)
-        for name, array in arrays.items():
-            check_finite(name, np.asarray(array))
-        record = save_model(ctx.models, arrays)
+        if (request.content_length or 0) > ctx.max_model_bytes:
+            raise PayloadTooLarge(
+                f"upload of {request.content_length} bytes exceeds the limit of {ctx.max_model_bytes} bytes"
+            )
+        try:
+            record = receive_model(request.stream, ctx.max_model_bytes, ctx.models)  # streamed via a temporary file
+        except FednError as exc:
+            ctx.record("model.upload", "a model", outcome="refused", detail=exc.message)
+            raise
         ctx.state.put_model(record)
+        ctx.record("model.upload", f"model {record.id}", detail=f"{record.size_bytes} bytes")
         logger.info("model %s uploaded (%d parameters)", record.id, record.num_parameters)
         return jsonify(record.model_dump(mode="json")), 201
 
@@ -166,8 +219,9 @@ def create_api(ctx: ApiContext) -> Blueprint:
         record = ctx.state.get_model(model_id)
         if not ctx.models.exists(record.key):
             raise NotFound(f"model {model_id!r} has a record but its blob is missing from the model store")
+        ctx.record("model.download", f"model {model_id}")
         return Response(
-            ctx.models.iter_chunks(record.key, 1 << 20),
+            _verified_chunks(ctx.models.iter_chunks(record.key, 1 << 20), record),
             mimetype="application/octet-stream",
             headers={
                 "Content-Disposition": f"attachment; filename={model_id}.safetensors",
@@ -213,7 +267,9 @@ def create_api(ctx: ApiContext) -> Blueprint:
             seed_model_id=seed.id,
             model_id=seed.id,
         )
+        check_session_capacity(ctx.state, ctx.max_pending_sessions)
         ctx.state.put_session(session)
+        ctx.record("session.create", f"session {session.id}", detail=f"{session.rounds} rounds from model {seed.id}")
         if ctx.controller is not None:
             ctx.controller.wake()
         logger.info(

@@ -7,8 +7,10 @@ from typing import Protocol
 
 import grpc
 
+from fedn.auth.rpc import TokenSource, open_channel
 from fedn.errors import Unavailable, error_from_grpc
 from fedn.records import CombinerRecord, RoundPlan, RoundResult
+from fedn.tls import TLSFiles
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 from fedn.wire import Announcement, announcement_to_proto, round_plan_to_proto, round_result_from_proto
 from reducer.registry import CombinerRegistry
@@ -29,15 +31,19 @@ class GrpcCombinerGateway:
     the combiner's name: a plan the combiner refused stays InvalidArgument, a call that ran out of time
     is DeadlineExceeded (an Unavailable), so callers can tell a bad request from an absent peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TLSFiles | None = None, token: TokenSource = None) -> None:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+        self._tls = tls  # TLS to combiners when it names a CA (mutual TLS with the reducer's certificate)
+        self._token = token  # the reducer's own token (role reducer), renewed by its source
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                channel = open_channel(
+                    address, tls=self._tls, token=self._token, options=[("grpc.max_receive_message_length", 64 << 20)]
+                )
                 self._channels[address] = channel
             return channel
 

@@ -57,14 +57,17 @@ class GarbageCollector:
         interval_s: float = 600.0,
         clock: Clock | None = None,
         wall_time: Callable[[], float] = time.time,
+        after_pass: Callable[[], object] | None = None,
     ) -> None:
-        """``wall_time`` (seconds since the epoch) judges the age of a blob; ``clock`` paces the passes."""
+        """``wall_time`` (seconds since the epoch) judges the age of a blob; ``clock`` paces the passes;
+        ``after_pass`` is other housekeeping run on the same schedule (pruning the audit log)."""
         self._state = state
         self._models = models
         self._grace_s = grace_s
         self._interval_s = interval_s
         self._clock = clock or SystemClock()
         self._wall_time = wall_time
+        self._after_pass = after_pass
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,6 +88,8 @@ class GarbageCollector:
                 self.collect()
             except FednError as exc:  # the store is away: the next pass tries again
                 logger.error("garbage collection: %s; next pass in %.0fs", exc.message, self._interval_s)
+            if self._after_pass is not None:
+                self._after_pass()
 
     def collect(self) -> GcReport:
         """One pass over the model store; raises StoreError if a store is away (nothing is half-done)."""

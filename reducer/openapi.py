@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import fedn
+from fedn.auth.policy import OPEN, rest_roles
 from fedn.ids import ID_PATTERN
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
+from reducer.admin_api import AuditQuery
 from reducer.edge import MAX_DEPTH, MAX_JSON_BYTES
 from reducer.requests import (
     MAX_OFFSET,
@@ -15,6 +17,7 @@ from reducer.requests import (
     RegisterCombinerRequest,
     SessionRequest,
 )
+from reducer.token_api import IssueTokenRequest
 
 __all__ = ["json_operations", "openapi_document"]
 
@@ -28,6 +31,9 @@ _SCHEMAS = [
     RegisterCombinerRequest,
     HeartbeatRequest,
     AssignRequest,
+    TokenRecord,
+    IssueTokenRequest,
+    AuditEvent,
 ]
 
 
@@ -51,6 +57,8 @@ def _list_of(name: str) -> dict:
 def _errors(*codes: int) -> dict:
     text = {
         400: "invalid request",
+        401: "no token, or an invalid, expired or revoked one",
+        403: "the token's role or subject may not do this",
         404: "not found",
         409: "conflict",
         413: "payload too large",
@@ -251,6 +259,12 @@ def openapi_document() -> dict:
                                     "UNAVAILABLE) so they ask for a less loaded combiner; 0 when balanced or "
                                     "rebalancing is off (absent from older reducers: 0)",
                                 },
+                                "revoked": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "description": "ids of revoked tokens that have not expired: the combiner "
+                                    "refuses them from now on",
+                                },
                             },
                             "required": ["status", "num_clients"],
                         }
@@ -260,6 +274,8 @@ def openapi_document() -> dict:
             }
         },
     }
+    paths |= _token_paths() | _audit_paths()
+    _secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -268,5 +284,79 @@ def openapi_document() -> dict:
             "description": f"Sessions, rounds, models, clients and combiners of a fedn federation. {_LIMITS}",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
     }
+
+
+def _token_paths() -> dict:
+    return {
+        "/api/v1/tokens": {
+            "get": {
+                "summary": "Tokens issued by this reducer (without the tokens themselves)",
+                "parameters": [{"name": "include_expired", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": _list_of("TokenRecord"), **_errors(409)},
+            },
+            "post": {
+                "summary": "Issue a token for a role and subject; the token is shown once, in this answer",
+                "requestBody": _body("IssueTokenRequest"),
+                "responses": {
+                    "201": _json(
+                        {
+                            "allOf": [
+                                _ref("TokenRecord"),
+                                {"type": "object", "properties": {"token": {"type": "string"}}},
+                            ]
+                        },
+                        "created",
+                    ),
+                    **_errors(*_JSON_BODY_ERRORS, 409),
+                },
+            },
+        },
+        "/api/v1/tokens/{token_id}/revoke": {
+            "post": {
+                "summary": "Revoke a token: the reducer refuses it at once, combiners from their next heartbeat",
+                "parameters": [_path_param("token_id")],
+                "responses": {"200": _json(_ref("TokenRecord")), **_errors(400, 409)},
+            }
+        },
+    }
+
+
+def _audit_paths() -> dict:
+    schema = AuditQuery.model_json_schema()
+    parameters = [{"name": name, "in": "query", "schema": prop} for name, prop in schema["properties"].items()]
+    page = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": _ref("AuditEvent")},
+            "count": {"type": "integer"},
+            "next_before": {"type": ["number", "null"], "description": "before= of the next page; null at the end"},
+        },
+    }
+    summary = "The audit log, newest first: who did what, from where, with which outcome (never a token)"
+    return {
+        "/api/v1/audit": {
+            "get": {"summary": summary, "parameters": parameters, "responses": {"200": _json(page), **_errors(400)}}
+        }
+    }
+
+
+def _secure(paths: dict) -> None:
+    """Each operation says which roles may call it (from fedn.auth.policy) and answers 401/403."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            roles = rest_roles(method, path)
+            if roles == OPEN:
+                operation["security"] = []
+                continue
+            names = sorted(r.value for r in roles or ())
+            operation["x-fedn-roles"] = names
+            operation["description"] = (
+                operation.get("description", "") + f" Roles: {', '.join(names) or 'none'}."
+            ).strip()
+            operation["responses"].update(_errors(401, 403))

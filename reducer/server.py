@@ -1,22 +1,25 @@
-"""The reducer process: stores, registry, controller and the REST API on waitress."""
+"""The reducer process: stores, registry, controller and the REST API (on :mod:`reducer.http_server`)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 
-from waitress.server import create_server
-
+from fedn.audit import AuditLog
+from fedn.auth.tokens import Role, TokenIssuer, TokenVerifier, bearer_token, load_private_key
 from fedn.clock import SystemClock
+from fedn.errors import FednError
 from fedn.records import NodeStatus
 from fedn.store import open_model_store, open_state_store
 from fedn.store.redact import redact_url
+from fedn.tls import TLSFiles, check_exposure, server_ssl_context
 from reducer.api import ApiContext
 from reducer.app import create_app
+from reducer.auth import ReducerAuth
 from reducer.controller import Controller
 from reducer.gateway import GrpcCombinerGateway
 from reducer.gc import GarbageCollector
-from reducer.http_errors import JsonErrorChannel
+from reducer.http_errors import HttpError
+from reducer.http_server import HttpLimits, HttpServer
 from reducer.registry import CombinerRegistry
 from reducer.settings import ReducerSettings
 
@@ -31,8 +34,7 @@ class ReducerServer:
     def __init__(self, settings: ReducerSettings) -> None:
         self.settings = settings
         self.port = 0
-        self._server = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
         self._controller: Controller | None = None
         self._gc: GarbageCollector | None = None
         self._gateway: GrpcCombinerGateway | None = None
@@ -40,10 +42,13 @@ class ReducerServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     def start(self) -> None:
         s = self.settings
+        tls_on, auth_on = bool(s.tls_cert and s.tls_key), bool(s.token_signing_key)
+        check_exposure(s.host, tls=tls_on, auth=auth_on, insecure=s.insecure, service="reducer")
         state = open_state_store(s.state)
         models = open_model_store(s.models)
         self._stores = [state, models]
@@ -54,9 +59,19 @@ class ReducerServer:
             clock=clock,
             rebalance=s.rebalance,
             rebalance_interval_s=s.rebalance_interval_s,
+            max_combiners=s.max_combiners,
+            max_clients_per_combiner=s.max_clients_per_combiner,
         )
         registry.load()
-        self._gateway = GrpcCombinerGateway()
+        auth = None
+        if s.token_signing_key:
+            key = load_private_key(s.token_signing_key, "--token-signing-key")
+            auth = ReducerAuth(state, TokenIssuer(key), TokenVerifier(key.public_key()))
+        audit = AuditLog(state, clock)
+        audit.prune(s.audit_retention_days)  # and after every garbage collection
+        self._gateway = GrpcCombinerGateway(
+            tls=self._combiner_tls(), token=auth.own_token if auth is not None else None
+        )
         self._controller = Controller(
             state,
             models,
@@ -66,16 +81,35 @@ class ReducerServer:
             resume_wait_s=s.resume_wait_s,
             max_session_errors=s.max_session_errors,
             round_retries=s.round_retries,
+            max_num_examples=s.max_num_examples,
+            max_clients_per_combiner=s.max_clients_per_combiner,
             clock=clock,
         )
         if s.gc_interval_s > 0:
-            self._gc = GarbageCollector(state, models, grace_s=s.gc_grace_s, interval_s=s.gc_interval_s, clock=clock)
-        app = create_app(ApiContext(state, models, registry, self._controller, max_model_bytes=s.max_model_bytes))
-        self._server = create_server(app, host=s.host, port=s.port, threads=s.threads, ident="fedn")
-        self._server.channel_class = JsonErrorChannel
-        self.port = self._server.effective_port
-        self._thread = threading.Thread(target=self._server.run, name="waitress", daemon=True)
-        self._thread.start()
+            self._gc = GarbageCollector(
+                state,
+                models,
+                grace_s=s.gc_grace_s,
+                interval_s=s.gc_interval_s,
+                clock=clock,
+                after_pass=lambda: audit.prune(s.audit_retention_days),
+            )
+        app = create_app(
+            ApiContext(
+                state,
+                models,
+                registry,
+                self._controller,
+                max_model_bytes=s.max_model_bytes,
+                max_json_bytes=s.max_json_bytes,
+                max_pending_sessions=s.max_pending_sessions,
+                auth=auth,
+                audit=audit,
+            )
+        )
+        self._server = self._http_server(app, auth)
+        self._server.start()
+        self.port = self._server.port
         self._controller.start()
         if self._gc is not None:
             self._gc.start()
@@ -87,18 +121,47 @@ class ReducerServer:
             f"{sum(c.status == NodeStatus.ONLINE for c in state.list_combiners())} combiners online",
         )
 
+    def _combiner_tls(self) -> TLSFiles | None:
+        """TLS to combiners when a CA is given; the reducer's certificate then serves mutual TLS too."""
+        s = self.settings
+        return TLSFiles(cert_file=s.tls_cert, key_file=s.tls_key, ca_file=s.ca_file) if s.ca_file else None
+
+    def _http_server(self, app, auth: ReducerAuth | None) -> HttpServer:
+        """The REST server: HTTPS when a certificate is given (mutual TLS with a client CA), bounded per client."""
+        s = self.settings
+        files = TLSFiles(cert_file=s.tls_cert, key_file=s.tls_key, client_ca_file=s.client_ca)
+        files.check()  # half a pair, or a client CA without a certificate, fails at start-up
+        ssl_context = server_ssl_context(s.tls_cert, s.tls_key, s.client_ca) if files.has_identity else None
+        limits = HttpLimits(
+            max_connections=s.max_connections,
+            idle_timeout_s=s.idle_timeout_s,
+            read_timeout_s=s.read_timeout_s,
+            min_body_rate=s.min_body_rate,
+            large_body_bytes=s.max_json_bytes,
+            max_large_bodies=s.max_uploads,
+        )
+
+        def body_limit(method: str, path: str, environ: dict) -> int:
+            """Only a model upload is larger than a JSON document, and only an admin's is received: the
+            token is checked on the head, so a stranger cannot make the reducer take in a gigabyte."""
+            if (method, path) != ("POST", "/api/v1/models"):
+                return s.max_json_bytes
+            if auth is not None:
+                try:
+                    principal = auth.verify(bearer_token(environ.get("HTTP_AUTHORIZATION")))
+                except FednError as exc:
+                    raise HttpError(401, exc.message) from None
+                if principal.role != Role.ADMIN:
+                    raise HttpError(403, f"POST {path} needs the role admin, not {principal.role}")
+            return s.max_model_bytes
+
+        return HttpServer(
+            app, s.host, s.port, threads=s.threads, limits=limits, body_limit=body_limit, ssl_context=ssl_context
+        )
+
     def stop(self) -> None:
         if self._server is not None:
-            server = self._server
-
-            def close_all() -> None:  # runs in the server's own loop, so no select() sees a closed socket
-                for channel in list(server._map.values()):
-                    channel.close()
-
-            server.trigger.pull_trigger(close_all)
-            if self._thread is not None:
-                self._thread.join(5)
-            server.task_dispatcher.shutdown(timeout=5)
+            self._server.stop()
         if self._gateway is not None:
             self._gateway.close()  # ends in-flight RunRound calls at once
         if self._controller is not None:

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedn.api_client import DEFAULT_REDUCER_URL as DEFAULT_REDUCER
-from fedn.api_client import ReducerAPI
+from fedn.cli.connect import add_reducer_arguments, reducer_api
 from fedn.codec import encode_model
 from fedn.errors import InvalidArgument
 from fedn.loading import load_object
@@ -20,14 +19,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
     lst = sub.add_parser("list", help="list models, newest first")
-    lst.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    add_reducer_arguments(lst)
     lst.add_argument("--session", default=None, help="only models of this session")
     lst.set_defaults(func=_list)
 
     dl = sub.add_parser("download", help="download a model as a safetensors file")
     dl.add_argument("model_id")
     dl.add_argument("-o", "--output", default=None, help="file to write [default MODEL_ID.safetensors]")
-    dl.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    add_reducer_arguments(dl)
     dl.set_defaults(func=_download)
 
     up = sub.add_parser("upload", help="upload a seed model (a safetensors file, or one made by a client class)")
@@ -41,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="keyword argument for the client class (value parsed as JSON when it can be)",
     )
-    up.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    add_reducer_arguments(up)
     up.set_defaults(func=_upload)
 
 
@@ -60,7 +59,7 @@ def parse_client_args(pairs: list[str]) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         for m in api.list_models(session_id=args.session):
             print(f"{m.id}  {m.num_parameters:>10} params  {m.size_bytes:>10} bytes  session={m.session_id or '-'}")
     return 0
@@ -68,7 +67,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{args.model_id}.safetensors")
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         out.write_bytes(api.download_model(args.model_id))
     print(f"wrote {out}")
     return 0
@@ -80,7 +79,7 @@ def _upload(args: argparse.Namespace) -> int:
     else:
         cls = load_object(args.client)
         blob = encode_model(cls(**parse_client_args(args.client_arg)).initial_parameters())
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         record = api.upload_model(blob)
     print(f"uploaded model {record.id} ({record.num_parameters} parameters)")
     return 0

@@ -7,8 +7,8 @@ import json
 import time
 from collections.abc import Callable
 
-from fedn.api_client import DEFAULT_REDUCER_URL as DEFAULT_REDUCER
 from fedn.api_client import ReducerAPI
+from fedn.cli.connect import add_reducer_arguments, reducer_api
 from fedn.errors import InvalidArgument
 from fedn.records import Round, RoundStatus, Session, SessionStatus
 
@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
 
     start = sub.add_parser("start", help="start a training session on the reducer")
-    start.add_argument("--reducer", default=DEFAULT_REDUCER, help=f"reducer URL [default {DEFAULT_REDUCER}]")
+    add_reducer_arguments(start)
     start.add_argument("--rounds", type=int, default=5, help="number of rounds [default 5]")
     start.add_argument(
         "--aggregator",
@@ -62,11 +62,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("show", help="show one session and its rounds")
     show.add_argument("session_id")
-    show.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    add_reducer_arguments(show)
     show.set_defaults(func=_show)
 
     lst = sub.add_parser("list", help="list sessions, newest first")
-    lst.add_argument("--reducer", default=DEFAULT_REDUCER, help="reducer URL")
+    add_reducer_arguments(lst)
     lst.set_defaults(func=_list)
 
 
@@ -126,7 +126,7 @@ def _start(args: argparse.Namespace) -> int:
     }
     if args.model:
         params["model_id"] = args.model
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         session = api.start_session(**params)
         print(f"session {session.id} started: {session.rounds} rounds from model {session.seed_model_id}")
         if not args.wait:
@@ -176,7 +176,7 @@ def format_round(r: Round) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         session = api.get_session(args.session_id)
         print(session.model_dump_json(indent=2))
         for r in api.list_rounds(session.id):
@@ -185,7 +185,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with ReducerAPI(args.reducer) as api:
+    with reducer_api(args) as api:
         for s in api.list_sessions():
             print(f"{s.id}  {s.status:<8} rounds {s.rounds_done}/{s.rounds}  aggregator={s.aggregator}")
     return 0

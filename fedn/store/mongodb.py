@@ -8,14 +8,14 @@ from typing import TypeVar
 import pymongo
 from bson.errors import InvalidDocument
 from pydantic import BaseModel
-from pymongo.errors import PyMongoError
+from pymongo.errors import InvalidURI, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
-from fedn.records import ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 from fedn.store.base import StateStore
 from fedn.store.redact import redact_url
-from fedn.store.validation import RecordReader, check_page, clip
+from fedn.store.validation import RecordReader, check_page, check_time, clip
 
 __all__ = ["MongoStateStore"]
 
@@ -37,6 +37,8 @@ _INDEXES = {
     "models": [[("created_at", pymongo.DESCENDING)], [("session_id", pymongo.ASCENDING), ("created_at", -1)]],
     "clients": [[("assigned_at", pymongo.DESCENDING)]],
     "combiners": [[("registered_at", pymongo.ASCENDING)]],
+    "audit": [[("time", pymongo.DESCENDING)], [("action", 1), ("time", -1)], [("subject", 1), ("time", -1)]],
+    "tokens": [[("issued_at", pymongo.DESCENDING)], [("revoked_at", 1), ("expires_at", 1)]],
 }
 
 
@@ -50,7 +52,7 @@ class MongoStateStore(StateStore):
     """
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
-        self._url = redact_url(url)
+        self._url = redact_url(url)  # by pattern: a multi-host or replica-set URI is not a URL urllib parses
         try:
             self._client: pymongo.MongoClient = pymongo.MongoClient(
                 url,
@@ -66,10 +68,13 @@ class MongoStateStore(StateStore):
             for collection, indexes in _INDEXES.items():
                 for keys in indexes:
                     database[collection].create_index(keys)
+        except (InvalidURI, ValueError) as exc:  # a malformed URL: pymongo's messages quote no part of it
+            raise StoreError(
+                f"invalid MongoDB URL {self._url}: {_first_line(exc)} (percent-encode a user name or password "
+                "holding : / ? # @ %)"
+            ) from exc
         except PyMongoError as exc:
             raise StoreError(f"cannot use MongoDB at {self._url}: {_first_line(exc)}") from exc
-        except ValueError as exc:  # a malformed URL
-            raise StoreError(f"invalid MongoDB URL {self._url}: {exc}") from exc
         self._db = database
         self._reader = RecordReader(f"MongoDB {self._url}")
         logger.info(
@@ -168,6 +173,62 @@ class MongoStateStore(StateStore):
 
     def list_combiners(self) -> list[CombinerRecord]:
         return self._list("combiners", CombinerRecord, "combiner", {}, [("registered_at", pymongo.ASCENDING)])
+
+    def append_audit(self, event: AuditEvent) -> None:
+        self._put("audit", event)
+
+    def list_audit(
+        self,
+        *,
+        limit: int = 100,
+        before: float | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> list[AuditEvent]:
+        check_time(before, "before")
+        query: dict = {} if before is None else {"time": {"$lt": before}}
+        query.update({k: v for k, v in (("action", action), ("subject", subject)) if v is not None})
+        return self._list("audit", AuditEvent, "audit event", query, [("time", pymongo.DESCENDING)], limit)
+
+    def prune_audit(self, older_than: float) -> int:
+        check_time(older_than, "older_than")
+        try:
+            return self._db["audit"].delete_many({"time": {"$lt": older_than}}).deleted_count
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB delete from audit failed: {_first_line(exc)}") from exc
+
+    def put_token(self, record: TokenRecord) -> None:
+        self._put("tokens", record)
+
+    def get_token(self, token_id: str) -> TokenRecord:
+        return self._get("tokens", token_id, TokenRecord, "token")
+
+    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+        check_time(now, "now")
+        query = {} if include_expired else {"expires_at": {"$gt": now}}
+        return self._list("tokens", TokenRecord, "token", query, [("issued_at", pymongo.DESCENDING)])
+
+    def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:
+        check_time(at, "at")
+        try:  # one atomic update: of two racing revocations only the first is kept
+            self._db["tokens"].update_one(
+                {"_id": token_id, "revoked_at": None}, {"$set": {"revoked_at": at, "revoked_by": by}}
+            )
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB write to tokens failed: {_first_line(exc)}") from exc
+        return self.get_token(token_id)
+
+    def revoked_token_ids(self, now: float) -> list[str]:
+        check_time(now, "now")
+        try:
+            docs = (
+                self._db["tokens"]
+                .find({"revoked_at": {"$ne": None}, "expires_at": {"$gt": now}}, {"_id": 1})
+                .sort("_id", pymongo.ASCENDING)
+            )
+            return [str(doc["_id"]) for doc in docs]
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB read from tokens failed: {_first_line(exc)}") from exc
 
     def close(self) -> None:
         self._client.close()

@@ -409,7 +409,7 @@ class ChaosRun:
 
     def _api(self) -> ReducerAPI:
         assert self._fed is not None
-        return ReducerAPI(self._fed.reducer_url, timeout_s=5.0)
+        return self._fed.api()  # with the admin token and the CA: the federation runs TLS and tokens
 
     def _retry(self, what: str, call: Callable[[ReducerAPI], object], timeout_s: float = 40.0) -> object | None:
         deadline = time.monotonic() + timeout_s

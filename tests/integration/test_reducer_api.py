@@ -171,7 +171,7 @@ def test_combiners_clients_and_assignment(http):
     assert again["client_id"] == assigned[0]["client_id"]
     a_clients = [a["client_id"] for a in assigned if a["combiner_id"] == "combiner-a"]
     beat = http.put("/api/v1/combiners/combiner-a/heartbeat", json={"num_clients": 2, "client_ids": a_clients})
-    assert beat.get_json() == {"status": "online", "num_clients": 2, "shed": 0}
+    assert beat.get_json() == {"status": "online", "num_clients": 2, "shed": 0, "revoked": []}
     clients = {c["id"]: c for c in http.get("/api/v1/clients").get_json()["items"]}
     assert all(clients[c]["status"] == NodeStatus.ONLINE for c in a_clients)
     assert http.get("/api/v1/combiners/combiner-a").get_json()["num_clients"] == 2

@@ -132,7 +132,7 @@ def test_the_real_server_answers_an_oversized_body_with_json_whether_chunked_or_
 
 
 def test_errors_the_http_server_answers_itself_are_json_too(tmp_path: Path):
-    """Malformed HTTP never reaches Flask: waitress answers it, in the same shape."""
+    """Malformed HTTP never reaches Flask: the HTTP server answers it, in the same shape."""
     settings = ReducerSettings(
         host="127.0.0.1", port=0, state=f"sqlite:///{tmp_path / 'state.db'}", models=(tmp_path / "models").as_uri()
     )
@@ -187,9 +187,9 @@ def test_bad_ids_in_paths_are_400_naming_the_parameter(http, method, path, param
 
 def test_ids_and_lists_in_bodies_are_bounded(seeded):
     assert seeded.post("/api/v1/combiners", json={"id": "c1", "address": "c1:1"}).status_code == 200
-    many = {"num_clients": 10_000, "client_ids": [f"client-{i}" for i in range(10_000)]}
+    many = {"num_clients": 10_001, "client_ids": [f"c-{i}" for i in range(10_001)]}  # past max_clients_per_combiner
     body = _error(seeded.put("/api/v1/combiners/c1/heartbeat", json=many), 400)
-    assert "client_ids: List should have at most 5000 items" in body["detail"], body
+    assert "10001" in body["detail"].replace(",", "") and "10000" in body["detail"].replace(",", ""), body
     _error(seeded.put("/api/v1/combiners/c1/heartbeat", json={"client_ids": ["ok", "a\x00b"]}), 400)
     _error(seeded.put("/api/v1/combiners/c1/heartbeat", json={"client_ids": ["x" * 129]}), 400)
     _error(seeded.put("/api/v1/combiners/c1/heartbeat", json={"num_clients": 2**63}), 400)

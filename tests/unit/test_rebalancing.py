@@ -101,7 +101,7 @@ def test_the_heartbeat_answer_says_how_many_to_shed(stores):
     http = create_app(ApiContext(state, models, registry, None, max_model_bytes=1 << 20)).test_client()
     assert http.put("/api/v1/combiners/b/heartbeat", json={"client_ids": []}).get_json()["shed"] == 0
     answer = http.put("/api/v1/combiners/a/heartbeat", json={"client_ids": ["c1", "c2", "c3", "c4"]}).get_json()
-    assert answer == {"status": "online", "num_clients": 4, "shed": 2}
+    assert answer == {"status": "online", "num_clients": 4, "shed": 2, "revoked": []}
 
 
 @pytest.mark.parametrize(
