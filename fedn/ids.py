@@ -1,7 +1,7 @@
 """The one pattern every id must match where it enters fedn: session, round, model, client, combiner.
 
 Ids end up in model-store keys, file names, log lines and URLs, so they are checked once, at the edge
-(the gRPC decode in :mod:`fedn.wire`), and the code below trusts them. Letters, digits and ``_ . : @ -``,
+(the gRPC decode in :mod:`fedn.wire`), and the code below trusts them. Letters, digits and ``_ . -``,
 at most :data:`MAX_ID_CHARS` characters: no path separators, no control characters, no key or file name
 over a store's limit.
 """
@@ -15,7 +15,7 @@ from fedn.errors import InvalidArgument
 __all__ = ["ID_PATTERN", "MAX_ID_CHARS", "check_id", "check_text", "printable"]
 
 MAX_ID_CHARS = 128
-ID_PATTERN = rf"^[A-Za-z0-9_.:@\-]{{1,{MAX_ID_CHARS}}}$"
+ID_PATTERN = rf"^[A-Za-z0-9_.\-]{{1,{MAX_ID_CHARS}}}$"
 _ID_RE = re.compile(ID_PATTERN)
 _SHOWN_CHARS = 40  # of a refused value, in the error message
 
@@ -29,7 +29,7 @@ def check_id(value: str, field: str, *, optional: bool = False) -> str:
         return value
     if not _ID_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidArgument(
-            f"{field} {_shown(value)!r} is not a valid id: 1 to {MAX_ID_CHARS} letters, digits or _ . : @ -"
+            f"{field} {_shown(value)!r} is not a valid id: 1 to {MAX_ID_CHARS} letters, digits or _ . -"
             f" ({len(value)} characters)"
         )
     return value

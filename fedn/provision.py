@@ -26,6 +26,7 @@ class LocalSecrets:
     public_key: Path
     certificates: dict[str, tuple[Path, Path]] = field(default_factory=dict)  # name -> (cert, key)
     tokens: dict[str, Path] = field(default_factory=dict)  # subject -> token file
+    token_ttl_s: float = _TTL_S
     _issuer: TokenIssuer | None = None
 
     def ensure_certificate(self, name: str, hosts: Sequence[str]) -> tuple[Path, Path]:
@@ -46,7 +47,7 @@ class LocalSecrets:
             if self._issuer is None:
                 self._issuer = TokenIssuer(load_private_key(self.signing_key))
             path = self.directory / "tokens" / f"{subject}.token"
-            _write_secret(path, self._issuer.issue(role, subject, _TTL_S).token)
+            _write_secret(path, self._issuer.issue(role, subject, self.token_ttl_s).token)
             self.tokens[subject] = path
         return path
 
@@ -76,3 +77,45 @@ def provision(directory: Path, servers: dict[str, Sequence[str]]) -> LocalSecret
     for name, hosts in servers.items():
         secrets.ensure_certificate(name, hosts)
     return secrets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fedn.provision DIR --server reducer=reducer --combiner combiner-0 --client client-0``:
+    the CA, token keys, server certificates and tokens of a Docker Compose federation, in DIR.
+
+    ``--container-readable`` makes every file but the CA's key readable by other users (mode 0644; the
+    directories stay 0700): Compose mounts each secret file with its host mode, and the image runs as a
+    user of its own, which must read its key and token through that mount.
+    """
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m fedn.provision", description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--server", action="append", default=[], metavar="NAME=HOST[,HOST]", help="reducer")
+    parser.add_argument("--combiner", action="append", default=[], metavar="NAME", help="its host is its name")
+    parser.add_argument("--client", action="append", default=[], metavar="NAME")
+    parser.add_argument("--admin", default="admin", help="subject of the admin token [default admin]")
+    parser.add_argument("--ttl-days", type=float, default=365.0)
+    parser.add_argument("--container-readable", action="store_true")
+    args = parser.parse_args(argv)
+    servers = {name: hosts.split(",") for name, _, hosts in (s.partition("=") for s in args.server)}
+    servers |= {name: [name] for name in args.combiner}
+    secrets = provision(args.directory, servers)
+    secrets.token_ttl_s = args.ttl_days * 86400.0
+    secrets.token_file(Role.ADMIN, args.admin)
+    for name in args.combiner:
+        secrets.token_file(Role.COMBINER, name)
+    for name in args.client:
+        secrets.token_file(Role.CLIENT, name)
+    if args.container_readable:
+        for root, _, files in os.walk(args.directory):
+            for f in files:
+                if f != "ca.key":
+                    os.chmod(os.path.join(root, f), 0o644)
+    print(f"provisioned {args.directory}: CA, token keys, {len(servers)} certificates, {len(secrets.tokens)} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,6 +21,14 @@ SERVICES = {"mongo", "minio", "reducer", "combiner-0", "combiner-1", "client-0",
 SETTINGS = {"FEDN_REDUCER_": ReducerSettings, "FEDN_COMBINER_": CombinerSettings, "FEDN_CLIENT_": ClientSettings}
 
 
+CLI_ENV = {"FEDN_REDUCER", "FEDN_TOKEN_FILE", "FEDN_CA_FILE"}
+
+
+def test_the_cli_reads_the_environment_the_compose_file_sets():
+    source = (ROOT / "fedn" / "cli" / "connect.py").read_text()
+    assert all(f'"{name}"' in source for name in CLI_ENV)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -45,6 +53,8 @@ def test_fedn_commands_parse_and_env_matches_the_settings(compose):
         args = parser.parse_args(service["command"])
         assert args.func is not None
         for key in service.get("environment", {}):
+            if key in CLI_ENV:  # read by `fedn ...` commands run in the container (fedn.cli.connect)
+                continue
             prefix = next((p for p in SETTINGS if key.startswith(p)), None)
             assert prefix, f"{name}: {key} is not a fedn setting"
             field = key[len(prefix) :].lower()
@@ -72,8 +82,9 @@ def test_no_secret_is_in_the_compose_file_and_every_secret_file_is_mounted(compo
         assert mounted <= declared, name
         for key, value in service.get("environment", {}).items():
             assert not re.search(r"://[^/@\s]*:[^@\s]*@", str(value)), f"{name}: {key} holds a credential"
-            assert not re.search(r"PASSWORD$|SECRET|_KEY$", key) or key.endswith("_FILE"), f"{name}: {key}"
-            if key.endswith("_FILE"):
+            is_path = str(value).startswith("/run/secrets/")  # a key's file (TLS, token signing), mounted
+            assert not re.search(r"PASSWORD$|SECRET|_KEY$", key) or key.endswith("_FILE") or is_path, f"{name}: {key}"
+            if key.endswith("_FILE") or is_path:
                 assert value.removeprefix("/run/secrets/") in mounted, f"{name}: {key} names an unmounted secret"
 
 
@@ -94,3 +105,18 @@ def test_docker_compose_config_is_valid():
     subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yaml"), "config", "-q"], check=True, env=env, timeout=60
     )
+
+
+def test_the_provisioning_command_in_the_compose_header_makes_every_pki_secret(compose, tmp_path):
+    from fedn.provision import main as provision
+
+    header = (ROOT / "docker-compose.yaml").read_text().split("python -m fedn.provision ", 1)[1]
+    argv = header.split("\n#   python3", 1)[0].replace("\\\n#", " ").split()
+    argv[0] = str(tmp_path / argv[0].removeprefix("secrets/"))
+    assert provision(argv) == 0
+    for name, spec in compose["secrets"].items():
+        if spec["file"].startswith("./secrets/pki/"):
+            path = tmp_path / spec["file"].removeprefix("./secrets/")
+            assert path.is_file(), f"{name}: {path} was not made"
+            if not path.name.endswith(("ca.key",)):
+                assert path.stat().st_mode & 0o044, f"{name} is not readable by the container's user"

@@ -143,11 +143,11 @@ def test_validity_is_days_and_never_past_the_ca(tmp_path: Path):
 
 
 def test_a_name_that_is_not_a_dns_name_is_only_the_cn(ca_dir: Path, tmp_path: Path):
-    cert_path, _ = tls.issue_certificate(ca_dir, "client_7@site", ["::1"], tmp_path)
+    cert_path, _ = tls.issue_certificate(ca_dir, "client_7.site_a", ["::1"], tmp_path)
 
     sans = _cert(cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(v.value) for v in sans] == ["::1"]
-    assert _cert(cert_path).subject.rfc4514_string() == "CN=client_7@site"
+    assert _cert(cert_path).subject.rfc4514_string() == "CN=client_7.site_a"
 
 
 def test_reissuing_replaces_the_pair(ca_dir: Path, pair, tmp_path: Path):

@@ -1,0 +1,119 @@
+"""Each audited action at the reducer leaves one event with its subject and outcome, and no token."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from fedn.auth.tokens import Role
+from fedn.codec import encode_model
+from fedn.errors import ChecksumMismatch
+from tests.integration.test_authz import _token, api, keys  # noqa: F401 - fixtures
+
+
+def _bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_one_event_per_audited_action_with_subject_and_outcome_and_no_token(api, keys, caplog):  # noqa: F811
+    client, ctx = api
+    _, issuer = keys
+    admin = _token(issuer, Role.ADMIN, "alice")
+    combiner = _token(issuer, Role.COMBINER, "combiner-0")
+    caplog.set_level(logging.INFO, logger="fedn.audit")
+
+    blob = encode_model({"w": np.ones(3, np.float32)})
+    uploaded = client.post("/api/v1/models", data=blob, headers=_bearer(admin), content_type="application/octet-stream")
+    assert uploaded.status_code == 201, uploaded.get_json()
+    model_id = uploaded.get_json()["id"]
+    assert client.get(f"/api/v1/models/{model_id}/download", headers=_bearer(admin)).status_code == 200
+    session = client.post("/api/v1/sessions", json={"rounds": 1}, headers=_bearer(admin))
+    assert session.status_code == 201, session.get_json()
+    register = {"id": "combiner-0", "name": "combiner-0", "address": "127.0.0.1:1"}
+    assert client.post("/api/v1/combiners", json=register, headers=_bearer(combiner)).status_code == 200
+    issued = client.post("/api/v1/tokens", json={"role": "client", "subject": "c-1"}, headers=_bearer(admin))
+    assert issued.status_code == 201
+    new_token, token_id = issued.get_json()["token"], issued.get_json()["id"]
+    assert client.post(f"/api/v1/tokens/{token_id}/revoke", headers=_bearer(admin)).status_code == 200
+    assert client.get("/api/v1/sessions", headers=_bearer(new_token)).status_code == 401  # revoked: denied
+    assert client.post("/api/v1/sessions", json={}, headers=_bearer(combiner)).status_code == 403
+
+    events = ctx.state.list_audit(limit=100)
+    by_action: dict[str, list] = {}
+    for event in events:
+        by_action.setdefault(event.action, []).append(event)
+    expected = {
+        "model.upload": ("alice", "ok"),
+        "model.download": ("alice", "ok"),
+        "session.create": ("alice", "ok"),
+        "combiner.register": ("combiner-0", "ok"),
+        "token.issue": ("alice", "ok"),
+        "token.revoke": ("alice", "ok"),
+    }
+    for action, (subject, outcome) in expected.items():
+        assert [(e.subject, e.outcome) for e in by_action.get(action, [])] == [(subject, outcome)], action
+    denied = by_action["auth.denied"]
+    assert sorted((e.subject, e.outcome) for e in denied) == [("", "denied"), ("combiner-0", "denied")]
+    assert all(e.peer for e in events)
+    stored = json.dumps([e.model_dump() for e in events])
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedn.audit"]
+    assert len(lines) == len(events)
+    for token in (admin, combiner, new_token):
+        for part in token.split("."):
+            assert part not in stored and all(part not in line for line in lines)
+
+
+def test_a_tampered_model_is_refused_on_download(api, keys):  # noqa: F811
+    client, ctx = api
+    _, issuer = keys
+    admin = _bearer(_token(issuer, Role.ADMIN, "alice"))
+    blob = encode_model({"w": np.ones(64, np.float32)})
+    record = client.post("/api/v1/models", data=blob, headers=admin, content_type="application/octet-stream").get_json()
+    ctx.models.put(record["key"], encode_model({"w": np.zeros(64, np.float32)}))  # same size, other values
+    with pytest.raises(ChecksumMismatch):
+        client.get(f"/api/v1/models/{record['id']}/download", headers=admin).get_data()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/models/..", "/api/v1/models/..%2Fpartials%2Fr%2Fc", "/api/v1/models/a@b"])
+def test_traversal_in_a_model_id_is_refused(api, keys, path):  # noqa: F811
+    client, _ = api
+    _, issuer = keys
+    answer = client.get(path, headers=_bearer(_token(issuer, Role.ADMIN, "alice")))
+    assert answer.status_code in (400, 404), answer.status_code
+
+
+def test_the_api_client_checks_a_download_against_its_record():
+    import hashlib
+
+    import httpx
+
+    from fedn.api_client import ReducerAPI
+
+    good, bad = encode_model({"w": np.ones(4, np.float32)}), encode_model({"w": np.zeros(4, np.float32)})
+    record = {
+        "id": "m1",
+        "key": "models/m1.safetensors",
+        "sha256": hashlib.sha256(good).hexdigest(),
+        "size_bytes": len(good),
+        "num_parameters": 4,
+    }
+
+    def serve(body: bytes):
+        def handler(request: httpx.Request) -> httpx.Response:
+            return (
+                httpx.Response(200, content=body)
+                if request.url.path.endswith("/download")
+                else httpx.Response(200, json=record)
+            )
+
+        return handler
+
+    reducer = ReducerAPI("http://reducer.invalid")
+    reducer._http = httpx.Client(transport=httpx.MockTransport(serve(good)))
+    assert reducer.download_model("m1") == good
+    reducer._http = httpx.Client(transport=httpx.MockTransport(serve(bad)))
+    with pytest.raises(ChecksumMismatch, match="m1"):
+        reducer.download_model("m1")
