@@ -28,7 +28,8 @@ class _BearerAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = self._token() if callable(self._token) else self._token
-        request.headers["Authorization"] = f"Bearer {token}"
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
         yield request
 
 

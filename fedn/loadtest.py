@@ -44,6 +44,7 @@ CLIENTS_PER_CHANNEL = 100
 
 @dataclass
 class LoadResult:
+    tls: bool  # TLS and tokens on every connection (fedn local's default)
     clients: int
     combiners: int
     params: int
@@ -57,6 +58,7 @@ class LoadResult:
         steady = self.round_s[1:] or self.round_s
         return {
             "bench": "grpc_load",
+            "tls": self.tls,
             "clients": self.clients,
             "combiners": self.combiners,
             "params": self.params,
@@ -175,7 +177,7 @@ def _assign(fed: LocalFederation, clients: int) -> list[tuple[str, str, str]]:
     federation is secure (a client is assigned, and served, only as its token's subject)."""
     issuer = TokenIssuer(load_private_key(fed.secrets.signing_key)) if fed.secrets else None
     current = [""]
-    api = ReducerAPI(fed.reducer_url, timeout_s=30.0, token=lambda: current[0], tls=fed.api_tls())
+    api = ReducerAPI(fed.reducer_url, timeout_s=30.0, token=(lambda: current[0]) if issuer else None, tls=fed.api_tls())
     assignments = []
     with api:
         for i in range(clients):
@@ -193,12 +195,13 @@ def run_load(
     rounds: int = 3,
     round_timeout_s: float = 300.0,
     on_event: Callable[[str], None] | None = None,
+    secure: bool = True,
 ) -> LoadResult:
     """Start a reducer and ``combiners`` combiners, connect ``clients`` emulated clients, run ``rounds`` rounds."""
     if clients < 1 or combiners < 1 or params < 1 or rounds < 1:
         raise InvalidArgument("clients, combiners, params and rounds must be at least 1")
     say = on_event or (lambda message: None)
-    spec = FederationSpec(client="", num_combiners=combiners, num_clients=0, log_level="WARNING")
+    spec = FederationSpec(client="", num_combiners=combiners, num_clients=0, log_level="WARNING", secure=secure)
     with LocalFederation(spec, on_event=say) as fed:
         combiner_pids = [p.pid for p in fed.combiners]
         idle = [rss_mb(pid) for pid in combiner_pids]
@@ -246,6 +249,7 @@ def run_load(
     if len(done) != rounds or any(r.num_updates != clients for r in done):
         raise Unavailable(f"expected {rounds} rounds of {clients} updates, got {[r.num_updates for r in done]}")
     return LoadResult(
+        tls=secure,
         clients=clients,
         combiners=combiners,
         params=params,
