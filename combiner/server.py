@@ -144,7 +144,13 @@ class CombinerServer:
         ctx = run_context(s, self._models, self._clock)
         self.rounds = RunRouter(ctx)
         self._server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.verifier, on_denied=self._denied)],
+            interceptors=[
+                AuthInterceptor(
+                    self.verifier,
+                    on_denied=self._denied,
+                    check_certificate_name=bool(s.client_ca),  # only mutual TLS brings a client certificate
+                )
+            ],
             options=server_options(s),
             maximum_concurrent_rpcs=max_concurrent_rpcs(s),
         )

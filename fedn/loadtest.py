@@ -31,7 +31,7 @@ from fedn.codec import decode_payload, encode_model
 from fedn.errors import InvalidArgument, Unavailable
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
-from fedn.sim.memory import peak_rss_mb, rss_mb
+from fedn.sim.memory import cpu_s, peak_rss_mb, rss_mb
 from fedn.tls import TLSFiles
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
@@ -53,6 +53,7 @@ class LoadResult:
     combiner_rss_connected_mb: list[float]
     combiner_rss_peak_mb: list[float]
     reducer_rss_peak_mb: float
+    cpu_s: dict[str, float]  # CPU seconds per round during the session: combiners, reducer, emulated clients
 
     def row(self) -> dict:
         steady = self.round_s[1:] or self.round_s
@@ -70,6 +71,7 @@ class LoadResult:
             "combiner_rss_mb_connected": [round(x, 1) for x in self.combiner_rss_connected_mb],
             "combiner_rss_mb_peak": [round(x, 1) for x in self.combiner_rss_peak_mb],
             "reducer_rss_mb_peak": round(self.reducer_rss_peak_mb, 1),
+            "cpu_s_per_round": {k: round(v, 3) for k, v in self.cpu_s.items()},
         }
 
 
@@ -222,6 +224,8 @@ def run_load(
                 raise Unavailable(f"{exc.message}; the emulated clients' log:\n{emulated.log_tail()}") from None
             time.sleep(1.0)  # let the last streams settle
             connected = [rss_mb(pid) for pid in combiner_pids]
+            groups = {"combiners": combiner_pids, "reducer": [fed.reducer.pid], "clients": [emulated.pid]}
+            cpu_before = {name: sum(cpu_s(p) for p in pids if p) for name, pids in groups.items()}
             with fed.api() as api:
                 session = api.start_session(
                     rounds=rounds, round_timeout_s=round_timeout_s, min_clients=clients, model_id=seed.id
@@ -236,6 +240,7 @@ def run_load(
                     if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
                         break
                     time.sleep(0.05)
+                cpu_used = {name: sum(cpu_s(p) for p in pids if p) - cpu_before[name] for name, pids in groups.items()}
                 if session.status != SessionStatus.DONE:
                     raise Unavailable(f"load session ended {session.status}: {session.error}")
                 done = [r for r in api.list_rounds(session.id) if r.status == RoundStatus.DONE]
@@ -258,6 +263,7 @@ def run_load(
         combiner_rss_connected_mb=connected,
         combiner_rss_peak_mb=peaks,
         reducer_rss_peak_mb=reducer_peak,
+        cpu_s={name: used / rounds for name, used in cpu_used.items()},
     )
 
 

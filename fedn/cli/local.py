@@ -80,6 +80,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip evaluating the global model each round")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 unless the final accuracy reaches this")
     p.add_argument("--workdir", default=None, help="keep state, models and logs here [default: a temp dir]")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext and no tokens (on 127.0.0.1 only); by default a throw-away CA and tokens in the work "
+        "directory give every connection TLS and every process a token",
+    )
     p.set_defaults(func=run_local)
 
 
@@ -118,6 +124,7 @@ def run_local(args: argparse.Namespace) -> int:
         num_combiners=args.combiners,
         num_clients=args.clients,
         workdir=args.workdir,
+        secure=not args.insecure,
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()

@@ -267,3 +267,37 @@ def test_a_client_acts_only_as_itself_and_holds_one_stream(secured, model_store)
     partial = decode_model(model_store.get(result.partial_key))  # the victim's update alone
     np.testing.assert_array_equal(partial["w"], np.full((4, 3), 2.0))
     victim.close()
+
+
+def test_under_mutual_tls_the_certificate_must_name_the_token_subject(start_combiner, model_store, keys, tmp_path):
+    from fedn.tls import TLSFiles, create_ca, issue_certificate
+
+    _, issuer = keys
+    ca, _ = create_ca(tmp_path / "ca")
+    server_cert, server_key = issue_certificate(tmp_path / "ca", "combiner-x", ["127.0.0.1"], tmp_path / "certs")
+    settings = {
+        "token_public_key": str(tmp_path / "keys" / "token-signing.pub"),
+        "tls_cert": str(server_cert),
+        "tls_key": str(server_key),
+        "client_ca": str(ca),
+    }
+    server, _ = start_combiner(model_store, **settings)
+    cert, key = issue_certificate(tmp_path / "ca", "client-a", [], tmp_path / "certs")
+    tls = TLSFiles(cert_file=str(cert), key_file=str(key), ca_file=str(ca))
+
+    def open_stream(subject: str) -> grpc.StatusCode:
+        channel = open_channel(f"127.0.0.1:{server.port}", tls=tls, token=_token(issuer, Role.CLIENT, subject))
+        try:
+            call = pb_grpc.CombinerStub(channel).TaskStream(
+                pb.TaskStreamRequest(client_id=subject, client_name=subject), timeout=5
+            )
+            next(iter(call))
+            call.cancel()
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+        finally:
+            channel.close()
+
+    assert open_stream("client-b") == grpc.StatusCode.PERMISSION_DENIED  # a stolen token without its certificate
+    assert open_stream("client-a") == grpc.StatusCode.OK
