@@ -29,6 +29,7 @@ from fedn.tls import TLSFiles, check_exposure, server_credentials
 __all__ = ["CombinerServer", "max_concurrent_rpcs", "run_context", "server_options"]
 
 logger = logging.getLogger(__name__)
+MAX_AUDIT_PER_HEARTBEAT = 100  # events sent with one heartbeat; the reducer takes no more (HeartbeatRequest)
 
 
 def _check_spool_dir(directory: str | None) -> None:
@@ -124,7 +125,8 @@ class CombinerServer:
         self.rounds: RunRouter | None = None
         self.port = 0
         self.verifier: TokenVerifier | None = None
-        self.audit = AuditLog(None, self._clock)  # a combiner keeps no state: its audit events are log lines
+        # a combiner keeps no state: its audit events are log lines, sent on to the reducer with heartbeats
+        self.audit = AuditLog(None, self._clock, ship=reducer is not None, max_pending=1000)
 
     @property
     def address(self) -> str:
@@ -194,9 +196,14 @@ class CombinerServer:
                     await asyncio.to_thread(self._reducer.register_combiner, self.settings.name, self.address)
                     registered = True
                     logger.info("registered with the reducer as %s at %s", self.settings.name, self.address)
-                answer = await asyncio.to_thread(
-                    self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids()
-                )
+                events = self.audit.take(MAX_AUDIT_PER_HEARTBEAT)
+                try:
+                    answer = await asyncio.to_thread(
+                        self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids(), events
+                    )
+                except BaseException:
+                    self.audit.give_back(events)
+                    raise
                 self._shed(answer.get("shed", 0))
                 if self.verifier is not None:
                     self.verifier.set_revoked(answer.get("revoked", ()))

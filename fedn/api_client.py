@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import httpx
@@ -93,11 +93,13 @@ class ReducerAPI:
         body = {"id": combiner_id, "name": combiner_id, "address": address}
         return CombinerRecord.model_validate(self._json("POST", "/combiners", json=body))
 
-    def combiner_heartbeat(self, combiner_id: str, client_ids: list[str]) -> dict:
+    def combiner_heartbeat(self, combiner_id: str, client_ids: list[str], audit: Sequence[AuditEvent] = ()) -> dict:
         """The reducer's answer: ``status``, ``num_clients``, ``shed``, how many idle clients to let go
         so they move to a less loaded combiner (0 from a reducer that does not rebalance, or an older one),
         and ``revoked``, the ids of revoked tokens the combiner must refuse."""
-        body = {"num_clients": len(client_ids), "client_ids": client_ids}
+        body: dict[str, Any] = {"num_clients": len(client_ids), "client_ids": client_ids}
+        if audit:  # the combiner's audit events, stored by the reducer (a combiner keeps no state)
+            body["audit"] = [e.model_dump(mode="json", exclude={"id"}) for e in audit]
         answer = self._json("PUT", f"/combiners/{combiner_id}/heartbeat", json=body)
         answer = answer if isinstance(answer, dict) else {}
         shed = answer.get("shed", 0)

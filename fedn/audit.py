@@ -126,6 +126,7 @@ class AuditLog:
         *,
         wall_time: Callable[[], float] = time.time,
         max_pending: int = 10_000,
+        ship: bool = False,
         retry_interval_s: float = 5.0,
     ) -> None:
         self._state = state
@@ -134,6 +135,7 @@ class AuditLog:
         self._retry_interval_s = retry_interval_s
         self._pending: deque[AuditEvent] = deque()
         self._max_pending = max_pending
+        self._ship = ship  # no store here (a combiner): keep events for take(), which sends them on
         self._lock = threading.Lock()
         self._last_time = 0.0
         self._retry_at: float | None = None  # set while the store is failing
@@ -187,10 +189,37 @@ class AuditLog:
             "detail": event.detail,
         }
         _events.info(json.dumps(line, ensure_ascii=False))
-        if self._state is not None:
+        if self._state is not None or self._ship:
             self._enqueue(event)
             self._write_pending(force=False)
         return event
+
+    def take(self, limit: int) -> list[AuditEvent]:
+        """Up to ``limit`` queued events, oldest first, for a log that ships them (a combiner sends
+        them to the reducer with its heartbeat); :meth:`give_back` them if the sending failed."""
+        with self._lock:
+            return [self._pending.popleft() for _ in range(min(limit, len(self._pending)))]
+
+    def give_back(self, events: list[AuditEvent]) -> None:
+        with self._lock:
+            for event in reversed(events):
+                if len(self._pending) >= self._max_pending:
+                    self._dropped_total += 1
+                    continue
+                self._pending.appendleft(event)
+
+    def store_from(self, source: str, *, time_s: float, action: str, outcome: str, **fields: str) -> None:
+        """Store an event another process logged (a combiner's, sent with its heartbeat), its target
+        prefixed with ``source``. Its fields are checked and scrubbed again here: the sender may lie
+        about its own events, but cannot write anything else into the log."""
+        if action not in ACTIONS or outcome not in OUTCOMES or not math.isfinite(time_s):
+            raise InvalidArgument(f"audit event from {source}: unknown action or outcome, or a bad time")
+        fields["target"] = f"{source}: {fields.get('target', '')}"
+        values = {name: _field(fields.get(name, ""), limit) for name, limit in MAX_FIELD_CHARS.items()}
+        event = AuditEvent(id=new_id(), time=time_s, action=action, outcome=outcome, **values)
+        if self._state is not None:
+            self._enqueue(event)
+            self._write_pending(force=False)
 
     def flush(self) -> int:
         """Try to write every queued event now; how many are still queued (0 without a state store)."""

@@ -153,6 +153,9 @@ def create_api(ctx: ApiContext) -> Blueprint:
         req = parse(HeartbeatRequest, _body())
         require_subject(caller(), combiner_id, "combiner id")
         record = ctx.registry.heartbeat(combiner_id, req.client_ids)
+        for event in req.audit:  # the combiner's own audit events, into the one audit log
+            fields = event.model_dump(exclude={"time", "action", "outcome"})
+            ctx.audit.store_from(combiner_id, time_s=event.time, action=event.action, outcome=event.outcome, **fields)
         shed = ctx.registry.to_shed(combiner_id)
         revoked = ctx.auth.revoked_ids() if ctx.auth is not None else []
         return jsonify({"status": record.status, "num_clients": record.num_clients, "shed": shed, "revoked": revoked})

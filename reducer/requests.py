@@ -87,9 +87,26 @@ class RegisterCombinerRequest(_Request):
     )
 
 
+class ShippedAuditEvent(_Request):
+    """An audit event a combiner logged, sent on with its heartbeat (it keeps no state store)."""
+
+    time: float = Field(ge=0, le=1e11)
+    action: Line(32, 1)
+    outcome: Line(16, 1)
+    subject: Line(128) = ""
+    role: Line(32) = ""
+    peer: Line(128) = ""
+    target: Line(256) = ""
+    detail: Line(800) = ""
+
+
+MAX_AUDIT_PER_HEARTBEAT = 100
+
+
 class HeartbeatRequest(_Request):
     num_clients: int = Field(0, ge=0, le=MAX_CLIENTS_PER_HEARTBEAT)
     client_ids: list[Id] = Field(default_factory=list, max_length=MAX_CLIENTS_PER_HEARTBEAT)
+    audit: list[ShippedAuditEvent] = Field(default_factory=list, max_length=MAX_AUDIT_PER_HEARTBEAT)
 
 
 class AssignRequest(_Request):

@@ -117,3 +117,37 @@ def test_the_api_client_checks_a_download_against_its_record():
     reducer._http = httpx.Client(transport=httpx.MockTransport(serve(bad)))
     with pytest.raises(ChecksumMismatch, match="m1"):
         reducer.download_model("m1")
+
+
+def test_a_combiners_audit_events_reach_the_reducers_store(api, keys):  # noqa: F811
+    client, ctx = api
+    _, issuer = keys
+    headers = _bearer(_token(issuer, Role.COMBINER, "combiner-0"))
+    register = {"id": "combiner-0", "name": "combiner-0", "address": "127.0.0.1:1"}
+    assert client.post("/api/v1/combiners", json=register, headers=headers).status_code == 200
+    event = {"time": 1.7e9, "action": "auth.denied", "outcome": "denied", "peer": "ipv4:10.0.0.9:1234",
+             "target": "/fedn.v1.Combiner/RunRound", "detail": "no token"}  # fmt: skip
+    beat = {"client_ids": [], "audit": [event]}
+    assert client.put("/api/v1/combiners/combiner-0/heartbeat", json=beat, headers=headers).status_code == 200
+    (stored,) = ctx.state.list_audit(action="auth.denied")
+    assert (stored.target, stored.peer, stored.time) == ("combiner-0: /fedn.v1.Combiner/RunRound", event["peer"], 1.7e9)
+    forged = {"client_ids": [], "audit": [{**event, "action": "drop.tables"}]}
+    answer = client.put("/api/v1/combiners/combiner-0/heartbeat", json=forged, headers=headers)
+    assert answer.status_code == 400
+    too_many = {"client_ids": [], "audit": [event] * 101}
+    assert client.put("/api/v1/combiners/combiner-0/heartbeat", json=too_many, headers=headers).status_code == 400
+
+
+def test_a_combiner_ships_its_events_with_heartbeats_and_keeps_them_when_the_reducer_is_away():
+    from fedn.audit import AuditLog
+    from fedn.clock import ManualClock
+
+    log = AuditLog(None, ManualClock(), ship=True, max_pending=3)
+    for i in range(4):
+        log.record("round.run", subject="reducer", role="reducer", peer="p", target=f"round {i}", outcome="ok")
+    first = log.take(2)
+    assert [e.target for e in first] == ["round 1", "round 2"]  # the oldest beyond max_pending was dropped
+    log.give_back(first)  # the heartbeat failed
+    assert [e.target for e in log.take(10)] == ["round 1", "round 2", "round 3"]
+    assert log.take(10) == []
+    assert AuditLog(None, ManualClock()).take(10) == []  # a log that does not ship keeps nothing
