@@ -258,7 +258,7 @@ class LocalFederation:
             ),
             self.workdir / "logs" / f"{name}.log",
         )
-        proc.start({**self._env(), **self._token_env(Role.COMBINER, name), "FEDN_COMBINER_MODELS": self.models_url})
+        proc.start(self.combiner_env(name))
         self.combiners.append(proc)
         self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}")
         return proc
@@ -295,7 +295,7 @@ class LocalFederation:
 
     def _start_client_process(self, name: str, argv: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log")
-        proc.start({**self._env(), **self._token_env(Role.CLIENT, name)})
+        proc.start(self.client_env(name))
         self.clients.append(proc)
         return proc
 
@@ -342,6 +342,13 @@ class LocalFederation:
         if name == "reducer":
             return [*args, "--token-signing-key", str(sec.signing_key)]
         return [*args, "--token-public-key", str(sec.public_key)]
+
+    def combiner_env(self, name: str) -> dict[str, str]:
+        """The environment combiner ``name`` is started (and restarted) with: its token and the models."""
+        return {**self._env(), **self._token_env(Role.COMBINER, name), "FEDN_COMBINER_MODELS": self.models_url}
+
+    def client_env(self, name: str) -> dict[str, str]:
+        return {**self._env(), **self._token_env(Role.CLIENT, name)}
 
     def _token_env(self, role: Role, name: str) -> dict[str, str]:
         """The token of a combiner or client process, as a file named in its environment."""

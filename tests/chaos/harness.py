@@ -283,12 +283,12 @@ class _Federation(LocalFederation):
 
     def restart_combiner(self, index: int) -> list[str]:
         """Start combiner ``index`` again; returns why earlier tries exited at once (it is tried 3 times)."""
-        env = {**self._env(), "FEDN_COMBINER_MODELS": self.models_url}
+        env = self.combiner_env(self.combiners[index].name)
         self.combiners[index], exits = _start_again(self.combiners[index], env)
         return exits
 
     def restart_client(self, index: int) -> list[str]:
-        self.clients[index], exits = _start_again(self.clients[index], self._env())
+        self.clients[index], exits = _start_again(self.clients[index], self.client_env(self.clients[index].name))
         return exits
 
     def kill_all(self) -> None:
