@@ -60,42 +60,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         roles = grpc_roles(method)
         authenticate = self._authenticator(method, roles)
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request, context):
-                principal = await authenticate(context)
-                _principal.set(principal)
-                return await inner_uu(request, context)
-
-            return handler._replace(unary_unary=unary_unary)
+            return handler._replace(unary_unary=_answering(handler.unary_unary, authenticate))
         if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(request_iterator, context):
-                principal = await authenticate(context)
-                _principal.set(principal)
-                return await inner_su(request_iterator, context)
-
-            return handler._replace(stream_unary=stream_unary)
+            return handler._replace(stream_unary=_answering(handler.stream_unary, authenticate))
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request, context):
-                principal = await authenticate(context)
-                _principal.set(principal)
-                async for message in inner_us(request, context):
-                    yield message
-
-            return handler._replace(unary_stream=unary_stream)
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(request_iterator, context):
-            principal = await authenticate(context)
-            _principal.set(principal)
-            async for message in inner_ss(request_iterator, context):
-                yield message
-
-        return handler._replace(stream_stream=stream_stream)
+            return handler._replace(unary_stream=_streaming(handler.unary_stream, authenticate))
+        return handler._replace(stream_stream=_streaming(handler.stream_stream, authenticate))
 
     def _authenticator(self, method: str, roles):
         async def authenticate(context: grpc.aio.ServicerContext) -> Principal | None:
@@ -128,6 +98,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     f"the certificate names {names[0].decode(errors='replace')!r}, the token {principal.subject!r}"
                 )
         return principal
+
+
+def _answering(inner, authenticate):
+    """A handler with one answer (unary or client-streaming) that runs once its caller is checked."""
+
+    async def handler(request, context):
+        _principal.set(await authenticate(context))
+        return await inner(request, context)
+
+    return handler
+
+
+def _streaming(inner, authenticate):
+    """A server-streaming handler that starts once its caller is checked."""
+
+    async def handler(request, context):
+        _principal.set(await authenticate(context))
+        async for message in inner(request, context):
+            yield message
+
+    return handler
 
 
 def _token_metadata(token: TokenSource) -> list[tuple[str, str]]:
