@@ -17,7 +17,7 @@ from fedn import wire
 from fedn.audit import AuditLog
 from fedn.auth.policy import require_subject
 from fedn.auth.rpc import current_principal
-from fedn.errors import Conflict, FednError, InvalidArgument
+from fedn.errors import Conflict, FednError, InvalidArgument, PermissionDenied
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 
@@ -43,6 +43,14 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         self._rounds = rounds
         self._models = models
         self._audit = audit
+
+    def _bind(self, context, client_id: str) -> None:
+        """A client acts only as itself (:func:`require_subject`); a refusal is audited."""
+        try:
+            require_subject(current_principal(), client_id, "client id")
+        except PermissionDenied as exc:
+            self._record("auth.denied", context, f"client {client_id}", "denied", exc.message)
+            raise
 
     def _record(self, action: str, context, target: str, outcome: str = "ok", detail: str = "") -> None:
         principal = current_principal()
@@ -74,7 +82,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
         client_id, name = wire.task_stream_request_from_proto(request)
         principal = current_principal()
-        require_subject(principal, client_id, "client id")
+        self._bind(context, client_id)
         if principal is not None and self._rounds.has_client(client_id):
             # one stream per identity: a second one (a stolen token, or a stale reconnect) takes nothing over
             raise Conflict(f"client {client_id} already has a task stream here; retry once it has closed")
@@ -92,7 +100,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     async def DownloadModel(self, request: pb.DownloadModelRequest, context: grpc.aio.ServicerContext):
         model_id, client_id = wire.download_request_from_proto(request)
         if client_id:
-            require_subject(current_principal(), client_id, "client id")
+            self._bind(context, client_id)
         model = await self._models.get(model_id)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._models.download_slots(model):
@@ -107,7 +115,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         if first is None or decoded(first).WhichOneof("part") != "header":
             raise InvalidArgument("an update stream must start with its header")
         header = wire.update_header_from_proto(first.header)
-        require_subject(current_principal(), header.client_id, "client id")
+        self._bind(context, header.client_id)
 
         async def chunks():
             async for msg in request_iterator:
@@ -126,14 +134,14 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     @map_errors
     async def RequestUpload(self, request: pb.UploadRequest, context) -> pb.UploadGrant:
         round_id, client_id, size = wire.upload_request_from_proto(request)
-        require_subject(current_principal(), client_id, "client id")
+        self._bind(context, client_id)
         granted, queued = self._rounds.request_upload(round_id, client_id, size)
         return pb.UploadGrant(granted=granted, queued_before=0 if granted else queued)
 
     @map_errors
     async def ReportFailure(self, request: pb.ReportFailureRequest, context) -> pb.ReportFailureResponse:
         report = wire.failure_report_from_proto(request)
-        require_subject(current_principal(), report[1], "client id")
+        self._bind(context, report[1])
         self._rounds.report_failure(*report)
         return pb.ReportFailureResponse()
 

@@ -15,7 +15,15 @@ import fedn
 from fedn.audit import AuditLog
 from fedn.auth.policy import require_subject
 from fedn.clock import SystemClock
-from fedn.errors import ChecksumMismatch, Conflict, FednError, InvalidArgument, NotFound, PayloadTooLarge
+from fedn.errors import (
+    ChecksumMismatch,
+    Conflict,
+    FednError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from fedn.logs import escape_controls
 from fedn.records import ModelRecord, Session
 from fedn.session_options import check_session_options
@@ -46,6 +54,14 @@ class ApiContext:
     max_pending_sessions: int = 100
     auth: ReducerAuth | None = None  # None: tokens are off (a loopback federation without --token-signing-key)
     audit: AuditLog = field(default_factory=lambda: AuditLog(None, SystemClock()))
+
+    def bind(self, claimed_id: str, what: str) -> None:
+        """The caller acts only as itself (:func:`require_subject`); a refusal is audited like the hook's."""
+        try:
+            require_subject(caller(), claimed_id, what)
+        except PermissionDenied as exc:
+            self.record("auth.denied", f"{request.method} {request.path}", outcome="denied", detail=exc.message)
+            raise
 
     def record(self, action: str, target: str, *, outcome: str = "ok", detail: str = "") -> None:
         """One audit event for the request being served, by its verified caller."""
@@ -143,7 +159,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.post("/combiners")
     def register_combiner():
         req = parse(RegisterCombinerRequest, _body())
-        require_subject(caller(), req.id, "combiner id")  # a combiner registers, and moves, only itself
+        ctx.bind(req.id, "combiner id")  # a combiner registers, and moves, only itself
         record = ctx.registry.register(req.id, req.name, req.address)
         ctx.record("combiner.register", f"combiner {req.id} at {req.address}")
         return jsonify(record.model_dump(mode="json"))
@@ -151,7 +167,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
     @api.put("/combiners/<combiner_id>/heartbeat")
     def combiner_heartbeat(combiner_id: str):
         req = parse(HeartbeatRequest, _body())
-        require_subject(caller(), combiner_id, "combiner id")
+        ctx.bind(combiner_id, "combiner id")
         record = ctx.registry.heartbeat(combiner_id, req.client_ids)
         for event in req.audit:  # the combiner's own audit events, into the one audit log
             fields = event.model_dump(exclude={"time", "action", "outcome"})
@@ -177,7 +193,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
         principal = caller()
         client_id = req.client_id
         if principal is not None:  # a client's id is its token's subject
-            require_subject(principal, client_id or principal.subject, "client id")
+            ctx.bind(client_id or principal.subject, "client id")
             client_id = principal.subject
         return jsonify(ctx.registry.assign(req.name, client_id))
 

@@ -6,6 +6,7 @@ without a rule in fedn.auth.policy fails here.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -154,8 +155,9 @@ def test_a_combiner_registers_and_moves_only_itself(api, keys):
     assert ctx.state.get_combiner("combiner-0").address == "10.0.0.2:12080"
     events = ctx.state.list_audit(action="combiner.register")
     assert [e.subject for e in events] == ["combiner-0"] and events[0].outcome == "ok"
-    denied = ctx.state.list_audit(action="auth.denied")
-    assert denied == [] or all(attacker not in e.model_dump_json() for e in denied)
+    denied = ctx.state.list_audit(action="auth.denied")  # the hijack and the heartbeat, by the attacker
+    assert [(e.subject, e.outcome) for e in denied] == [("combiner-9", "denied")] * 2
+    assert all(part not in e.model_dump_json() for e in denied for part in attacker.split("."))
 
 
 def test_a_client_is_assigned_as_its_token_subject(api, keys):
@@ -229,10 +231,11 @@ def test_grpc_authorization_matrix(secured, full_method):
     assert _invoke(stub(revoked.token), name) == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_a_client_acts_only_as_itself_and_holds_one_stream(secured, model_store):
+def test_a_client_acts_only_as_itself_and_holds_one_stream(secured, model_store, caplog):
     from tests.integration.test_combiner_grpc import FakeClient, _plan, _start_round, _wait_connected
 
     server, stub, issuer, _ = secured
+    caplog.set_level(logging.INFO, logger="fedn.audit")
     arrays = {"w": np.ones((4, 3), np.float32)}
     record = save_model(model_store, arrays)
     victim = FakeClient(stub(_token(issuer, Role.CLIENT, "victim")), "victim")
@@ -264,6 +267,8 @@ def test_a_client_acts_only_as_itself_and_holds_one_stream(secured, model_store)
     thread.join(30)
     result = holder["result"]
     assert result.num_updates == 1 and result.failures == []
+    denials = [r.getMessage() for r in caplog.records if r.name == "fedn.audit" and '"auth.denied"' in r.getMessage()]
+    assert len(denials) == 4 and all('"subject": "thief"' in line for line in denials)  # stream, 2 calls, upload
     partial = decode_model(model_store.get(result.partial_key))  # the victim's update alone
     np.testing.assert_array_equal(partial["w"], np.full((4, 3), 2.0))
     victim.close()
