@@ -22,7 +22,7 @@ from fedn.audit import AuditLog
 from fedn.auth.rpc import AuthInterceptor
 from fedn.auth.tokens import TokenVerifier, load_public_key
 from fedn.clock import Clock, SystemClock
-from fedn.errors import FednError, NotFound
+from fedn.errors import FednError, InvalidArgument, NotFound
 from fedn.store.base import ModelStore
 from fedn.tls import TLSFiles, check_exposure, server_credentials
 
@@ -201,6 +201,10 @@ class CombinerServer:
                     answer = await asyncio.to_thread(
                         self._reducer.combiner_heartbeat, self.settings.name, self.rounds.connected_client_ids(), events
                     )
+                except InvalidArgument:  # the reducer refused the heartbeat as it was: do not send it again
+                    if events:
+                        logger.warning("the reducer refused %d audit events; they stay in this log only", len(events))
+                    raise
                 except BaseException:
                     self.audit.give_back(events)
                     raise

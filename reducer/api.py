@@ -171,7 +171,12 @@ def create_api(ctx: ApiContext) -> Blueprint:
         record = ctx.registry.heartbeat(combiner_id, req.client_ids)
         for event in req.audit:  # the combiner's own audit events, into the one audit log
             fields = event.model_dump(exclude={"time", "action", "outcome"})
-            ctx.audit.store_from(combiner_id, time_s=event.time, action=event.action, outcome=event.outcome, **fields)
+            try:
+                ctx.audit.store_from(
+                    combiner_id, time_s=event.time, action=event.action, outcome=event.outcome, **fields
+                )
+            except InvalidArgument as exc:  # e.g. an action a newer combiner knows: skipped, the heartbeat served
+                logger.warning("audit event from combiner %s skipped: %s", combiner_id, exc.message)
         shed = ctx.registry.to_shed(combiner_id)
         revoked = ctx.auth.revoked_ids() if ctx.auth is not None else []
         return jsonify({"status": record.status, "num_clients": record.num_clients, "shed": shed, "revoked": revoked})
