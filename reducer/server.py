@@ -148,7 +148,8 @@ class ReducerServer:
                 return s.max_json_bytes
             if auth is not None:
                 try:
-                    principal = auth.verify(bearer_token(environ.get("HTTP_AUTHORIZATION")))
+                    # on the event loop: no store read here (revocations as last read); the hook checks again
+                    principal = auth.verifier.verify(bearer_token(environ.get("HTTP_AUTHORIZATION")))
                 except FednError as exc:
                     raise HttpError(401, exc.message) from None
                 if principal.role != Role.ADMIN:

@@ -152,3 +152,42 @@ def test_a_combiner_ships_its_events_with_heartbeats_and_keeps_them_when_the_red
     assert [e.target for e in log.take(10)] == ["round 1", "round 2", "round 3"]
     assert log.take(10) == []
     assert AuditLog(None, ManualClock()).take(10) == []  # a log that does not ship keeps nothing
+
+
+def test_only_an_admins_upload_is_received_the_token_is_checked_on_the_request_head(tmp_path):
+    import socket
+
+    import httpx
+
+    from fedn.auth.tokens import TokenIssuer, generate_signing_key, load_private_key
+    from reducer.server import ReducerServer
+    from reducer.settings import ReducerSettings
+
+    key_path, _ = generate_signing_key(tmp_path / "keys")
+    issuer = TokenIssuer(load_private_key(key_path))
+    settings = ReducerSettings(
+        host="127.0.0.1",
+        port=0,
+        state=f"sqlite:///{tmp_path / 'state.db'}",
+        models=(tmp_path / "m").as_uri(),
+        token_signing_key=str(key_path),
+    )
+    server = ReducerServer(settings)
+    server.start()
+    url = f"{server.url}/api/v1/models"
+    big = b"\0" * (4 << 20)  # over max_json_bytes: received only for an admin
+    try:
+        with httpx.Client(timeout=10) as http:
+            assert http.post(url, content=big).status_code == 401
+            # a head announcing 100 MB and no body: answered at once, nothing of the body awaited
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"POST /api/v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.1 401")
+            viewer = _bearer(_token(issuer, Role.VIEWER, "v"))
+            assert http.post(url, content=big, headers=viewer).status_code == 403
+            admin = _bearer(_token(issuer, Role.ADMIN, "alice"))
+            blob = encode_model({"w": np.ones(1 << 20, np.float32)})  # 4 MiB
+            answer = http.post(url, content=blob, headers={**admin, "Content-Type": "application/octet-stream"})
+            assert answer.status_code == 201, answer.text
+    finally:
+        server.stop()
