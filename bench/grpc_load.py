@@ -2,14 +2,19 @@
 
 Rows: 100 and 1000 clients with a 100k-parameter model (seconds per round, combiner memory growth),
 and 10 clients with a 10M-parameter (40 MB) model (seconds per round, peak combiner memory against
-the model size); each with TLS and tokens (the default) and in plaintext, run one after the other, and
-a ``tls_vs_plain`` row per workload with the ratios. Each prints one JSON line.
+the model size); each with TLS and tokens (the default) and in plaintext, and a ``tls_vs_plain`` row
+per workload with the ratios. Each prints one JSON line.
+
+With ``--repeats N`` every workload runs N times in each mode, interleaved (TLS then plaintext, then
+plaintext then TLS, ...) so that a machine that slows down or speeds up during the run weighs on
+both modes alike; the ratio is taken between the medians of all steady rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 from fedn.loadtest import run_load
 
@@ -18,14 +23,33 @@ def run(params: int, client_counts: list[int], rounds: int, combiners: int = 2, 
     return [run_load(n, combiners, params, rounds, secure=secure).row() for n in client_counts]
 
 
-def _ratio(tls: dict, plain: dict) -> dict:
-    """TLS over plaintext for one workload: round time and peak combiner memory."""
+def _steady(row: dict) -> list[float]:
+    return row["s_per_round"][1:] or row["s_per_round"]
+
+
+def _ratio(tls: list[dict], plain: list[dict]) -> dict:
+    """TLS over plaintext for one workload over all its repeats: round time and peak combiner memory."""
+    tls_s = statistics.median(t for row in tls for t in _steady(row))
+    plain_s = statistics.median(t for row in plain for t in _steady(row))
     return {
         "bench": "grpc_load_tls_vs_plain",
-        "clients": tls["clients"],
-        "params": tls["params"],
-        "s_per_round": round(tls["s_per_round_steady"] / plain["s_per_round_steady"], 3),
-        "combiner_rss_peak": round(max(tls["combiner_rss_mb_peak"]) / max(plain["combiner_rss_mb_peak"]), 3),
+        "clients": tls[0]["clients"],
+        "params": tls[0]["params"],
+        "repeats": len(tls),
+        "s_per_round_tls": round(tls_s, 3),
+        "s_per_round_plain": round(plain_s, 3),
+        "s_per_round": round(tls_s / plain_s, 3),
+        "s_per_round_by_repeat": [
+            round(t["s_per_round_steady"] / p["s_per_round_steady"], 3) for t, p in zip(tls, plain, strict=True)
+        ],
+        "combiner_rss_peak": round(
+            max(max(r["combiner_rss_mb_peak"]) for r in tls) / max(max(r["combiner_rss_mb_peak"]) for r in plain), 3
+        ),
+        "combiner_cpu_s_per_round": round(
+            statistics.median(r["cpu_s_per_round"]["combiners"] for r in tls)
+            / statistics.median(r["cpu_s_per_round"]["combiners"] for r in plain),
+            3,
+        ),
     }
 
 
@@ -37,14 +61,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big-clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tls", choices=["both", "on", "off"], default="both", help="TLS and tokens [default both]")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each workload in each mode, interleaved")
     args = parser.parse_args(argv)
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.tls]
-    by_mode = {secure: _rows(args, secure) for secure in modes}
-    rows = [row for secure in modes for row in by_mode[secure]]
+    by_mode: dict[bool, list[list[dict]]] = {secure: [] for secure in modes}
+    for repeat in range(max(1, args.repeats)):
+        for secure in modes if repeat % 2 == 0 else modes[::-1]:
+            rows = _rows(args, secure)
+            for row in rows:
+                row["repeat"] = repeat
+                print(json.dumps(row), flush=True)
+            by_mode[secure].append(rows)
     if len(modes) == 2:
-        rows += [_ratio(t, p) for t, p in zip(by_mode[True], by_mode[False], strict=True)]
-    for row in rows:
-        print(json.dumps(row), flush=True)
+        for workload in range(len(by_mode[True][0])):
+            tls = [rows[workload] for rows in by_mode[True]]
+            plain = [rows[workload] for rows in by_mode[False]]
+            print(json.dumps(_ratio(tls, plain)), flush=True)
 
 
 def _rows(args: argparse.Namespace, secure: bool) -> list[dict]:
