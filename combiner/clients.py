@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from fedn.clock import Clock
 from fedn.errors import InvalidArgument, ResourceExhausted, Unavailable
+from fedn.metrics import CombinerMetrics
 from fedn.wire import TaskInfo
 
 __all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
@@ -57,10 +58,12 @@ class ClientHub:
     At most ``max_clients`` streams are held (shed ones until they close included): each costs memory
     and a heartbeat, and a sync round selects among them."""
 
-    def __init__(self, clock: Clock, *, max_clients: int = 10_000) -> None:
+    def __init__(self, clock: Clock, *, max_clients: int = 10_000, metrics: CombinerMetrics | None = None) -> None:
         self._clock = clock
         self._max_clients = max_clients
         self._clients: dict[str, ClientConnection] = {}
+        if metrics is not None:  # read when scraped, on the event loop that changes it
+            metrics.clients_connected.set_function(self.__len__)
 
     def connect(self, client_id: str, name: str) -> tuple[ClientConnection, bool]:
         """The new stream, and whether it replaced an older one of the same client."""

@@ -23,6 +23,7 @@ from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, decode_payload, model_header_size, read_model_header, split_model
 from fedn.errors import ChecksumMismatch, InvalidModel
+from fedn.metrics import CombinerMetrics
 from fedn.models import model_key
 from fedn.retry import retry
 from fedn.store.base import ModelStore
@@ -81,6 +82,7 @@ class ModelCache:
         grant_timeout_s: float = 30.0,
         min_transfer_bytes_per_s: float = 64 * 1024,
         transfer_grace_s: float = 30.0,
+        metrics: CombinerMetrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -94,6 +96,14 @@ class ModelCache:
         self._download_slots: dict[str, asyncio.Semaphore] = {}
         self._expected: OrderedDict[str, str] = OrderedDict()  # model id -> sha256 the reducer recorded
         self._transfers = TransferLimits(min_transfer_bytes_per_s, transfer_grace_s)
+        self._sent = metrics.model_bytes_sent if metrics is not None else None
+        if metrics is not None:  # read when scraped, on the event loop that changes the cache
+            metrics.model_cache_bytes.set_function(self.held_bytes)
+            metrics.model_cache_models.set_function(lambda: len(self._cache))
+
+    def held_bytes(self) -> int:
+        """Bytes of model data held in memory for downloads (larger models are streamed, not held)."""
+        return sum(m.size for m in list(self._cache.values()) if m.messages is not None)
 
     @property
     def store(self) -> ModelStore:
@@ -213,10 +223,16 @@ class ModelCache:
         is ended with DEADLINE_EXCEEDED."""
         what = f"download of model {model.model_id}"
         cutoff = self._transfers.cutoff(self._clock, what, model.size, context=context)
-        with cutoff:
-            async with contextlib.aclosing(self._download_messages(model)) as messages:
-                async for message in messages:
-                    yield message
+        sent = 0
+        try:
+            with cutoff:
+                async with contextlib.aclosing(self._download_messages(model)) as messages:
+                    async for message in messages:
+                        yield message
+                        sent += len(message)
+        finally:  # once per download: a counter's lock per chunk costs more than it tells
+            if self._sent is not None:
+                self._sent.inc(sent)
 
     async def _download_messages(self, model: CachedModel) -> AsyncIterator[bytes]:
         yield model.header

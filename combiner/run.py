@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,6 +24,7 @@ from fedn.clock import Clock
 from fedn.codec import check_finite, encode_model_chunks
 from fedn.errors import FednError, InvalidArgument, NonFiniteValues, PayloadTooLarge, StoreError
 from fedn.ids import printable
+from fedn.metrics import CombinerMetrics, reject_reason
 from fedn.models import partial_key, partial_metadata
 from fedn.records import ClientFailureRecord, MetricSummary, RoundPlan, RoundResult
 from fedn.retry import retry
@@ -107,6 +110,7 @@ class RunContext:
     clock: Clock
     stragglers: Stragglers = field(default_factory=Stragglers)
     store_retry_grace_s: float = 7.5
+    metrics: CombinerMetrics = field(default_factory=CombinerMetrics)
 
     def store_deadline(self, started_at: float, timeout_s: float) -> float:
         """Until when a run that began at ``started_at`` retries the model store: its deadline plus the
@@ -160,10 +164,13 @@ class RoundMetrics(MetricsAccumulator):
 
 @dataclass(eq=False)
 class Tally:
-    """Clients that failed (and why) and updates refused, until the next result takes them."""
+    """Clients that failed (and why) and updates refused (and the fixed reason of each), until the next
+    result takes them; ``started_at`` (the real clock, a measurement) is when the run or flush began."""
 
     failures: dict[str, str] = field(default_factory=dict)
     num_rejected: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    started_at: float = field(default_factory=time.monotonic)
 
     def fail(self, client_id: str, error: str) -> None:
         self.failures[client_id] = error
@@ -171,12 +178,13 @@ class Tally:
     def reject(self, client_id: str, exc: FednError) -> None:
         """Count an update refused by its own fault (one of ``UPDATE_FAULTS``) against its client."""
         self.num_rejected += 1
+        self.rejected[reject_reason(exc)] += 1
         self.failures[client_id] = f"update rejected: {exc.message}"
 
     def take(self) -> Tally:
-        """This tally, leaving an empty one in its place."""
-        taken = Tally(self.failures, self.num_rejected)
-        self.failures, self.num_rejected = {}, 0
+        """This tally, leaving an empty one (started now) in its place."""
+        taken = Tally(self.failures, self.num_rejected, self.rejected, self.started_at)
+        self.failures, self.num_rejected, self.rejected, self.started_at = {}, 0, Counter(), time.monotonic()
         return taken
 
 
@@ -198,6 +206,7 @@ async def store_result(
     the clients whose updates were lost with it, so the reducer records them instead of waiting.
     """
     count = aggregator.count if aggregator is not None else 0
+    ctx.metrics.record_result(num_updates=count, rejected=tally.rejected, seconds=time.monotonic() - tally.started_at)
     key, total_weight = "", 0.0
     if count:
         # the round is over: a mean computed in place of the running sums saves a model copy

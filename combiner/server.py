@@ -23,8 +23,10 @@ from fedn.auth.rpc import AuthInterceptor
 from fedn.auth.tokens import TokenVerifier, load_public_key
 from fedn.clock import Clock, SystemClock
 from fedn.errors import FednError, InvalidArgument, NotFound
+from fedn.metrics import CombinerMetrics
+from fedn.metrics_http import MetricsEndpoint
 from fedn.store.base import ModelStore
-from fedn.tls import TLSFiles, check_exposure, server_credentials
+from fedn.tls import TLSFiles, check_exposure, server_credentials, server_ssl_context
 
 __all__ = ["CombinerServer", "max_concurrent_rpcs", "run_context", "server_options"]
 
@@ -69,12 +71,15 @@ def max_concurrent_rpcs(settings: CombinerSettings) -> int:
     return settings.max_concurrent_rpcs or 2 * settings.max_clients + 64
 
 
-def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) -> RunContext:
+def run_context(
+    settings: CombinerSettings, models: ModelStore, clock: Clock, metrics: CombinerMetrics | None = None
+) -> RunContext:
     """The clients, model cache and upload staging a combiner with ``settings`` gives its runs."""
     s = settings
+    metrics = metrics if metrics is not None else CombinerMetrics()
     return RunContext(
         combiner_id=s.name,
-        clients=ClientHub(clock, max_clients=s.max_clients),
+        clients=ClientHub(clock, max_clients=s.max_clients, metrics=metrics),
         models=ModelCache(
             models,
             clock,
@@ -85,6 +90,7 @@ def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) ->
             grant_timeout_s=s.upload_grant_timeout_s,
             min_transfer_bytes_per_s=s.min_transfer_bytes_per_s,
             transfer_grace_s=s.transfer_grace_s,
+            metrics=metrics,
         ),
         stager=UploadStager(
             clock,
@@ -97,10 +103,12 @@ def run_context(settings: CombinerSettings, models: ModelStore, clock: Clock) ->
             max_num_examples=s.max_num_examples,
             min_transfer_bytes_per_s=s.min_transfer_bytes_per_s,
             transfer_grace_s=s.transfer_grace_s,
+            metrics=metrics,
         ),
         clock=clock,
         stragglers=Stragglers(s.straggler_backoff_rounds, s.straggler_backoff_max_rounds),
         store_retry_grace_s=s.store_retry_grace_s,
+        metrics=metrics,
     )
 
 
@@ -125,6 +133,8 @@ class CombinerServer:
         self.rounds: RunRouter | None = None
         self.port = 0
         self.verifier: TokenVerifier | None = None
+        self.metrics = CombinerMetrics()
+        self._metrics_endpoint: MetricsEndpoint | None = None
         # a combiner keeps no state: its audit events are log lines, sent on to the reducer with heartbeats
         self.audit = AuditLog(None, self._clock, ship=reducer is not None, max_pending=1000)
 
@@ -143,8 +153,10 @@ class CombinerServer:
         check_exposure(
             s.host, tls=tls.has_identity, auth=self.verifier is not None, insecure=s.insecure, service="combiner"
         )
-        ctx = run_context(s, self._models, self._clock)
+        ctx = run_context(s, self._models, self._clock, self.metrics)
         self.rounds = RunRouter(ctx)
+        if s.metrics_port is not None:  # before gRPC: a port in use fails the start with nothing to undo
+            await self._start_metrics(tls)
         self._server = grpc.aio.server(
             interceptors=[
                 AuthInterceptor(
@@ -179,6 +191,28 @@ class CombinerServer:
         self._heartbeats = asyncio.create_task(ctx.clients.send_heartbeats(s.heartbeat_interval_s))
         if self._reducer is not None:
             self._link = asyncio.create_task(self._reducer_link())
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port (0 when metrics are off)."""
+        return self._metrics_endpoint.port if self._metrics_endpoint is not None else 0
+
+    async def _start_metrics(self, tls: TLSFiles) -> None:
+        """The metrics endpoint on the combiner's host: HTTPS with its certificate and tokens checked when
+        those are on, refused on a non-loopback host in plaintext as gRPC is (the check ran above)."""
+        s = self.settings
+        has_tls = tls.has_identity and s.tls_cert and s.tls_key
+        ssl_context = server_ssl_context(s.tls_cert, s.tls_key) if has_tls else None
+        endpoint = MetricsEndpoint(
+            self.metrics.registry,
+            s.host,
+            s.metrics_port or 0,
+            ssl_context=ssl_context,
+            verifier=self.verifier,
+            on_denied=lambda peer, error: self._denied("GET /metrics", peer, "", error),
+        )
+        await endpoint.start()
+        self._metrics_endpoint = endpoint
 
     def _denied(self, method: str, peer: str, subject: str, error: FednError) -> None:
         self.audit.record(
@@ -250,6 +284,8 @@ class CombinerServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._metrics_endpoint is not None:
+            await self._metrics_endpoint.stop()
         if self._server is not None:
             await self._server.stop(grace_s)
         logger.info("combiner %s stopped", self.settings.name)

@@ -121,6 +121,13 @@ class CombinerSettings(BaseSettings):
         ge=1024,
         description="size of model chunks sent to clients; each one in flight is copied a few times on its way",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics at http(s)://--host:PORT/metrics (0 picks a free port; HTTPS with "
+        "the combiner's certificate and an admin or viewer token when those are on) [default: off]",
+    )
     # security (docs/security.md)
     tls_cert: str | None = Field(None, description="this combiner's certificate (PEM): serve gRPC over TLS")
     tls_key: str | None = Field(None, description="the certificate's private key (PEM)")

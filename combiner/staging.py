@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
@@ -29,6 +31,7 @@ from fedn.codec import (
     spooled_arrays,
 )
 from fedn.errors import InvalidArgument, InvalidModel, PayloadTooLarge
+from fedn.metrics import CombinerMetrics
 from fedn.wire import UpdateHeaderInfo
 
 __all__ = ["FOLD_IN_THREAD_BYTES", "UploadStager", "is_big"]
@@ -68,6 +71,7 @@ class UploadStager:
         max_num_examples: float = 1e9,
         min_transfer_bytes_per_s: float = 64 * 1024,
         transfer_grace_s: float = 30.0,
+        metrics: CombinerMetrics | None = None,
     ) -> None:
         self._clock = clock
         self._max_update_bytes = max_update_bytes
@@ -78,11 +82,27 @@ class UploadStager:
         self._spool_dir = spool_dir
         self._max_num_examples = max_num_examples
         self._transfers = TransferLimits(min_transfer_bytes_per_s, transfer_grace_s)
+        self._metrics = metrics
+        self._gates: weakref.WeakSet[GrantGate] = weakref.WeakSet()
+        self.staged_bytes = 0  # of updates being received, checked or folded
+        self.staged_updates = 0
+        self.spooled_bytes = 0  # of those, in temporary files
+        if metrics is not None:  # read when scraped, on the event loop that changes them
+            metrics.staged_bytes.set_function(lambda: self.staged_bytes)
+            metrics.staged_updates.set_function(lambda: self.staged_updates)
+            metrics.spooled_bytes.set_function(lambda: self.spooled_bytes)
+            metrics.upload_queue.set_function(self.upload_queue)
+
+    def upload_queue(self) -> int:
+        """Clients waiting for an upload slot, in every run's gate."""
+        return sum(gate.waiting for gate in list(self._gates))
 
     def upload_gate(self, manifest: list[TensorSpec], notify: Callable[[str], None]) -> GrantGate:
         """Upload slots for updates of ``manifest``: bounded in count and in bytes, but one may always be staged."""
         slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
-        return GrantGate(slots, notify, clock=self._clock, grant_timeout_s=self._grant_timeout_s)
+        gate = GrantGate(slots, notify, clock=self._clock, grant_timeout_s=self._grant_timeout_s)
+        self._gates.add(gate)
+        return gate
 
     def check_size(self, size: int) -> None:
         if size > self._max_update_bytes:
@@ -116,7 +136,10 @@ class UploadStager:
         ends (the fold), so staged buffers stay within the bound."""
         self.check_header(manifest, header)
         async with gate.slot(header.client_id), self.staged_update(manifest, header, chunks, spool=spool) as arrays:
+            handed_at = time.perf_counter()  # a measurement, not a deadline: the real clock
             yield arrays
+            if self._metrics is not None:
+                self._metrics.fold_seconds.observe(time.perf_counter() - handed_at)
 
     @contextlib.asynccontextmanager
     async def staged_update(
@@ -129,6 +152,33 @@ class UploadStager:
         read back a slice at a time by the checks and the fold, so staging it costs disk, not a copy
         of the model in memory; the file is gone when the block ends.
         """
+        size = header.model.payload_bytes
+        self.staged_bytes += size
+        self.staged_updates += 1
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
+            async for chunk in chunks:
+                received += len(chunk)
+                yield chunk
+
+        try:
+            async with (
+                contextlib.aclosing(counted()) as counting,
+                self._staged(manifest, header, counting, spool=spool) as arrays,
+            ):
+                yield arrays
+        finally:
+            self.staged_bytes -= size
+            self.staged_updates -= 1
+            if self._metrics is not None:  # once per update, what arrived of it (all of it, or until it failed)
+                self._metrics.update_bytes_received.inc(received)
+
+    @contextlib.asynccontextmanager
+    async def _staged(
+        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes], *, spool: bool
+    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
         size, sha = header.model.payload_bytes, header.model.sha256
         # from here the client holds an upload slot: it must send its update within its transfer deadline
         cutoff = self._transfers.cutoff(self._clock, f"upload of client {header.client_id}'s update", size)
@@ -143,6 +193,7 @@ class UploadStager:
             return
         spooler = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
         writing: asyncio.Future | None = None
+        self.spooled_bytes += size
         try:
             # Written and hashed off the event loop, a batch at a time, while the next batch arrives: one
             # write in flight keeps the order, and waiting for each hop would slow the upload to the
@@ -170,6 +221,7 @@ class UploadStager:
                 with contextlib.suppress(Exception):
                     await writing
             spooler.close()
+            self.spooled_bytes -= size
 
     @staticmethod
     async def trim_after(header: UpdateHeaderInfo) -> None:

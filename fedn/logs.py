@@ -11,21 +11,30 @@ A peer controls much of what is logged (ids, names, error texts), so the one han
   ``flood_window_s``, records are dropped and one ``suppressed N similar messages`` line is written
   with the first record after the window ends (or when logging shuts down). The window reads an
   injected :class:`~fedn.clock.Clock`, so tests drive it with a ``ManualClock``.
+
+Lines are text by default; ``log_format="json"`` (``--log-format json``, env ``FEDN_LOG_FORMAT``) writes
+one JSON object per line instead (time in ISO 8601, level, logger, message, service, and ``exc`` for a
+traceback), for log shippers. Its values are bounded and escaped exactly as the text lines are.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
+import os
 import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TextIO
 
 from fedn.clock import Clock, SystemClock
 
-__all__ = ["BoundedFormatter", "FloodFilter", "configure_logging", "escape_controls"]
+__all__ = ["LOG_FORMATS", "BoundedFormatter", "FloodFilter", "JsonFormatter", "configure_logging", "escape_controls"]
+
+LOG_FORMATS = ("text", "json")
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -80,6 +89,10 @@ class BoundedFormatter(logging.Formatter):
         self.max_message_chars = max_message_chars
 
     def format(self, record: logging.LogRecord) -> str:
+        return super().format(self._bounded(record))
+
+    def _bounded(self, record: logging.LogRecord) -> logging.LogRecord:
+        """A copy of ``record`` whose message is rendered, bounded and escaped (``args`` consumed)."""
         bounded = logging.makeLogRecord(record.__dict__)  # other handlers keep the record as it was
         args = record.args
         if isinstance(args, Mapping):
@@ -89,7 +102,7 @@ class BoundedFormatter(logging.Formatter):
         message = bounded.getMessage()
         bounded.msg, bounded.args = escape_controls(_cut(message, self.max_message_chars)), None
         bounded.exc_text = None  # formatted again below, bounded
-        return super().format(bounded)
+        return bounded
 
     def _bound_lines(self, text: str) -> str:
         return "\n".join(escape_controls(_cut(line, self.max_message_chars)) for line in text.splitlines())
@@ -99,6 +112,32 @@ class BoundedFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:
         return self._bound_lines(super().formatStack(stack_info))
+
+
+class JsonFormatter(BoundedFormatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, ``service``
+    (when given) and ``exc`` (a bounded traceback). The message is bounded and escaped as in text lines,
+    so a line parses with ``json.loads`` and holds no raw control character."""
+
+    def __init__(self, *, service: str | None = None, max_arg_chars: int = 200, max_message_chars: int = 4000) -> None:
+        super().__init__(max_arg_chars=max_arg_chars, max_message_chars=max_message_chars)
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        bounded = self._bounded(record)
+        line = {
+            "time": datetime.fromtimestamp(bounded.created, UTC).isoformat(timespec="milliseconds"),
+            "level": bounded.levelname,
+            "logger": escape_controls(_cut(bounded.name, self.max_arg_chars)),
+            "message": bounded.msg,
+        }
+        if self.service:
+            line["service"] = self.service
+        if bounded.exc_info:
+            line["exc"] = self.formatException(bounded.exc_info)
+        if bounded.stack_info:
+            line["stack"] = self.formatStack(bounded.stack_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 class _Window:
@@ -202,13 +241,21 @@ def configure_logging(
     max_arg_chars: int = 200,
     flood_limit: int = 20,
     flood_window_s: float = 10.0,
+    log_format: str | None = None,
 ) -> None:
     """Log to ``stream`` (stderr) at ``level``; ``service`` prefixes every line (useful when processes
-    share a terminal). Every value is bounded and floods are rate-limited (see the module docstring)."""
-    fmt = f"%(asctime)s %(levelname)-7s [{service}] %(name)s: %(message)s" if service else _FORMAT
+    share a terminal). Every value is bounded and floods are rate-limited (see the module docstring).
+    ``log_format`` is ``text`` or ``json``; None reads ``FEDN_LOG_FORMAT`` (what ``--log-format`` sets,
+    so a tier's own set-up and the processes ``fedn local`` starts keep the choice), else text."""
+    asked = (log_format or os.environ.get("FEDN_LOG_FORMAT") or "text").lower()
+    log_format = asked if asked in LOG_FORMATS else "text"
     flood = FloodFilter(limit=flood_limit, window_s=flood_window_s, clock=clock)
     handler = _Handler(stream if stream is not None else sys.stderr, flood)
-    handler.setFormatter(BoundedFormatter(fmt, datefmt="%H:%M:%S", max_arg_chars=max_arg_chars))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(service=service, max_arg_chars=max_arg_chars))
+    else:
+        fmt = f"%(asctime)s %(levelname)-7s [{service}] %(name)s: %(message)s" if service else _FORMAT
+        handler.setFormatter(BoundedFormatter(fmt, datefmt="%H:%M:%S", max_arg_chars=max_arg_chars))
     root = logging.getLogger()
     for old in root.handlers:
         if isinstance(old, _Handler):
@@ -217,3 +264,10 @@ def configure_logging(
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    if asked != log_format:
+        logging.getLogger(__name__).warning(
+            "unknown log format %r (--log-format, FEDN_LOG_FORMAT): writing %s lines; choose one of %s",
+            asked,
+            log_format,
+            ", ".join(LOG_FORMATS),
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +29,7 @@ from fedn.aggregation.server_optimizers import ServerOptimizer
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, check_manifest, encode_model, manifest_of
 from fedn.errors import ChecksumMismatch, FednError, InvalidArgument, NotFound
+from fedn.metrics import ReducerMetrics, reducer_metrics
 from fedn.models import load_model, load_verified, round_model_id, save_model
 from fedn.records import Round, RoundResult, RoundStatus, Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
@@ -55,14 +57,18 @@ class PartialFolder:
     """Reads and folds one round's partials one at a time, as their combiners return: the reducer holds
     the running sum and one partial, however many combiners there are or finish at once."""
 
-    def __init__(self, models: ModelStore, like: list[TensorSpec] | None) -> None:
+    def __init__(
+        self, models: ModelStore, like: list[TensorSpec] | None, metrics: ReducerMetrics | None = None
+    ) -> None:
         self._models = models
         self._lock = threading.Lock()
         self.merge = PartialMerge(like)
+        self._metrics = metrics if metrics is not None else reducer_metrics()
 
     def fold(self, result: RoundResult) -> str:
         """Fold ``result``'s partial; returns why it could not be ("" if it was)."""
         with self._lock:
+            started = time.perf_counter()  # a measurement, not a deadline: the real clock
             try:
                 arrays = load_model(self._models, result.partial_key)
             except FednError as exc:
@@ -73,6 +79,7 @@ class PartialFolder:
                 return f"partial refused: {exc.message}"
             finally:
                 del arrays  # before the next fold reads its partial
+            self._metrics.merge_seconds.labels("fold").observe(time.perf_counter() - started)
             return ""
 
 
@@ -87,9 +94,12 @@ class Merger:
         *,
         max_num_examples: float = 1e9,
         max_clients_per_combiner: int = 10_000,
+        metrics: ReducerMetrics | None = None,
     ) -> None:
         """``max_num_examples`` bounds one update's weight (as at the combiners), so a result's total
-        weight is at most its updates times it; ``max_clients_per_combiner`` bounds its client ids."""
+        weight is at most its updates times it; ``max_clients_per_combiner`` bounds its client ids.
+        Rounds and merges are counted in ``metrics`` (by default, this process's reducer metrics)."""
+        self._metrics = metrics if metrics is not None else reducer_metrics()
         self._state = state
         self._models = models
         self._clock = clock
@@ -115,7 +125,7 @@ class Merger:
             tensors = self._state.get_model(model_id).tensors
         except FednError:
             tensors = []
-        return PartialFolder(self._models, [TensorSpec.from_dict(t) for t in tensors] or None)
+        return PartialFolder(self._models, [TensorSpec.from_dict(t) for t in tensors] or None, self._metrics)
 
     def load_global(self, session: Session) -> NamedArrays:
         """The session's global model, through its record: ChecksumMismatch if its blob was replaced."""
@@ -161,6 +171,7 @@ class Merger:
         done; returns the advanced session. ``started`` is on the clock, for the round's duration."""
         if previous is None:
             previous = self._global_or_refuse(session, round_, started)
+        applying = time.perf_counter()
         if optimizer.step_count != session.strategy_step:  # a fresh one, or one whose last step was refused
             if session.strategy_state_key:
                 optimizer.load_state(load_model(self._models, session.strategy_state_key), session.strategy_step)
@@ -190,6 +201,8 @@ class Merger:
         )
         self._state.put_round(round_)
         session = self._advance(session, round_, state_key)
+        self._metrics.merge_seconds.labels("apply").observe(time.perf_counter() - applying)
+        self._metrics.round_ended(session.mode, "done", duration)
         loss = round_.metrics.get("train_loss")
         logger.info(
             "session %s %s %d done: %d updates from %d combiners, train_loss %s, %.2fs -> model %s",
@@ -225,6 +238,7 @@ class Merger:
                 }
             )
             self._state.put_round(round_)
+            self._metrics.round_ended(session.mode, "done", round_.duration_s)
         state_key = _strategy_state_key(session, round_)
         if not self._models.exists(state_key):  # an optimizer without moments keeps no state
             state_key = session.strategy_state_key
@@ -262,7 +276,15 @@ class Merger:
             }
         )
         self._state.put_round(round_)
+        self._metrics.round_ended(self._mode_of(round_), "failed", round_.duration_s)
         return round_
+
+    def _mode_of(self, round_: Round) -> str:
+        """The mode of the round's session, for its metrics (a failure is rare: one read is cheap)."""
+        try:
+            return self._state.get_session(round_.session_id).mode
+        except FednError:
+            return SessionMode.SYNC
 
     def fail(
         self, session: Session, reason: str, *, round_: Round | None = None, started: float | None = None
