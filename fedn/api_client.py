@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from fedn import errors
-from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session
+from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
+from fedn.rest_records import record_from_rest
 
-__all__ = ["DEFAULT_REDUCER_URL", "Assignment", "ReducerAPI"]
+__all__ = ["DEFAULT_REDUCER_URL", "MAX_PAGE", "Assignment", "Page", "ReducerAPI"]
 
 DEFAULT_REDUCER_URL = "http://127.0.0.1:8092"
+MAX_PAGE = 1000
+"""The most items the reducer returns per request (``limit``)."""
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Page(list[R]):
+    """Records of a list route, in its order, as a list; ``total`` matching records on the reducer and
+    ``next_cursor`` to continue after the last one (None: nothing more)."""
+
+    def __init__(self, items: Sequence[R] = (), total: int = 0, next_cursor: str | None = None) -> None:
+        super().__init__(items)
+        self.total = total
+        self.next_cursor = next_cursor
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether nothing more matched than these records."""
+        return self.next_cursor is None
 
 
 class Assignment(dict):
@@ -84,6 +105,35 @@ class ReducerAPI:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def iter_pages(
+        self, path: str, cls: type[R], *, limit: int | None = None, cursor: str | None = None, **params: Any
+    ) -> Iterator[Page[R]]:
+        """Pages of the list route ``path`` (e.g. ``/sessions``) from ``cursor`` on, following each
+        page's ``next_cursor`` until the end or until ``limit`` records (None: all) came. Each request
+        asks for what is still wanted, so the last page's ``next_cursor`` continues exactly after it."""
+        if limit is not None and limit < 1:
+            raise errors.InvalidArgument(f"limit must be at least 1, not {limit}")
+        query = {k: v for k, v in params.items() if v is not None}
+        received, seen = 0, {cursor}
+        while True:
+            size = MAX_PAGE if limit is None else min(MAX_PAGE, limit - received)
+            body = self._json("GET", path, params={**query, "limit": size, **({"cursor": cursor} if cursor else {})})
+            cursor = body.get("next_cursor")
+            page = Page([record_from_rest(cls, item) for item in body["items"]], int(body.get("total", 0)), cursor)
+            received += len(page)
+            yield page
+            # stops on a page that brings nothing or a cursor seen before: never loops on a bad answer
+            if cursor is None or not page or cursor in seen or (limit is not None and received >= limit):
+                return
+            seen.add(cursor)
+
+    def _collect(self, pages: Iterator[Page[R]]) -> Page[R]:
+        out: Page[R] = Page()
+        for page in pages:
+            out.extend(page)
+            out.total, out.next_cursor = page.total, page.next_cursor
+        return out
+
     # health
     def health(self) -> dict:
         return self._json("GET", "/health")
@@ -91,7 +141,7 @@ class ReducerAPI:
     # combiners
     def register_combiner(self, combiner_id: str, address: str) -> CombinerRecord:
         body = {"id": combiner_id, "name": combiner_id, "address": address}
-        return CombinerRecord.model_validate(self._json("POST", "/combiners", json=body))
+        return record_from_rest(CombinerRecord, self._json("POST", "/combiners", json=body))
 
     def combiner_heartbeat(self, combiner_id: str, client_ids: list[str], audit: Sequence[AuditEvent] = ()) -> dict:
         """The reducer's answer: ``status``, ``num_clients``, ``shed``, how many idle clients to let go
@@ -108,8 +158,9 @@ class ReducerAPI:
         answer["revoked"] = [r for r in revoked if isinstance(r, str)] if isinstance(revoked, list) else []
         return answer
 
-    def list_combiners(self) -> list[CombinerRecord]:
-        return [CombinerRecord.model_validate(c) for c in self._json("GET", "/combiners")["items"]]
+    def list_combiners(self, *, limit: int | None = None, cursor: str | None = None) -> Page[CombinerRecord]:
+        """Combiners, oldest registered first; all of them unless ``limit``."""
+        return self._collect(self.iter_pages("/combiners", CombinerRecord, limit=limit, cursor=cursor))
 
     # clients
     def assign_client(self, name: str, client_id: str | None = None) -> Assignment:
@@ -118,22 +169,24 @@ class ReducerAPI:
             body["client_id"] = client_id
         return Assignment(self._json("POST", "/clients/assign", json=body))
 
-    def list_clients(self) -> list[ClientRecord]:
-        return [ClientRecord.model_validate(c) for c in self._json("GET", "/clients")["items"]]
+    def list_clients(self, *, limit: int | None = None, cursor: str | None = None) -> Page[ClientRecord]:
+        """Clients, newest assigned first; all of them unless ``limit``."""
+        return self._collect(self.iter_pages("/clients", ClientRecord, limit=limit, cursor=cursor))
 
     # models
     def upload_model(self, blob: bytes) -> ModelRecord:
         headers = {"Content-Type": "application/octet-stream"}
-        return ModelRecord.model_validate(self._json("POST", "/models", content=blob, headers=headers))
+        return record_from_rest(ModelRecord, self._json("POST", "/models", content=blob, headers=headers))
 
     def get_model(self, model_id: str) -> ModelRecord:
-        return ModelRecord.model_validate(self._json("GET", f"/models/{model_id}"))
+        return record_from_rest(ModelRecord, self._json("GET", f"/models/{model_id}"))
 
-    def list_models(self, session_id: str | None = None, limit: int = 100) -> list[ModelRecord]:
-        params: dict[str, Any] = {"limit": limit}
-        if session_id:
-            params["session_id"] = session_id
-        return [ModelRecord.model_validate(m) for m in self._json("GET", "/models", params=params)["items"]]
+    def list_models(
+        self, session_id: str | None = None, limit: int | None = 100, cursor: str | None = None
+    ) -> Page[ModelRecord]:
+        """Models, newest first (of one session if ``session_id``); ``limit=None`` lists all."""
+        pages = self.iter_pages("/models", ModelRecord, limit=limit, cursor=cursor, session_id=session_id or None)
+        return self._collect(pages)
 
     def download_model(self, model_id: str) -> bytes:
         """The model's safetensors file, checked against the sha256 of its record (ChecksumMismatch)."""
@@ -148,27 +201,37 @@ class ReducerAPI:
 
     # sessions and rounds
     def start_session(self, **params: Any) -> Session:
-        return Session.model_validate(self._json("POST", "/sessions", json=params))
+        return record_from_rest(Session, self._json("POST", "/sessions", json=params))
 
     def get_session(self, session_id: str) -> Session:
-        return Session.model_validate(self._json("GET", f"/sessions/{session_id}"))
+        return record_from_rest(Session, self._json("GET", f"/sessions/{session_id}"))
 
-    def list_sessions(self) -> list[Session]:
-        return [Session.model_validate(s) for s in self._json("GET", "/sessions")["items"]]
+    def stop_session(self, session_id: str) -> Session:
+        """Stop a pending or running session (admin); it ends ``stopped`` (see ``Session.stopped_by``)."""
+        return record_from_rest(Session, self._json("POST", f"/sessions/{session_id}/stop"))
 
-    def list_rounds(self, session_id: str) -> list[Round]:
-        return [Round.model_validate(r) for r in self._json("GET", f"/sessions/{session_id}/rounds")["items"]]
+    def list_sessions(self, *, limit: int | None = None, cursor: str | None = None) -> Page[Session]:
+        """Sessions, newest first; all of them unless ``limit``."""
+        return self._collect(self.iter_pages("/sessions", Session, limit=limit, cursor=cursor))
+
+    def list_rounds(self, session_id: str, *, limit: int | None = None, cursor: str | None = None) -> Page[Round]:
+        """Rounds of a session in index order; all of them unless ``limit``."""
+        return self._collect(self.iter_pages(f"/sessions/{session_id}/rounds", Round, limit=limit, cursor=cursor))
 
     def get_round(self, round_id: str) -> Round:
-        return Round.model_validate(self._json("GET", f"/rounds/{round_id}"))
+        return record_from_rest(Round, self._json("GET", f"/rounds/{round_id}"))
 
     # tokens (admin)
     def issue_token(self, role: str, subject: str, ttl_s: float) -> dict:
         """``{"token", "id", "subject", "role", "expires_at", ...}``: the token is shown only here."""
         return self._json("POST", "/tokens", json={"role": role, "subject": subject, "ttl_s": ttl_s})
 
-    def list_tokens(self, include_expired: bool = False) -> list[dict]:
-        return self._json("GET", "/tokens", params={"include_expired": str(include_expired).lower()})["items"]
+    def list_tokens(
+        self, include_expired: bool = False, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[TokenRecord]:
+        """Issued tokens (never the tokens themselves), newest first; all of them unless ``limit``."""
+        flag = str(include_expired).lower()
+        return self._collect(self.iter_pages("/tokens", TokenRecord, limit=limit, cursor=cursor, include_expired=flag))
 
     def revoke_token(self, token_id: str) -> dict:
         return self._json("POST", f"/tokens/{token_id}/revoke")
@@ -177,12 +240,12 @@ class ReducerAPI:
     def list_audit(
         self,
         *,
-        limit: int = 100,
+        limit: int | None = 100,
+        cursor: str | None = None,
         before: float | None = None,
         action: str | None = None,
         subject: str | None = None,
-    ) -> tuple[list[AuditEvent], float | None]:
-        """One page of audit events, newest first, and the ``before`` of the next page (None at the end)."""
-        filters = {"limit": limit, "before": before, "action": action, "subject": subject}
-        body = self._json("GET", "/audit", params={k: v for k, v in filters.items() if v is not None})
-        return [AuditEvent.model_validate(e) for e in body["items"]], body.get("next_before")
+    ) -> Page[AuditEvent]:
+        """Audit events, newest first (``before``: only older than this epoch time); ``limit=None``: all."""
+        filters = {"before": before, "action": action, "subject": subject}
+        return self._collect(self.iter_pages("/audit", AuditEvent, limit=limit, cursor=cursor, **filters))

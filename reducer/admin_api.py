@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from fedn.audit import ACTIONS, AuditLog
 from fedn.store.base import StateStore
 from reducer.edge import Line
-from reducer.requests import parse
+from reducer.paging import page_body
+from reducer.requests import Page, parse
 
 __all__ = ["MAX_AUDIT_PAGE", "AdminContext", "AuditQuery", "create_admin_api"]
 
@@ -25,14 +26,14 @@ class AdminContext(Protocol):
     audit: AuditLog
 
 
-class AuditQuery(BaseModel):
+class AuditQuery(Page):
     """``GET /api/v1/audit``'s query, checked before the store is asked."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     limit: int = Field(100, ge=1, le=MAX_AUDIT_PAGE, description="events per page, newest first")
     before: float | None = Field(
-        None, description="only events before this time (seconds since the epoch): the previous page's next_before"
+        None,
+        description="only events before this time (seconds since the epoch); paging by cursor is simpler, "
+        "this older way stays: the previous page's next_before",
     )
     action: str | None = Field(None, description="only this action, one of fedn.audit.ACTIONS")
     subject: Line(128, 1) | None = Field(None, description="only events of this subject (a token's subject)")
@@ -52,10 +53,10 @@ def create_admin_api(ctx: AdminContext) -> Blueprint:
     def list_audit():
         query = parse(AuditQuery, request.args)
         events = ctx.state.list_audit(
-            limit=query.limit, before=query.before, action=query.action, subject=query.subject
+            limit=query.limit + 1, before=query.before, action=query.action, subject=query.subject, after=query.after
         )
-        items = [e.model_dump(mode="json") for e in events]
-        next_before = events[-1].time if len(events) == query.limit else None
-        return jsonify({"items": items, "count": len(items), "next_before": next_before})
+        body = page_body(events, query.limit, ctx.state.count_audit(action=query.action, subject=query.subject))
+        body["next_before"] = events[query.limit - 1].time if body["next_cursor"] else None
+        return jsonify(body)
 
     return api

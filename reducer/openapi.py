@@ -10,16 +10,22 @@ from fedn.ids import ID_PATTERN
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 from reducer.admin_api import AuditQuery
 from reducer.edge import MAX_DEPTH, MAX_JSON_BYTES
+from reducer.openapi_lists import LIST_QUERIES, iso_timestamps, list_response, query_parameters
 from reducer.requests import (
-    MAX_OFFSET,
     AssignRequest,
     HeartbeatRequest,
+    ModelPage,
+    OffsetPage,
+    Page,
     RegisterCombinerRequest,
     SessionRequest,
+    TokenPage,
 )
+from reducer.swagger import docs_paths
 from reducer.token_api import IssueTokenRequest
 
-__all__ = ["json_operations", "openapi_document"]
+__all__ = ["LIST_QUERIES", "json_operations", "openapi_document"]  # LIST_QUERIES: see reducer.openapi_lists
+
 
 _SCHEMAS = [
     Session,
@@ -43,15 +49,6 @@ def _ref(name: str) -> dict:
 
 def _json(schema: dict, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _list_of(name: str) -> dict:
-    return _json(
-        {
-            "type": "object",
-            "properties": {"items": {"type": "array", "items": _ref(name)}, "count": {"type": "integer"}},
-        }
-    )
 
 
 def _errors(*codes: int) -> dict:
@@ -80,11 +77,6 @@ _ID = {"type": "string", "pattern": ID_PATTERN}
 def _path_param(name: str) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": _ID}
 
-
-_PAGE = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
-]
 
 _LIMITS = (
     f"Every error is JSON (the Error schema). JSON bodies are at most {MAX_JSON_BYTES} bytes (413), sent as "
@@ -116,6 +108,7 @@ def openapi_document() -> dict:
         "required": ["error", "detail"],
         "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
     }
+    iso_timestamps(schemas)
     paths = {
         "/api/v1/health": {
             "get": {
@@ -127,8 +120,8 @@ def openapi_document() -> dict:
         "/api/v1/sessions": {
             "get": {
                 "summary": "List sessions, newest first",
-                "parameters": _PAGE,
-                "responses": {"200": _list_of("Session"), **_errors(400)},
+                "parameters": query_parameters(OffsetPage),
+                "responses": {"200": list_response("Session"), **_errors(400)},
             },
             "post": {
                 "summary": "Create a training session (validated completely before it is stored)",
@@ -143,11 +136,18 @@ def openapi_document() -> dict:
                 "responses": {"200": _json(_ref("Session")), **_errors(400, 404)},
             }
         },
+        "/api/v1/sessions/{session_id}/stop": {
+            "post": {
+                "summary": "Stop a running session (its round is abandoned at every combiner) or cancel a pending one",
+                "parameters": [_path_param("session_id")],
+                "responses": {"202": _json(_ref("Session"), "stopping, or stopped"), **_errors(400, 404, 409)},
+            }
+        },
         "/api/v1/sessions/{session_id}/rounds": {
             "get": {
                 "summary": "Rounds of a session in order",
-                "parameters": [_path_param("session_id")],
-                "responses": {"200": _list_of("Round"), **_errors(400, 404)},
+                "parameters": [_path_param("session_id"), *query_parameters(Page)],
+                "responses": {"200": list_response("Round"), **_errors(400, 404)},
             }
         },
         "/api/v1/rounds/{round_id}": {
@@ -160,8 +160,8 @@ def openapi_document() -> dict:
         "/api/v1/models": {
             "get": {
                 "summary": "List models, newest first",
-                "parameters": [*_PAGE, {"name": "session_id", "in": "query", "schema": _ID}],
-                "responses": {"200": _list_of("ModelRecord"), **_errors(400)},
+                "parameters": query_parameters(ModelPage),
+                "responses": {"200": list_response("ModelRecord"), **_errors(400)},
             },
             "post": {
                 "summary": "Upload a model (a safetensors file), e.g. a seed model",
@@ -194,9 +194,9 @@ def openapi_document() -> dict:
         },
         "/api/v1/clients": {
             "get": {
-                "summary": "List clients",
-                "parameters": _PAGE,
-                "responses": {"200": _list_of("ClientRecord"), **_errors(400)},
+                "summary": "List clients, newest assigned first",
+                "parameters": query_parameters(OffsetPage),
+                "responses": {"200": list_response("ClientRecord"), **_errors(400)},
             }
         },
         "/api/v1/clients/{client_id}": {
@@ -226,7 +226,11 @@ def openapi_document() -> dict:
             }
         },
         "/api/v1/combiners": {
-            "get": {"summary": "List combiners", "responses": {"200": _list_of("CombinerRecord")}},
+            "get": {
+                "summary": "List combiners, oldest registered first",
+                "parameters": query_parameters(Page),
+                "responses": {"200": list_response("CombinerRecord"), **_errors(400)},
+            },
             "post": {
                 "summary": "Register (or re-register) a combiner",
                 "requestBody": _body("RegisterCombinerRequest"),
@@ -274,7 +278,7 @@ def openapi_document() -> dict:
             }
         },
     }
-    paths |= _token_paths() | _audit_paths()
+    paths |= _token_paths() | _audit_paths() | docs_paths() | _event_paths() | _metrics_paths()
     _secure(paths)
     return {
         "openapi": "3.1.0",
@@ -297,8 +301,8 @@ def _token_paths() -> dict:
         "/api/v1/tokens": {
             "get": {
                 "summary": "Tokens issued by this reducer (without the tokens themselves)",
-                "parameters": [{"name": "include_expired", "in": "query", "schema": {"type": "boolean"}}],
-                "responses": {"200": _list_of("TokenRecord"), **_errors(409)},
+                "parameters": query_parameters(TokenPage),
+                "responses": {"200": list_response("TokenRecord"), **_errors(400, 409)},
             },
             "post": {
                 "summary": "Issue a token for a role and subject; the token is shown once, in this answer",
@@ -327,21 +331,52 @@ def _token_paths() -> dict:
     }
 
 
-def _audit_paths() -> dict:
-    schema = AuditQuery.model_json_schema()
-    parameters = [{"name": name, "in": "query", "schema": prop} for name, prop in schema["properties"].items()]
-    page = {
-        "type": "object",
-        "properties": {
-            "items": {"type": "array", "items": _ref("AuditEvent")},
-            "count": {"type": "integer"},
-            "next_before": {"type": ["number", "null"], "description": "before= of the next page; null at the end"},
+def _event_paths() -> dict:
+    stream = {
+        "description": "server-sent events (event: hello, session, round, models, federation; data: one JSON "
+        "line, a Session or Round record for those kinds) and a keep-alive comment every 15 s",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+    summary = "Live changes for the dashboard; a viewer that stops reading is dropped"
+    page = {"text/html": {"schema": {"type": "string"}}}
+    html = {"description": "the dashboard (open: no data in it)", "content": page}
+    asset = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/v1/events": {"get": {"summary": summary, "responses": {"200": stream, **_errors(503)}}},
+        "/": {"get": {"summary": "The dashboard page (docs/dashboard.md)", "responses": {"200": html}}},
+        "/ui/{filename}": {
+            "get": {
+                "summary": "The dashboard's scripts, styles and vendored chart library",
+                "parameters": [asset],
+                "responses": {"200": {"description": "a static file"}, **_errors(404)},
+            }
         },
+    }
+
+
+def _metrics_paths() -> dict:
+    text = {
+        "description": "Prometheus text exposition format (docs/operations.md lists the metrics)",
+        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
+    }
+    summary = "Metrics for Prometheus: rounds, merges, sessions, combiners, clients, HTTP requests"
+    return {"/metrics": {"get": {"summary": summary, "responses": {"200": text}}}}
+
+
+def _audit_paths() -> dict:
+    page = list_response("AuditEvent")
+    page["content"]["application/json"]["schema"]["properties"]["next_before"] = {
+        "type": ["number", "null"],
+        "description": "before= of the next page (the older way to page); null at the end",
     }
     summary = "The audit log, newest first: who did what, from where, with which outcome (never a token)"
     return {
         "/api/v1/audit": {
-            "get": {"summary": summary, "parameters": parameters, "responses": {"200": _json(page), **_errors(400)}}
+            "get": {
+                "summary": summary,
+                "parameters": query_parameters(AuditQuery),
+                "responses": {"200": page, **_errors(400)},
+            }
         }
     }
 
@@ -354,6 +389,7 @@ def _secure(paths: dict) -> None:
             if roles == OPEN:
                 operation["security"] = []
                 continue
+            operation["security"] = [{"bearer": []}]
             names = sorted(r.value for r in roles or ())
             operation["x-fedn-roles"] = names
             operation["description"] = (

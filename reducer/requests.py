@@ -10,11 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedn.errors import validation_problem
 from fedn.records import SessionMode
+from fedn.store.base import PageKey
 from reducer.edge import INT64_MAX, INT64_MIN, Id, Line
+from reducer.paging import MAX_CURSOR_CHARS, decode_cursor
 
 __all__ = [
     "MAX_CLIENTS_PER_HEARTBEAT",
@@ -22,9 +35,12 @@ __all__ = [
     "MAX_OFFSET",
     "AssignRequest",
     "HeartbeatRequest",
+    "ModelPage",
+    "OffsetPage",
     "Page",
     "RegisterCombinerRequest",
     "SessionRequest",
+    "TokenPage",
     "parse",
 ]
 
@@ -52,7 +68,7 @@ class _Request(BaseModel):
 
 
 class SessionRequest(_Request):
-    rounds: int = Field(ge=1, le=100_000, description="number of rounds (async: of global model versions)")
+    rounds: int = Field(ge=1, le=100_000, description="number of rounds (async: of global model versions; evaluate: 1)")
     aggregator: Line(256, 1) = Field("fedavg", description="rule at each combiner: fedavg, median, trimmed_mean, krum")
     aggregator_config: Config = Field(
         default_factory=dict, description='the aggregator\'s parameters, e.g. {"beta": 0.2}'
@@ -66,9 +82,22 @@ class SessionRequest(_Request):
     fraction: float = Field(1.0, gt=0, le=1, description="share of connected clients asked to train each round")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="makes client sampling reproducible")
     config: Config = Field(default_factory=dict, description="sent to every client's train()")
-    model_id: Id | None = Field(None, description="seed model; default: the newest model")
+    model_id: Id | None = Field(
+        None,
+        description="seed model (evaluate: the model to evaluate); default: the newest model, uploaded or "
+        "made by a round (so, after a session, its final model)",
+    )
     mode: SessionMode = Field(
-        SessionMode.SYNC, description="sync: rounds; async: FedBuff, clients train continuously (docs/strategies.md)"
+        SessionMode.SYNC,
+        description="sync: rounds; async: FedBuff, clients train continuously (docs/strategies.md); "
+        "evaluate: the selected clients evaluate model_id once, nothing trains",
+    )
+    evaluate_every: int = Field(
+        1,
+        ge=0,
+        le=100_000,
+        description="the selected clients evaluate the new global model every this many rounds, and after "
+        "the last (0: never); async sessions evaluate their final model",
     )
     buffer_size: int = Field(10, ge=1, le=100_000, description="async: updates a combiner folds into one partial (K)")
     staleness_exponent: float = Field(
@@ -115,9 +144,44 @@ class AssignRequest(_Request):
 
 
 class Page(_Request):
-    limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    session_id: Id | None = None
+    """The query of every list route: a page of ``limit`` items after ``cursor`` (keyset paging)."""
+
+    limit: int = Field(100, ge=1, le=1000, description="items per page")
+    cursor: str | None = Field(
+        None, max_length=MAX_CURSOR_CHARS, description="next_cursor of the previous page; absent for the first page"
+    )
+
+    @field_validator("cursor")
+    @classmethod
+    def _known_cursor(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_cursor(value)
+        return value
+
+    @property
+    def after(self) -> PageKey | None:
+        """Where the store starts this page (None: at the first item)."""
+        return None if self.cursor is None else decode_cursor(self.cursor)
+
+
+class OffsetPage(Page):
+    """A list that also takes the older ``offset`` (items skipped; it shifts as items are added)."""
+
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="items to skip (prefer cursor; not with it)")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> OffsetPage:
+        if self.cursor is not None and self.offset:
+            raise ValueError("give cursor or offset, not both")
+        return self
+
+
+class ModelPage(OffsetPage):
+    session_id: Id | None = Field(None, description="only models of this session")
+
+
+class TokenPage(Page):
+    include_expired: bool = Field(False, description="list expired tokens too")
 
 
 def parse(cls: type[M], data: Mapping) -> M:

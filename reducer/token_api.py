@@ -12,9 +12,11 @@ from fedn.audit import AuditLog
 from fedn.auth.tokens import MAX_TTL_S, Role
 from fedn.errors import FailedPrecondition, NotFound
 from fedn.records import TokenRecord
+from fedn.rest_records import record_to_rest
 from reducer.auth import ReducerAuth, caller
 from reducer.edge import Id
-from reducer.requests import parse
+from reducer.paging import page_body
+from reducer.requests import TokenPage, parse
 
 __all__ = ["IssueTokenRequest", "create_token_api"]
 
@@ -64,14 +66,18 @@ def create_token_api(
             target=f"token {record.id} ({record.role} {record.subject})",
             outcome="ok",
         )
-        return jsonify({"token": issued.token, **record.model_dump(mode="json")}), 201
+        return jsonify({"token": issued.token, **record_to_rest(record)}), 201
 
     @api.get("/tokens")
     def list_tokens():
         keys = need_auth()
-        include_expired = request.args.get("include_expired", "false").lower() in ("1", "true", "yes")
-        items = [t.model_dump(mode="json") for t in keys.state.list_tokens(include_expired=include_expired, now=wall())]
-        return jsonify({"items": items, "count": len(items)})
+        page = parse(TokenPage, request.args)
+        now = wall()
+        records = keys.state.list_tokens(
+            include_expired=page.include_expired, now=now, limit=page.limit + 1, after=page.after
+        )
+        total = keys.state.count_tokens(include_expired=page.include_expired, now=now)
+        return jsonify(page_body(records, page.limit, total))
 
     @api.post("/tokens/<token_id>/revoke")
     def revoke_token(token_id: str):
@@ -97,6 +103,6 @@ def create_token_api(
             target=f"token {token_id}",
             outcome="ok",
         )
-        return jsonify(record.model_dump(mode="json"))
+        return jsonify(record_to_rest(record))
 
     return api

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 
 from fedn.cli.connect import add_reducer_arguments, reducer_api
-from fedn.errors import InvalidArgument
+from fedn.cli.listing import add_list_arguments, list_limit, print_json, report_truncation
 from fedn.ids import printable
 from fedn.records import AuditEvent
 
 __all__ = ["register"]
 
-_PAGE = 1000  # the most the reducer returns per request
 _COLUMNS = ("time", "subject", "role", "peer", "action", "target", "outcome", "detail")
 _EPILOG = """\
 examples (with FEDN_TOKEN_FILE pointing at an admin token):
   fedn audit list --action auth.denied --limit 50
-  fedn audit list --subject hospital-3 --json | jq .target
+  fedn audit list --subject hospital-3 --all --json | jq '.items[].target'
 """
 
 
@@ -37,31 +35,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_reducer_arguments(lst)
-    lst.add_argument("--limit", type=int, default=100, help="how many events, at most [default 100]")
+    add_list_arguments(lst, "events")
     lst.add_argument("--action", default=None, help="only this action, e.g. auth.denied or token.issue")
     lst.add_argument("--subject", default=None, help="only events of this subject")
-    lst.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     lst.set_defaults(func=_list)
 
 
 def _list(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise InvalidArgument(f"--limit must be at least 1, not {args.limit}")
-    events: list[AuditEvent] = []
-    before: float | None = None
-    with reducer_api(args) as api:
-        while len(events) < args.limit:
-            page, before = api.list_audit(
-                limit=min(_PAGE, args.limit - len(events)), before=before, action=args.action, subject=args.subject
-            )
-            events.extend(page)
-            if before is None or not page:
-                break
+    limit = list_limit(args)
+    with reducer_api(args) as api:  # follows the reducer's page cursors up to the limit
+        events = api.list_audit(limit=limit, action=args.action, subject=args.subject)
     if args.json:
-        for event in events:
-            print(json.dumps(event.model_dump(mode="json")))
-    else:
-        _print_table(events)
+        print_json(events)
+        return 0
+    _print_table(events)
+    report_truncation(events, "events")
     return 0
 
 

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from fedn.cli.connect import add_reducer_arguments, reducer_api
+from fedn.cli.listing import add_list_arguments, list_limit, print_json, report_truncation
 from fedn.codec import encode_model
 from fedn.errors import InvalidArgument
-from fedn.loading import load_object
+from fedn.loading import construct, load_object
 
 __all__ = ["parse_client_args", "register"]
 
@@ -21,7 +22,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     lst = sub.add_parser("list", help="list models, newest first")
     add_reducer_arguments(lst)
     lst.add_argument("--session", default=None, help="only models of this session")
+    add_list_arguments(lst, "models")
     lst.set_defaults(func=_list)
+
+    show = sub.add_parser("show", help="show one model's record (id, session, round, size, sha256)")
+    show.add_argument("model_id")
+    show.add_argument("--json", action="store_true", help="one JSON document instead of name: value lines")
+    add_reducer_arguments(show)
+    show.set_defaults(func=_show)
 
     dl = sub.add_parser("download", help="download a model as a safetensors file")
     dl.add_argument("model_id")
@@ -59,26 +67,56 @@ def parse_client_args(pairs: list[str]) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
+    limit = list_limit(args)
     with reducer_api(args) as api:
-        for m in api.list_models(session_id=args.session):
-            print(f"{m.id}  {m.num_parameters:>10} params  {m.size_bytes:>10} bytes  session={m.session_id or '-'}")
+        page = api.list_models(session_id=args.session, limit=limit)
+    if args.json:
+        print_json(page)
+        return 0
+    for m in page:
+        print(f"{m.id}  {m.num_parameters:>10} params  {m.size_bytes:>10} bytes  session={m.session_id or '-'}")
+    report_truncation(page, "models")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with reducer_api(args) as api:
+        record = api.get_model(args.model_id)
+    document = record.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    document["tensors"] = len(document["tensors"])  # the manifest is in --json; a count reads better here
+    for name, value in document.items():
+        print(f"{name + ':':<16} {'-' if value is None else value}")
     return 0
 
 
 def _download(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{args.model_id}.safetensors")
     with reducer_api(args) as api:
-        out.write_bytes(api.download_model(args.model_id))
+        blob = api.download_model(args.model_id)
+    try:
+        out.write_bytes(blob)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {out}: {exc.strerror or exc}; choose another file with -o") from None
     print(f"wrote {out}")
     return 0
 
 
 def _upload(args: argparse.Namespace) -> int:
     if args.file:
-        blob = Path(args.file).read_bytes()
+        try:
+            blob = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read --file {args.file}: {exc.strerror or exc}") from None
     else:
         cls = load_object(args.client)
-        blob = encode_model(cls(**parse_client_args(args.client_arg)).initial_parameters())
+        user_client = construct(cls, args.client, parse_client_args(args.client_arg))
+        try:
+            blob = encode_model(user_client.initial_parameters())
+        except Exception as exc:
+            raise InvalidArgument(f"{args.client}.initial_parameters() failed: {type(exc).__name__}: {exc}") from None
     with reducer_api(args) as api:
         record = api.upload_model(blob)
     print(f"uploaded model {record.id} ({record.num_parameters} parameters)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from fedn.auth.tokens import DEFAULT_TTL_S, Role, parse_ttl
 from fedn.cli.connect import add_reducer_arguments, reducer_api
+from fedn.cli.listing import add_list_arguments, list_limit, print_json, report_truncation
 
 __all__ = ["register"]
 
@@ -55,8 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     create.set_defaults(func=_create)
 
     lst = sub.add_parser("list", help="tokens the reducer issued (never the tokens themselves)")
-    lst.add_argument("--all", action="store_true", help="include expired tokens")
-    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.add_argument("--include-expired", action="store_true", help="list expired tokens too")
+    add_list_arguments(lst, "tokens")
     add_reducer_arguments(lst)
     lst.set_defaults(func=_list)
 
@@ -103,17 +103,19 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    limit = list_limit(args)
     with reducer_api(args) as api:
-        tokens = api.list_tokens(include_expired=args.all)
+        tokens = api.list_tokens(include_expired=args.include_expired, limit=limit)
     if args.json:
-        print(json.dumps(tokens, indent=2))
+        print_json(tokens)
         return 0
     print(f"{'ID':24} {'ROLE':9} {'SUBJECT':24} {'EXPIRES (UTC)':17} STATE")
     now = time.time()
     for t in tokens:
-        state = "revoked" if t.get("revoked_at") else ("expired" if t["expires_at"] < now else "valid")
-        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["expires_at"]))
-        print(f"{t['id']:24} {t['role'] or '-':9} {t['subject'] or '-':24} {when:17} {state}")
+        state = "revoked" if t.revoked_at is not None else ("expired" if t.expires_at < now else "valid")
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_at))
+        print(f"{t.id:24} {t.role or '-':9} {t.subject or '-':24} {when:17} {state}")
+    report_truncation(tokens, "tokens")
     return 0
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 
-__all__ = ["ModelStore", "StateStore", "StoredObject"]
+__all__ = ["ModelStore", "PageKey", "StateStore", "StoredObject", "page_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +21,44 @@ class StoredObject:
     modified_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """Where a keyset page ended: the last record's sort value and id (see :func:`page_key`).
+
+    A list given ``after=key`` starts with the record that follows ``key`` in the list's order, so
+    records added while a caller pages are neither skipped nor repeated (an offset would shift)."""
+
+    sort: float
+    id: str
+
+
+# The order every backend lists each kind in, ties broken by id in the same direction.
+_SORT_FIELDS: dict[type, str] = {
+    Session: "created_at",  # newest first
+    Round: "index",  # in index order
+    ModelRecord: "created_at",  # newest first
+    ClientRecord: "assigned_at",  # newest first
+    CombinerRecord: "registered_at",  # oldest first
+    AuditEvent: "time",  # newest first
+    TokenRecord: "issued_at",  # newest first
+}
+
+
+Listed = Session | Round | ModelRecord | ClientRecord | CombinerRecord | AuditEvent | TokenRecord
+
+
+def page_key(record: Listed) -> PageKey:
+    """The key of ``record`` in its kind's list order: ``after=`` of the next page."""
+    return PageKey(getattr(record, _SORT_FIELDS[type(record)]), record.id)
+
+
 class StateStore(ABC):
     """Sessions, rounds, models, clients, combiners, audit events and issued tokens.
 
     ``put_*`` inserts or replaces by id (safe to retry). ``get_*`` raises
-    NotFound. ``list_*`` returns newest first unless stated otherwise.
+    NotFound. ``list_*`` returns newest first unless stated otherwise; ``after`` (a :class:`PageKey`)
+    starts a list after that record (keyset paging), ``limit=None`` lists all. ``count_*`` counts
+    what the matching ``list_*`` would list with no limit and no ``after``.
     """
 
     @abstractmethod
@@ -33,36 +66,53 @@ class StateStore(ABC):
     @abstractmethod
     def get_session(self, session_id: str) -> Session: ...
     @abstractmethod
-    def list_sessions(self, *, limit: int = 100, offset: int = 0) -> list[Session]: ...
+    def list_sessions(self, *, limit: int = 100, offset: int = 0, after: PageKey | None = None) -> list[Session]: ...
+    @abstractmethod
+    def count_sessions(self) -> int: ...
 
     @abstractmethod
     def put_round(self, round_: Round) -> None: ...
     @abstractmethod
     def get_round(self, round_id: str) -> Round: ...
     @abstractmethod
-    def list_rounds(self, session_id: str) -> list[Round]:
-        """Rounds of one session in index order."""
+    def list_rounds(self, session_id: str, *, limit: int | None = None, after: PageKey | None = None) -> list[Round]:
+        """Rounds of one session in index order (all of them unless ``limit``)."""
+
+    @abstractmethod
+    def count_rounds(self, session_id: str) -> int: ...
 
     @abstractmethod
     def put_model(self, model: ModelRecord) -> None: ...
     @abstractmethod
     def get_model(self, model_id: str) -> ModelRecord: ...
     @abstractmethod
-    def list_models(self, *, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelRecord]: ...
+    def list_models(
+        self, *, session_id: str | None = None, limit: int = 100, offset: int = 0, after: PageKey | None = None
+    ) -> list[ModelRecord]: ...
+    @abstractmethod
+    def count_models(self, *, session_id: str | None = None) -> int: ...
 
     @abstractmethod
     def put_client(self, client: ClientRecord) -> None: ...
     @abstractmethod
     def get_client(self, client_id: str) -> ClientRecord: ...
     @abstractmethod
-    def list_clients(self, *, limit: int = 1000, offset: int = 0) -> list[ClientRecord]: ...
+    def list_clients(
+        self, *, limit: int = 1000, offset: int = 0, after: PageKey | None = None
+    ) -> list[ClientRecord]: ...
+    @abstractmethod
+    def count_clients(self) -> int: ...
 
     @abstractmethod
     def put_combiner(self, combiner: CombinerRecord) -> None: ...
     @abstractmethod
     def get_combiner(self, combiner_id: str) -> CombinerRecord: ...
     @abstractmethod
-    def list_combiners(self) -> list[CombinerRecord]: ...
+    def list_combiners(self, *, limit: int | None = None, after: PageKey | None = None) -> list[CombinerRecord]:
+        """Oldest registered first (all of them unless ``limit``)."""
+
+    @abstractmethod
+    def count_combiners(self) -> int: ...
 
     # The audit log: appended by fedn.audit.AuditLog, read by admins, pruned by age.
     @abstractmethod
@@ -77,9 +127,13 @@ class StateStore(ABC):
         before: float | None = None,
         action: str | None = None,
         subject: str | None = None,
+        after: PageKey | None = None,
     ) -> list[AuditEvent]:
         """Newest first (ties by id); ``before`` is an exclusive time cursor: the next page starts
         before the last event's ``time``."""
+
+    @abstractmethod
+    def count_audit(self, *, action: str | None = None, subject: str | None = None) -> int: ...
 
     @abstractmethod
     def prune_audit(self, older_than: float) -> int:
@@ -91,8 +145,13 @@ class StateStore(ABC):
     @abstractmethod
     def get_token(self, token_id: str) -> TokenRecord: ...
     @abstractmethod
-    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+    def list_tokens(
+        self, *, include_expired: bool = False, now: float, limit: int | None = None, after: PageKey | None = None
+    ) -> list[TokenRecord]:
         """Newest issued first; without ``include_expired`` only tokens with ``expires_at > now``."""
+
+    @abstractmethod
+    def count_tokens(self, *, include_expired: bool = False, now: float) -> int: ...
 
     @abstractmethod
     def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:

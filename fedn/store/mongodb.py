@@ -13,7 +13,7 @@ from pymongo.write_concern import WriteConcern
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
-from fedn.store.base import StateStore
+from fedn.store.base import PageKey, StateStore
 from fedn.store.redact import redact_url
 from fedn.store.validation import RecordReader, check_page, check_time, clip
 
@@ -40,6 +40,16 @@ _INDEXES = {
     "audit": [[("time", pymongo.DESCENDING)], [("action", 1), ("time", -1)], [("subject", 1), ("time", -1)]],
     "tokens": [[("issued_at", pymongo.DESCENDING)], [("revoked_at", 1), ("expires_at", 1)]],
 }
+
+
+def _after(query: dict, field: str, after: PageKey | None, direction: int) -> dict:
+    """``query`` narrowed to the records after ``after`` in ``(field, _id)`` order (keyset paging)."""
+    if after is None:
+        return query
+    check_time(after.sort, "cursor")
+    op = "$lt" if direction == pymongo.DESCENDING else "$gt"
+    keyset = {"$or": [{field: {op: after.sort}}, {field: after.sort, "_id": {op: after.id}}]}
+    return {"$and": [query, keyset]} if query else keyset
 
 
 class MongoStateStore(StateStore):
@@ -116,11 +126,13 @@ class MongoStateStore(StateStore):
         sort: list,
         limit: int | None = None,
         offset: int = 0,
+        after: PageKey | None = None,
     ) -> list[T]:
         """``limit=None`` lists all; 0 lists nothing, as in SQL (MongoDB's own limit(0) means all)."""
         check_page(0 if limit is None else limit, offset)
         if limit == 0:
             return []
+        query = _after(query, sort[0][0], after, sort[0][1])
         try:
             cursor = self._db[collection].find(query).sort([*sort, ("_id", sort[0][1])]).skip(offset).limit(limit or 0)
             docs = list(cursor)
@@ -128,14 +140,24 @@ class MongoStateStore(StateStore):
             raise StoreError(f"MongoDB read from {collection} failed: {_first_line(exc)}") from exc
         return self._reader.many(cls, what, ((doc.pop("_id", None), doc) for doc in docs))
 
+    def _count(self, collection: str, query: dict) -> int:
+        try:
+            return self._db[collection].count_documents(query)
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB count of {collection} failed: {_first_line(exc)}") from exc
+
     def put_session(self, session: Session) -> None:
         self._put("sessions", session)
 
     def get_session(self, session_id: str) -> Session:
         return self._get("sessions", session_id, Session, "session")
 
-    def list_sessions(self, *, limit: int = 100, offset: int = 0) -> list[Session]:
-        return self._list("sessions", Session, "session", {}, [("created_at", pymongo.DESCENDING)], limit, offset)
+    def list_sessions(self, *, limit: int = 100, offset: int = 0, after: PageKey | None = None) -> list[Session]:
+        sort = [("created_at", pymongo.DESCENDING)]
+        return self._list("sessions", Session, "session", {}, sort, limit, offset, after)
+
+    def count_sessions(self) -> int:
+        return self._count("sessions", {})
 
     def put_round(self, round_: Round) -> None:
         self._put("rounds", round_)
@@ -143,8 +165,12 @@ class MongoStateStore(StateStore):
     def get_round(self, round_id: str) -> Round:
         return self._get("rounds", round_id, Round, "round")
 
-    def list_rounds(self, session_id: str) -> list[Round]:
-        return self._list("rounds", Round, "round", {"session_id": session_id}, [("index", pymongo.ASCENDING)])
+    def list_rounds(self, session_id: str, *, limit: int | None = None, after: PageKey | None = None) -> list[Round]:
+        sort = [("index", pymongo.ASCENDING)]
+        return self._list("rounds", Round, "round", {"session_id": session_id}, sort, limit, after=after)
+
+    def count_rounds(self, session_id: str) -> int:
+        return self._count("rounds", {"session_id": session_id})
 
     def put_model(self, model: ModelRecord) -> None:
         self._put("models", model)
@@ -152,9 +178,15 @@ class MongoStateStore(StateStore):
     def get_model(self, model_id: str) -> ModelRecord:
         return self._get("models", model_id, ModelRecord, "model")
 
-    def list_models(self, *, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelRecord]:
+    def list_models(
+        self, *, session_id: str | None = None, limit: int = 100, offset: int = 0, after: PageKey | None = None
+    ) -> list[ModelRecord]:
         query = {} if session_id is None else {"session_id": session_id}
-        return self._list("models", ModelRecord, "model", query, [("created_at", pymongo.DESCENDING)], limit, offset)
+        sort = [("created_at", pymongo.DESCENDING)]
+        return self._list("models", ModelRecord, "model", query, sort, limit, offset, after)
+
+    def count_models(self, *, session_id: str | None = None) -> int:
+        return self._count("models", {} if session_id is None else {"session_id": session_id})
 
     def put_client(self, client: ClientRecord) -> None:
         self._put("clients", client)
@@ -162,8 +194,12 @@ class MongoStateStore(StateStore):
     def get_client(self, client_id: str) -> ClientRecord:
         return self._get("clients", client_id, ClientRecord, "client")
 
-    def list_clients(self, *, limit: int = 1000, offset: int = 0) -> list[ClientRecord]:
-        return self._list("clients", ClientRecord, "client", {}, [("assigned_at", pymongo.DESCENDING)], limit, offset)
+    def list_clients(self, *, limit: int = 1000, offset: int = 0, after: PageKey | None = None) -> list[ClientRecord]:
+        sort = [("assigned_at", pymongo.DESCENDING)]
+        return self._list("clients", ClientRecord, "client", {}, sort, limit, offset, after)
+
+    def count_clients(self) -> int:
+        return self._count("clients", {})
 
     def put_combiner(self, combiner: CombinerRecord) -> None:
         self._put("combiners", combiner)
@@ -171,8 +207,12 @@ class MongoStateStore(StateStore):
     def get_combiner(self, combiner_id: str) -> CombinerRecord:
         return self._get("combiners", combiner_id, CombinerRecord, "combiner")
 
-    def list_combiners(self) -> list[CombinerRecord]:
-        return self._list("combiners", CombinerRecord, "combiner", {}, [("registered_at", pymongo.ASCENDING)])
+    def list_combiners(self, *, limit: int | None = None, after: PageKey | None = None) -> list[CombinerRecord]:
+        sort = [("registered_at", pymongo.ASCENDING)]
+        return self._list("combiners", CombinerRecord, "combiner", {}, sort, limit, after=after)
+
+    def count_combiners(self) -> int:
+        return self._count("combiners", {})
 
     def append_audit(self, event: AuditEvent) -> None:
         self._put("audit", event)
@@ -184,11 +224,16 @@ class MongoStateStore(StateStore):
         before: float | None = None,
         action: str | None = None,
         subject: str | None = None,
+        after: PageKey | None = None,
     ) -> list[AuditEvent]:
         check_time(before, "before")
         query: dict = {} if before is None else {"time": {"$lt": before}}
         query.update({k: v for k, v in (("action", action), ("subject", subject)) if v is not None})
-        return self._list("audit", AuditEvent, "audit event", query, [("time", pymongo.DESCENDING)], limit)
+        sort = [("time", pymongo.DESCENDING)]
+        return self._list("audit", AuditEvent, "audit event", query, sort, limit, after=after)
+
+    def count_audit(self, *, action: str | None = None, subject: str | None = None) -> int:
+        return self._count("audit", {k: v for k, v in (("action", action), ("subject", subject)) if v is not None})
 
     def prune_audit(self, older_than: float) -> int:
         check_time(older_than, "older_than")
@@ -203,10 +248,17 @@ class MongoStateStore(StateStore):
     def get_token(self, token_id: str) -> TokenRecord:
         return self._get("tokens", token_id, TokenRecord, "token")
 
-    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+    def list_tokens(
+        self, *, include_expired: bool = False, now: float, limit: int | None = None, after: PageKey | None = None
+    ) -> list[TokenRecord]:
         check_time(now, "now")
         query = {} if include_expired else {"expires_at": {"$gt": now}}
-        return self._list("tokens", TokenRecord, "token", query, [("issued_at", pymongo.DESCENDING)])
+        sort = [("issued_at", pymongo.DESCENDING)]
+        return self._list("tokens", TokenRecord, "token", query, sort, limit, after=after)
+
+    def count_tokens(self, *, include_expired: bool = False, now: float) -> int:
+        check_time(now, "now")
+        return self._count("tokens", {} if include_expired else {"expires_at": {"$gt": now}})
 
     def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:
         check_time(at, "at")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from fedn.errors import InvalidArgument, NotFound, StoreError
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
-from fedn.store.base import StateStore
+from fedn.store.base import PageKey, StateStore
 from fedn.store.validation import RecordReader, check_page, check_time, clip
 
 __all__ = ["SYNCHRONOUS_LEVELS", "SQLiteStateStore"]
@@ -35,6 +35,19 @@ _DDL = (
     "CREATE INDEX IF NOT EXISTS tokens_expires ON tokens(expires_at)",
     "CREATE INDEX IF NOT EXISTS tokens_revoked ON tokens(revoked, expires_at)",
 )
+
+
+def _after(column: str, after: PageKey | None, newest_first: bool) -> tuple[list[str], list]:
+    """The keyset condition of a page that starts after ``after`` in ``(column, id)`` order."""
+    if after is None:
+        return [], []
+    check_time(after.sort, "cursor")
+    op = "<" if newest_first else ">"
+    return [f"({column} {op} ? OR ({column} = ? AND id {op} ?))"], [after.sort, after.sort, after.id]
+
+
+def _where(clauses: list[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)} " if clauses else ""
 
 
 class SQLiteStateStore(StateStore):
@@ -115,20 +128,22 @@ class SQLiteStateStore(StateStore):
         newest_first: bool = True,
         limit: int | None = None,
         offset: int = 0,
+        after: PageKey | None = None,
     ) -> list[T]:
         """``limit=None`` lists all."""
         check_page(0 if limit is None else limit, offset)
         order = "DESC" if newest_first else "ASC"
-        where, args = ("WHERE parent = ?", [parent]) if parent is not None else ("", [])
-        try:
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT id, doc FROM {table} {where} ORDER BY sort {order}, id {order} LIMIT ? OFFSET ?",
-                    [*args, -1 if limit is None else limit, offset],
-                ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite read from {table} failed: {exc}") from exc
+        clauses, args = (["parent = ?"], [parent]) if parent is not None else ([], [])
+        keyset, keyset_args = _after("sort", after, newest_first)
+        rows = self._rows(
+            table,
+            f"SELECT id, doc FROM {table} {_where(clauses + keyset)}ORDER BY sort {order}, id {order} LIMIT ? OFFSET ?",
+            [*args, *keyset_args, -1 if limit is None else limit, offset],
+        )
         return self._reader.many(cls, what, rows)
+
+    def _count(self, table: str, clauses: list[str], args: list) -> int:
+        return self._rows(table, f"SELECT COUNT(*) FROM {table} {_where(clauses)}", args)[0][0]
 
     def put_session(self, session: Session) -> None:
         self._put("sessions", session, None, session.created_at)
@@ -136,8 +151,11 @@ class SQLiteStateStore(StateStore):
     def get_session(self, session_id: str) -> Session:
         return self._get("sessions", session_id, Session, "session")
 
-    def list_sessions(self, *, limit: int = 100, offset: int = 0) -> list[Session]:
-        return self._list("sessions", Session, "session", limit=limit, offset=offset)
+    def list_sessions(self, *, limit: int = 100, offset: int = 0, after: PageKey | None = None) -> list[Session]:
+        return self._list("sessions", Session, "session", limit=limit, offset=offset, after=after)
+
+    def count_sessions(self) -> int:
+        return self._count("sessions", [], [])
 
     def put_round(self, round_: Round) -> None:
         self._put("rounds", round_, round_.session_id, float(round_.index))
@@ -145,8 +163,11 @@ class SQLiteStateStore(StateStore):
     def get_round(self, round_id: str) -> Round:
         return self._get("rounds", round_id, Round, "round")
 
-    def list_rounds(self, session_id: str) -> list[Round]:
-        return self._list("rounds", Round, "round", parent=session_id, newest_first=False)
+    def list_rounds(self, session_id: str, *, limit: int | None = None, after: PageKey | None = None) -> list[Round]:
+        return self._list("rounds", Round, "round", parent=session_id, newest_first=False, limit=limit, after=after)
+
+    def count_rounds(self, session_id: str) -> int:
+        return self._count("rounds", ["parent = ?"], [session_id])
 
     def put_model(self, model: ModelRecord) -> None:
         self._put("models", model, model.session_id, model.created_at)
@@ -154,8 +175,13 @@ class SQLiteStateStore(StateStore):
     def get_model(self, model_id: str) -> ModelRecord:
         return self._get("models", model_id, ModelRecord, "model")
 
-    def list_models(self, *, session_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ModelRecord]:
-        return self._list("models", ModelRecord, "model", parent=session_id, limit=limit, offset=offset)
+    def list_models(
+        self, *, session_id: str | None = None, limit: int = 100, offset: int = 0, after: PageKey | None = None
+    ) -> list[ModelRecord]:
+        return self._list("models", ModelRecord, "model", parent=session_id, limit=limit, offset=offset, after=after)
+
+    def count_models(self, *, session_id: str | None = None) -> int:
+        return self._count("models", *((["parent = ?"], [session_id]) if session_id is not None else ([], [])))
 
     def put_client(self, client: ClientRecord) -> None:
         self._put("clients", client, client.combiner_id, client.assigned_at)
@@ -163,8 +189,11 @@ class SQLiteStateStore(StateStore):
     def get_client(self, client_id: str) -> ClientRecord:
         return self._get("clients", client_id, ClientRecord, "client")
 
-    def list_clients(self, *, limit: int = 1000, offset: int = 0) -> list[ClientRecord]:
-        return self._list("clients", ClientRecord, "client", limit=limit, offset=offset)
+    def list_clients(self, *, limit: int = 1000, offset: int = 0, after: PageKey | None = None) -> list[ClientRecord]:
+        return self._list("clients", ClientRecord, "client", limit=limit, offset=offset, after=after)
+
+    def count_clients(self) -> int:
+        return self._count("clients", [], [])
 
     def put_combiner(self, combiner: CombinerRecord) -> None:
         self._put("combiners", combiner, None, combiner.registered_at)
@@ -172,8 +201,11 @@ class SQLiteStateStore(StateStore):
     def get_combiner(self, combiner_id: str) -> CombinerRecord:
         return self._get("combiners", combiner_id, CombinerRecord, "combiner")
 
-    def list_combiners(self) -> list[CombinerRecord]:
-        return self._list("combiners", CombinerRecord, "combiner", newest_first=False)
+    def list_combiners(self, *, limit: int | None = None, after: PageKey | None = None) -> list[CombinerRecord]:
+        return self._list("combiners", CombinerRecord, "combiner", newest_first=False, limit=limit, after=after)
+
+    def count_combiners(self) -> int:
+        return self._count("combiners", [], [])
 
     def _write(self, table: str, sql: str, args: tuple) -> int:
         """Run one write and commit it (durable per ``synchronous``); the rows it changed."""
@@ -204,15 +236,23 @@ class SQLiteStateStore(StateStore):
         before: float | None = None,
         action: str | None = None,
         subject: str | None = None,
+        after: PageKey | None = None,
     ) -> list[AuditEvent]:
         check_page(limit, 0)
         check_time(before, "before")
-        filters = {"time < ?": before, "action = ?": action, "subject = ?": subject}
-        where = [clause for clause, value in filters.items() if value is not None]
-        args = [value for value in filters.values() if value is not None]
-        sql = "SELECT id, doc FROM audit " + (f"WHERE {' AND '.join(where)} " if where else "")
-        rows = self._rows("audit", sql + "ORDER BY time DESC, id DESC LIMIT ?", [*args, limit])
+        where, args = self._audit_filters(before, action, subject)
+        keyset, keyset_args = _after("time", after, newest_first=True)
+        sql = f"SELECT id, doc FROM audit {_where(where + keyset)}ORDER BY time DESC, id DESC LIMIT ?"
+        rows = self._rows("audit", sql, [*args, *keyset_args, limit])
         return self._reader.many(AuditEvent, "audit event", rows)
+
+    @staticmethod
+    def _audit_filters(before: float | None, action: str | None, subject: str | None) -> tuple[list[str], list]:
+        filters = {"time < ?": before, "action = ?": action, "subject = ?": subject}
+        return [c for c, v in filters.items() if v is not None], [v for v in filters.values() if v is not None]
+
+    def count_audit(self, *, action: str | None = None, subject: str | None = None) -> int:
+        return self._count("audit", *self._audit_filters(None, action, subject))
 
     def prune_audit(self, older_than: float) -> int:
         check_time(older_than, "older_than")
@@ -227,11 +267,20 @@ class SQLiteStateStore(StateStore):
     def get_token(self, token_id: str) -> TokenRecord:
         return self._get("tokens", token_id, TokenRecord, "token")
 
-    def list_tokens(self, *, include_expired: bool = False, now: float) -> list[TokenRecord]:
+    def list_tokens(
+        self, *, include_expired: bool = False, now: float, limit: int | None = None, after: PageKey | None = None
+    ) -> list[TokenRecord]:
         check_time(now, "now")
-        where, args = ("", []) if include_expired else ("WHERE expires_at > ? ", [now])
-        rows = self._rows("tokens", f"SELECT id, doc FROM tokens {where}ORDER BY issued_at DESC, id DESC", args)
+        check_page(0 if limit is None else limit, 0)
+        where, args = ([], []) if include_expired else (["expires_at > ?"], [now])
+        keyset, keyset_args = _after("issued_at", after, newest_first=True)
+        sql = f"SELECT id, doc FROM tokens {_where(where + keyset)}ORDER BY issued_at DESC, id DESC LIMIT ?"
+        rows = self._rows("tokens", sql, [*args, *keyset_args, -1 if limit is None else limit])
         return self._reader.many(TokenRecord, "token", rows)
+
+    def count_tokens(self, *, include_expired: bool = False, now: float) -> int:
+        check_time(now, "now")
+        return self._count("tokens", *(([], []) if include_expired else (["expires_at > ?"], [now])))
 
     def revoke_token(self, token_id: str, *, by: str, at: float) -> TokenRecord:
         check_time(at, "at")

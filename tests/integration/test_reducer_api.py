@@ -97,7 +97,8 @@ def test_sessions_and_rounds(http):
     assert session["seed_model_id"] == seed["id"] and session["status"] == "pending"
     assert http.get(f"/api/v1/sessions/{session['id']}").get_json()["config"] == {"epochs": 1, "lr": 0.1}
     assert http.get("/api/v1/sessions").get_json()["count"] == 1
-    assert http.get(f"/api/v1/sessions/{session['id']}/rounds").get_json() == {"items": [], "count": 0}
+    empty = {"items": [], "count": 0, "total": 0, "next_cursor": None}
+    assert http.get(f"/api/v1/sessions/{session['id']}/rounds").get_json() == empty
     _error(http.get("/api/v1/sessions/nope"), 404)
     _error(http.get("/api/v1/sessions/nope/rounds"), 404)
     _error(http.get("/api/v1/rounds/nope"), 404)

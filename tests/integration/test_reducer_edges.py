@@ -64,7 +64,8 @@ def test_non_finite_numbers_are_refused_naming_the_field_and_nothing_is_stored(s
     assert body["detail"].startswith("config.lr: "), body
     assert "not allowed" in body["detail"] or "finite" in body["detail"], body
     listed = seeded.get("/api/v1/sessions")
-    assert listed.status_code == 200 and listed.get_json() == {"items": [], "count": 0}
+    empty = {"items": [], "count": 0, "total": 0, "next_cursor": None}
+    assert listed.status_code == 200 and listed.get_json() == empty
 
 
 def test_non_finite_numbers_in_lists_and_top_level_fields_name_their_place(seeded):
