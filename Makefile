@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[server,torch,examples,plot,dev]'
 	# test-only servers (MongoDB wire protocol, S3): never runtime dependencies
 	$(PY) -m pip install -q 'secantusdb==0.7.0b3' 'nanio==0.1.7'
+	# the dashboard's browser test: Debian's chromium (Playwright cannot download browsers here)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }; } \
+		|| echo "make install: chromium is missing and apt-get cannot install it (run as root: apt-get install chromium)" >&2
 	touch $(STAMP)
 
 install: $(STAMP)

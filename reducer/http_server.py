@@ -29,7 +29,7 @@ import h11
 
 from fedn.errors import FednError
 from reducer.http_errors import HttpError, error_response
-from reducer.http_wsgi import PEER_CERT, call_app, wsgi_environ
+from reducer.http_wsgi import ASYNC_BODY, PEER_CERT, call_app, close_answer, pull_chunks, wsgi_environ
 
 __all__ = ["PEER_CERT", "BodyLimit", "HttpLimits", "HttpServer"]
 
@@ -42,7 +42,6 @@ _READ_CHUNK = 1 << 16
 _SPOOL_BYTES = 1 << 16  # a body past this goes to a temporary file, not memory
 _LINGER_BYTES = 8 << 20  # after refusing a request, read and drop this much of what is still coming
 _LINGER_S = 2.0  # so the client reads our answer instead of a reset
-_END = object()
 
 
 @dataclass(frozen=True)
@@ -337,6 +336,7 @@ class _Connection:
             await self.refuse(HttpError(500, "unexpected error in the HTTP server; see the reducer log"))
             return False
         send_body = environ["REQUEST_METHOD"] != "HEAD"
+        stream = environ.get(ASYNC_BODY) if send_body else None  # sent from this loop: no thread held
         try:
             code, _, reason = status.partition(" ")
             head = h11.Response(
@@ -345,10 +345,11 @@ class _Connection:
                 headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
             )
             out = [self.h11.send(head), *(self.h11.send(h11.Data(data=c)) for c in first if send_body)]
-            if iterator is not None:  # a stream goes out chunk by chunk; a small answer in one write
+            if iterator is not None or stream is not None:  # chunk by chunk; a small answer in one write
                 self.writer.writelines(out)
                 await self._drain()
-                while (chunk := await self.loop.run_in_executor(pool, next, iterator, _END)) is not _END:
+                chunks = stream if stream is not None else pull_chunks(self.loop, pool, iterator)
+                async for chunk in chunks:
                     if chunk and send_body:
                         self.writer.write(self.h11.send(h11.Data(data=chunk)))
                         await self._drain()
@@ -372,8 +373,7 @@ class _Connection:
             self.aborted = True
             return False
         finally:
-            if (close := getattr(result, "close", None)) is not None:
-                await self.loop.run_in_executor(pool, close)
+            await close_answer(self.loop, pool, result, environ)
 
     async def _drain(self) -> None:
         async with asyncio.timeout(self.limits.read_timeout_s):

@@ -3,20 +3,27 @@ on a worker thread (PEP 3333)."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import h11
 
-__all__ = ["PEER_CERT", "call_app", "wsgi_environ"]
+__all__ = ["ASYNC_BODY", "PEER_CERT", "call_app", "close_answer", "pull_chunks", "wsgi_environ"]
 
 _FIRST_BYTES = 1 << 16
+_END = object()
 
 PEER_CERT = "fedn.peer_cert"
 """``environ`` key of the client's verified certificate (``SSLSocket.getpeercert()``), None without mTLS."""
+
+ASYNC_BODY = "fedn.async_body"
+"""``environ`` key where the app may leave an async iterator of bytes (with ``aclose()``): the server sends
+it on its event loop after the app's own (empty) body, so a long-lived stream holds no worker thread."""
 
 
 def wsgi_environ(
@@ -97,3 +104,19 @@ def call_app(app: Callable[..., Any], environ: dict) -> tuple[str, list, list[by
         if iterator is None and hasattr(result, "close"):
             result.close()
     return started["status"], started["headers"], first, iterator, None if iterator is None else result
+
+
+async def pull_chunks(
+    loop: asyncio.AbstractEventLoop, pool: Executor | None, iterator: Iterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The rest of a WSGI answer, each chunk pulled on a worker thread (the app may block producing it)."""
+    while (chunk := await loop.run_in_executor(pool, next, iterator, _END)) is not _END:
+        yield chunk
+
+
+async def close_answer(loop: asyncio.AbstractEventLoop, pool: Executor | None, result: Any, environ: dict) -> None:
+    """Close what the app handed out for one answer: its :data:`ASYNC_BODY` (even unsent) and its result."""
+    if (stream := environ.get(ASYNC_BODY)) is not None:
+        await stream.aclose()
+    if (close := getattr(result, "close", None)) is not None:
+        await loop.run_in_executor(pool, close)

@@ -16,6 +16,7 @@ from reducer.api import ApiContext
 from reducer.app import create_app
 from reducer.auth import ReducerAuth
 from reducer.controller import Controller
+from reducer.events import EventHub
 from reducer.gateway import GrpcCombinerGateway
 from reducer.gc import GarbageCollector
 from reducer.http_errors import HttpError
@@ -38,6 +39,7 @@ class ReducerServer:
         self._controller: Controller | None = None
         self._gc: GarbageCollector | None = None
         self._gateway: GrpcCombinerGateway | None = None
+        self._events: EventHub | None = None
         self._stores: list = []
 
     @property
@@ -94,6 +96,7 @@ class ReducerServer:
                 clock=clock,
                 after_pass=lambda: audit.prune(s.audit_retention_days),
             )
+        self._events = EventHub(state, max_subscribers=s.max_event_streams)  # the dashboard's live view
         app = create_app(
             ApiContext(
                 state,
@@ -105,12 +108,14 @@ class ReducerServer:
                 max_pending_sessions=s.max_pending_sessions,
                 auth=auth,
                 audit=audit,
-            )
+            ),
+            self._events,
         )
         self._server = self._http_server(app, auth)
         self._server.start()
         self.port = self._server.port
         self._controller.start()
+        self._events.start()
         if self._gc is not None:
             self._gc.start()
         logger.info(
@@ -161,6 +166,8 @@ class ReducerServer:
         )
 
     def stop(self) -> None:
+        if self._events is not None:
+            self._events.stop()  # ends every event stream, so the HTTP server stops at once
         if self._server is not None:
             self._server.stop()
         if self._gateway is not None:

@@ -123,3 +123,6 @@ class ReducerSettings(BaseSettings):
     audit_retention_days: float = Field(
         90.0, gt=0, le=36600, description="audit events older than this are removed from the state store"
     )
+    max_event_streams: int = Field(
+        200, ge=1, le=100_000, description="dashboard event streams open at once; one more is answered 503"
+    )
