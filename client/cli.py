@@ -15,7 +15,7 @@ from fedn.api_client import ReducerAPI
 from fedn.cli.models import parse_client_args
 from fedn.config import add_settings_arguments, settings_from_args
 from fedn.errors import InvalidArgument
-from fedn.loading import load_object
+from fedn.loading import construct, load_object
 from fedn.logs import configure_logging
 from fedn.tls import TLSFiles
 
@@ -77,12 +77,7 @@ def _start(args: argparse.Namespace) -> int:
     if not settings.client:
         raise InvalidArgument("--client module:Class is required")
     cls = load_object(settings.client)
-    if not callable(cls):
-        raise InvalidArgument(f"{settings.client} is not a class")
-    try:
-        user_client = cls(**parse_client_args(args.client_arg))
-    except TypeError as exc:
-        raise InvalidArgument(f"cannot create {settings.client}: {exc}") from None
+    user_client = construct(cls, settings.client, parse_client_args(args.client_arg))
     tls = TLSFiles(cert_file=settings.tls_cert, key_file=settings.tls_key, ca_file=settings.ca_file)
     tls.check()
     token = settings.token.get_secret_value() if settings.token else None

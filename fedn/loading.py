@@ -7,22 +7,31 @@ a bad reference fails with the same message wherever it is given.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+from collections.abc import Mapping
 
 from fedn.errors import InvalidArgument
 
-__all__ = ["load_object"]
+__all__ = ["construct", "load_object"]
+
+logger = logging.getLogger(__name__)
 
 
 def _search_working_directory() -> None:
-    """User code is named from the working directory, as under ``python -m``.
+    """User code is named from the working directory first, as in every process ``fedn local`` starts.
 
-    The ``fedn`` script's sys.path lacks it. Appended, so a file here never shadows an installed module.
+    The ``fedn`` script's sys.path lacks it; the children get it first on ``PYTHONPATH``. The parent
+    must resolve ``module:Class`` the same way, or its check and the children disagree on which
+    ``module`` that is (a ``client.py`` here against fedn's own ``client`` package, say).
     """
     cwd = os.getcwd()
-    if "" not in sys.path and cwd not in sys.path:
-        sys.path.append(cwd)
+    if sys.path[:1] not in ([cwd], [""]):
+        while cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
 
 
 def load_object(spec: str) -> object:
@@ -39,3 +48,17 @@ def load_object(spec: str) -> object:
         return getattr(module, attr)
     except AttributeError:
         raise InvalidArgument(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def construct(cls: object, spec: str, kwargs: Mapping[str, object]) -> object:
+    """``cls(**kwargs)``; InvalidArgument naming ``spec`` and the error when the user's constructor raises.
+
+    The traceback goes to the log at DEBUG: it is the user's code, and the caller gets one line.
+    """
+    if not callable(cls):
+        raise InvalidArgument(f"{spec} is not a class")
+    try:
+        return cls(**kwargs)
+    except Exception as exc:
+        logger.debug("creating %s failed", spec, exc_info=True)
+        raise InvalidArgument(f"cannot create {spec}: {type(exc).__name__}: {exc}") from None

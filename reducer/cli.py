@@ -6,7 +6,8 @@ import argparse
 import signal
 import threading
 
-from fedn.config import add_settings_arguments, settings_from_args
+from fedn.config import add_settings_arguments, port_taken, settings_from_args
+from fedn.errors import FednError
 from fedn.logs import configure_logging
 from reducer.server import ReducerServer
 from reducer.settings import ReducerSettings
@@ -39,7 +40,13 @@ def _start(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    server.start()
+    try:
+        server.start()
+    except FednError as exc:
+        if not exc.message.startswith("cannot bind"):
+            raise
+        server.stop()
+        raise port_taken(settings.host, settings.port, "FEDN_REDUCER_PORT") from None
     try:
         while not stop.wait(1.0):
             pass

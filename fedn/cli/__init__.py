@@ -11,27 +11,58 @@ import argparse
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import NoReturn
 
-from fedn.errors import FailedPrecondition, FednError
+from fedn.errors import FailedPrecondition, FednError, Unavailable
 
-__all__ = ["build_parser", "main"]
+__all__ = ["LOG_LEVELS", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _UsageError(SystemExit):
+    """A bad command line, already reported; :func:`main` returns 2 for it instead of exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line with what to do (sub-commands inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise _UsageError(2)
+
+
+def _version() -> str:
+    try:
+        return version("fedn")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fedn.cli import audit, bench, certs, local, models, partition, sessions, simulate, tokens
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedn",
         description="Three-tier federated learning: a reducer, combiners and clients.",
-        epilog="Run `fedn COMMAND --help` for the options of each command.",
+        epilog="Run `fedn COMMAND --help` for the options of each command. Commands that talk to a reducer "
+        "read its URL from FEDN_REDUCER and your token from FEDN_TOKEN or FEDN_TOKEN_FILE.",
     )
+    parser.add_argument("--version", action="version", version=f"fedn {_version()}")
     parser.add_argument(
         "--log-level",
         default=os.environ.get("FEDN_LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING or ERROR [env FEDN_LOG_LEVEL; default INFO]",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("FEDN_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line for log shippers [env FEDN_LOG_FORMAT; default text]",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (sessions, models, local, simulate, partition, bench, certs, tokens, audit):
@@ -63,14 +94,43 @@ def _register_unavailable(commands: argparse._SubParsersAction, name: str, exc: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError:
+        return 2
     from fedn.logs import configure_logging
 
-    configure_logging(args.log_level, service=getattr(args, "service_name", None))
+    if str(args.log_level).upper() not in LOG_LEVELS:
+        print(
+            f"error: --log-level {args.log_level} is not a level: use one of {', '.join(LOG_LEVELS)}", file=sys.stderr
+        )
+        return 2
+    os.environ["FEDN_LOG_FORMAT"] = args.log_format  # kept by a tier's own set-up and by `fedn local`'s processes
+    configure_logging(args.log_level, service=getattr(args, "service_name", None), log_format=args.log_format)
     try:
         return int(args.func(args) or 0)
     except FednError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, Unavailable) and "unreachable" in exc.message and getattr(args, "reducer", None):
+            hint = " (is it running? name it with --reducer or FEDN_REDUCER)"
+        print(f"error: {exc.message}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (``fedn model list | head -1``): exit quietly, as Unix tools do.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a file descriptor
+        pass
+    finally:
+        os.close(devnull)
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from pathlib import Path
 
 from cryptography import x509
@@ -81,6 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         epilog="example: fedn certs show ./certs/combiner-0.pem",
     )
     show.add_argument("file", metavar="FILE", type=Path, help="a PEM certificate file")
+    show.add_argument("--json", action="store_true", help="one JSON document: the fields and the chain's length")
     show.set_defaults(func=_show)
 
 
@@ -130,6 +132,9 @@ def _issue(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     certs = load_certificates(args.file, "FILE")
+    if args.json:
+        print(json.dumps({**describe_certificate(certs[0]), "chain": len(certs)}, indent=2))
+        return 0
     for field, value in describe_certificate(certs[0]).items():
         print(f"{field + ':':<12} {value}")
     if len(certs) > 1:

@@ -2,8 +2,8 @@
 
 Starts a reducer, combiners and clients as separate processes on 127.0.0.1
 (free ports, embedded stores in a work directory), seeds a session from the
-client class, prints one line per round with the global model's accuracy on
-held-out data, and stops everything it started.
+client class, prints one line per round with the global model's federated accuracy (the
+clients evaluate it on their own held-out data), and stops everything it started.
 """
 
 from __future__ import annotations
@@ -14,11 +14,21 @@ import time
 from types import FrameType
 
 from fedn.cli.models import parse_client_args
-from fedn.cli.sessions import add_mode_arguments, mode_params, parse_json_object, wait_for_session
+from fedn.cli.rounds import RoundReporter
+from fedn.cli.sessions import (
+    add_mode_arguments,
+    fraction,
+    mode_params,
+    non_negative_int,
+    parse_json_object,
+    positive_float,
+    positive_int,
+    wait_for_session,
+)
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
-from fedn.loading import load_object
+from fedn.loading import construct, load_object
 from fedn.records import Round, RoundStatus, SessionStatus
 from fedn.session_options import check_session_options
 
@@ -45,9 +55,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="keyword argument for every client (JSON value where it parses)",
     )
-    p.add_argument("--combiners", type=int, default=2, help="number of combiners [default 2]")
-    p.add_argument("--clients", type=int, default=4, help="number of clients [default 4]")
-    p.add_argument("--rounds", type=int, default=5, help="training rounds [default 5]")
+    p.add_argument("--combiners", type=positive_int, default=2, help="number of combiners [default 2]")
+    p.add_argument("--clients", type=positive_int, default=4, help="number of clients [default 4]")
+    p.add_argument("--rounds", type=positive_int, default=5, help="training rounds [default 5]")
     p.add_argument("--config", default="{}", help="JSON object passed to every train call [default {}]")
     p.add_argument(
         "--aggregator",
@@ -62,22 +72,33 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--strategy-config", default="{}", help="JSON object of the strategy's parameters")
     p.add_argument(
-        "--fraction", type=float, default=1.0, help="share of clients asked to train each round [default 1.0]"
+        "--fraction", type=fraction, default=1.0, help="share of clients asked to train each round [default 1.0]"
     )
-    p.add_argument("--seed", type=int, default=0, help="makes client sampling reproducible [default 0]")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="makes client sampling reproducible [default 0]")
     add_mode_arguments(p)
-    p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take [default 60]")
+    p.add_argument("--round-timeout", type=positive_float, default=60.0, help="seconds a round may take [default 60]")
     p.add_argument(
-        "--min-clients", type=int, default=None, help="updates a round needs [default: half the clients, at least 1]"
+        "--min-clients",
+        type=positive_int,
+        default=None,
+        help="updates a round needs [default: half the clients, at least 1]",
     )
     p.add_argument(
         "--eval-client-arg",
         action="append",
         default=None,
         metavar="KEY=VALUE",
-        help="arguments for the evaluating client instance [default split=test]",
+        help="with --central-eval: arguments for the evaluating client instance [default split=test]",
     )
-    p.add_argument("--no-eval", action="store_true", help="skip evaluating the global model each round")
+    p.add_argument(
+        "--central-eval",
+        action="store_true",
+        help="also evaluate each round's model here, on one client instance (e.g. the whole test set), "
+        "beside the federated evaluation the clients make",
+    )
+    p.add_argument(
+        "--no-eval", action="store_true", help="no evaluation at all, federated or central (--evaluate-every 0)"
+    )
     p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 unless the final accuracy reaches this")
     p.add_argument("--workdir", default=None, help="keep state, models and logs here [default: a temp dir]")
     p.add_argument(
@@ -94,12 +115,14 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    if args.combiners < 1 or args.clients < 1 or args.rounds < 1:
-        raise InvalidArgument("--combiners, --clients and --rounds must be at least 1")
+    # Every check runs before the first process starts (argparse bounds each number as the reducer
+    # does): a bad option costs no federation.
     config = parse_json_object(args.config, "--config")
     strategy_config = parse_json_object(args.strategy_config, "--strategy-config")
     aggregator_params = parse_json_object(args.aggregator_config, "--aggregator-config")
     min_clients = args.min_clients or max(1, args.clients // 2)
+    if args.no_eval:
+        args.evaluate_every = 0
     session_mode = mode_params(args)
     check_session_options(  # a bad strategy fails before any process starts
         aggregator=args.aggregator,
@@ -108,15 +131,19 @@ def run_local(args: argparse.Namespace) -> int:
         strategy_params=strategy_config,
         min_clients=min_clients,
         mode=args.mode,
-        given=set(session_mode) - {"mode"},
+        given=set(session_mode) - {"mode", "evaluate_every"},
     )
     cls = load_object(args.client)
     client_kwargs = parse_client_args(args.client_arg)
     evaluator = None
-    if not args.no_eval:
+    if args.central_eval and not args.no_eval:
         eval_kwargs = parse_client_args(args.eval_client_arg if args.eval_client_arg is not None else ["split=test"])
-        evaluator = cls(**{**client_kwargs, **eval_kwargs})
-    seed_params = cls(**client_kwargs).initial_parameters()
+        evaluator = construct(cls, args.client, {**client_kwargs, **eval_kwargs})
+    seed_client = construct(cls, args.client, client_kwargs)
+    try:
+        seed_params = seed_client.initial_parameters()
+    except Exception as exc:
+        raise InvalidArgument(f"{args.client}.initial_parameters() failed: {type(exc).__name__}: {exc}") from None
 
     spec = FederationSpec(
         client=args.client,
@@ -138,6 +165,7 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         fed.start()
         print(f"  work directory {fed.workdir} (logs in {fed.workdir / 'logs'})", flush=True)
+        print(f"  dashboard {fed.reducer_url}/{'#token=' + fed.secrets.token('admin', 'admin') if fed.secrets else ''}")
         fed.start_clients()
         with fed.api() as api:
             seed = api.upload_model(encode_model(seed_params))
@@ -162,20 +190,27 @@ def run_local(args: argparse.Namespace) -> int:
             )
             if evaluator is not None:
                 accuracy = _evaluate(evaluator, api.download_model(seed.id))
-                print(
-                    f"round   0 | seed model                                    | accuracy {accuracy:.4f}", flush=True
-                )
+                print(f"round   0 | seed model | accuracy {accuracy:.4f}", flush=True)
 
             def on_round(r: Round) -> None:
                 nonlocal accuracy, rounds_seen
                 rounds_seen += 1
-                if r.status == RoundStatus.DONE and evaluator is not None and r.model_out:
-                    accuracy = _evaluate(evaluator, api.download_model(r.model_out))
-                print(_round_line(r, args.rounds, accuracy if r.status == RoundStatus.DONE else None), flush=True)
+                federated = r.evaluation.metrics.get("accuracy") if r.evaluation is not None else None
+                if federated is not None:
+                    accuracy = federated.mean  # the clients' own held-out data, weighted by examples
+                central = None
+                if evaluator is not None:
+                    done = r.status == RoundStatus.DONE and r.model_out
+                    value = _evaluate(evaluator, api.download_model(r.model_out)) if done else None
+                    central = {"accuracy": value}
+                    if federated is None and value is not None:
+                        accuracy = value
+                report.round(r, central)
 
-            session = wait_for_session(
-                api, session.id, on_round=on_round, poll_s=0.25, timeout_s=args.rounds * (args.round_timeout + 30)
-            )
+            with RoundReporter(args.rounds) as report:
+                session = wait_for_session(
+                    api, session.id, on_round=on_round, poll_s=0.25, timeout_s=args.rounds * (args.round_timeout + 30)
+                )
             if session.status not in (SessionStatus.DONE, SessionStatus.FAILED):
                 print(f"session {session.id} did not finish in time", flush=True)
             ok = session.status == SessionStatus.DONE
@@ -203,20 +238,3 @@ def _evaluate(evaluator: object, blob: bytes) -> float:
     params = {name: a.copy() for name, a in decode_model(blob).items()}
     _loss, _num_examples, metrics = evaluator.evaluate(params, {})
     return float(metrics.get("accuracy", float("nan")))
-
-
-def _round_line(r: Round, rounds: int, accuracy: float | None) -> str:
-    loss = r.metrics.get("train_loss")
-    loss_text = f"{loss.mean:.4f}" if loss else "   -  "
-    acc_text = f"{accuracy:.4f}" if accuracy is not None else "   -  "
-    line = (
-        f"round {r.index:>3}/{rounds} | combiners {len(r.combiners)} | clients {r.num_updates}/{r.num_selected}"
-        f" | train loss {loss_text} | accuracy {acc_text} | {r.duration_s or 0.0:5.2f} s"
-    )
-    if r.status == RoundStatus.FAILED:
-        line += f" | FAILED: {r.reason}"
-    elif r.failures:
-        line += f" | {len(r.failures)} failed: " + "; ".join(
-            f"{f.client_id or f.combiner_id}: {f.error}" for f in r.failures[:3]
-        )
-    return line

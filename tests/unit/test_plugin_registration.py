@@ -46,7 +46,7 @@ def test_user_code_in_the_working_directory_is_found_without_it_on_sys_path(tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     cls = load_object("my_fl_client_mod:MyClient")
-    assert cls.__name__ == "MyClient" and sys.path[-1] == str(tmp_path)
+    assert cls.__name__ == "MyClient" and sys.path[0] == str(tmp_path)  # first, as on the children's PYTHONPATH
     monkeypatch.delitem(sys.modules, "my_fl_client_mod")
 
 
