@@ -21,6 +21,8 @@ BENCHMARKS = (
     "flower_compare",
     "store_writes",
     "combiner_fuzz_rss",
+    "dashboard_viewers",
+    "evaluation_cost",
 )
 
 

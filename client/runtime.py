@@ -24,9 +24,10 @@ from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler
 from fedn.codec import NamedArrays, TensorSpec, decode_payload
 from fedn.errors import FednError, InvalidModel, PayloadTooLarge
 from fedn.tls import TLSFiles
-from fedn.train_result import check_train_result
+from fedn.train_result import check_evaluate_result, check_train_result
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
+from fedn.wire_eval import EvaluationReportInfo, evaluation_report_to_proto
 
 __all__ = ["AssignsClients", "ClientRuntime", "check_train_result"]
 
@@ -159,6 +160,8 @@ class ClientRuntime:
                     ended = self._run_train_task(stub, task, inbox)
                     if ended is not None:
                         return ended.reason
+                elif task.kind == "evaluate":
+                    self._run_evaluate_task(stub, task)
             return "stopping"
         finally:
             with self._lock:
@@ -209,6 +212,39 @@ class ClientRuntime:
         if granted:
             self._upload(stub, task, itertools.chain([header], messages), weight, timeout_s)
         return None
+
+    def _run_evaluate_task(self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo) -> None:
+        """Download (or reuse) the model, evaluate it on this client's held-out data, report the figures."""
+        timeout_s = max(task.timeout_s, 1.0)
+        try:
+            _manifest, params = self._download(stub, task.model_id, timeout_s)
+        except (grpc.RpcError, FednError) as exc:
+            text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
+            logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
+            self._report_failure(stub, task, f"could not download the model to evaluate: {text}")
+            return
+        config = {**(task.config or {}), "round": task.round_index}
+        try:
+            loss, weight, metrics = check_evaluate_result(self.client.evaluate(params, config))
+        except Exception as exc:  # the user's code: report it, stay connected
+            logger.exception("round %s: evaluate failed", task.round_id)
+            self._report_failure(stub, task, f"evaluate: {type(exc).__name__}: {exc}")
+            return
+        report = EvaluationReportInfo(task.round_id, self.client_id or "", task.model_id, loss, weight, metrics)
+        try:
+            reply = stub.ReportEvaluation(evaluation_report_to_proto(report), timeout=30)
+        except grpc.RpcError as exc:
+            log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
+            log("round %s: evaluation not taken by the combiner: %s: %s", task.round_id, exc.code().name, exc.details())
+            return
+        logger.info(
+            "round %s: evaluated model %s: loss %.4g on %g examples (%d evaluations so far)",
+            task.round_id,
+            task.model_id,
+            loss,
+            weight,
+            reply.accepted_evaluations,
+        )
 
     def _await_grant(
         self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo, size: int, inbox: queue.Queue, deadline: float

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from combiner.async_run import AsyncRun
 from combiner.clients import ClientConnection
+from combiner.eval_round import EvalRound
 from combiner.run import Run, RunContext, failure_text
 from combiner.sync_round import SyncRound
 from fedn.aggregation import make_aggregator
@@ -22,6 +23,7 @@ from fedn.models import stored_result
 from fedn.records import RoundPlan, RoundResult, SessionMode
 from fedn.retry import retry
 from fedn.wire import Announcement, UpdateHeaderInfo
+from fedn.wire_eval import EvaluationReportInfo
 
 __all__ = ["RunRouter"]
 
@@ -95,6 +97,27 @@ class RunRouter:
         """Validate one streamed update completely, then fold it; returns the run's accepted count."""
         return await self._run_for(header.round_id).receive(header, chunks)
 
+    def report_evaluation(self, report: EvaluationReportInfo) -> int:
+        """Fold one client's evaluation into the evaluation round it names; returns how many arrived."""
+        run = self._run_for(report.round_id)
+        if not isinstance(run, EvalRound):
+            raise FailedPrecondition(f"round {report.round_id!r} is not an evaluation round")
+        return run.evaluated(report)
+
+    def abandon(self, session_id: str, round_id: str, reason: str) -> bool:
+        """The reducer stopped ``session_id``: end whatever of it runs here (``round_id``, or its async run)
+        at once, keeping none of it; its clients are free for the next run. False if none of it runs here."""
+        run = self._run
+        if run is None or run.closed or getattr(run, "session_id", None) != session_id:
+            return False
+        if round_id and isinstance(run, SyncRound | EvalRound) and run.run_id != round_id:
+            return False
+        logger.info("session %s stopped: abandoning %s on %s (%s)", session_id, run.run_id, self.combiner_id, reason)
+        if isinstance(run, SyncRound | EvalRound):
+            run.abandon(reason)
+        self._retire(f"session {session_id} stopped: {reason}")
+        return True
+
     # -- runs ------------------------------------------------------------------------
 
     async def run_round(self, plan: RoundPlan) -> RoundResult:
@@ -102,6 +125,9 @@ class RunRouter:
         passed), or the next flush of an async session (returns when a buffer is full or the timeout passed)."""
         if plan.mode == SessionMode.ASYNC:
             run: Run = await self._async_run(plan)
+        elif plan.mode == SessionMode.EVALUATE:
+            run = await self._eval_round(plan, self._ctx.clock.now())
+            self._ctx.clients.hold(run.run_id, self.connected_client_ids())
         else:
             started = self._ctx.clock.now()  # the round's deadline counts from the call, store lookup included
             stored = await self._stored_result(plan, deadline=started + plan.timeout_s)
@@ -170,6 +196,25 @@ class RunRouter:
         connected = self.connected_client_ids()
         selected = self._ctx.stragglers.select(connected, plan.max_clients, plan.sample_seed, plan.round_id)
         rnd = SyncRound(self._ctx, plan, model, aggregator, selected, started_at=started)
+        self._run = rnd
+        rnd.start()
+        return rnd
+
+    async def _eval_round(self, plan: RoundPlan, started: float) -> EvalRound:
+        current = self._run
+        if isinstance(current, EvalRound) and current.run_id == plan.round_id:
+            logger.info("evaluation round %s asked for again (reducer restarted?): joining it", plan.round_id)
+            return current
+        EvalRound.check_plan(plan)
+        model = await self._ctx.models.get(
+            plan.model_id, deadline=started + plan.timeout_s, expected_sha256=plan.model_sha256
+        )
+        retired = self._retire(f"an evaluation round ({plan.round_id}) started")
+        if retired is not None:
+            await retired.wait_closed()
+        connected = self.connected_client_ids()
+        selected = self._ctx.stragglers.select(connected, plan.max_clients, plan.sample_seed, plan.round_id)
+        rnd = EvalRound(self._ctx, plan, model, selected, started_at=started)
         self._run = rnd
         rnd.start()
         return rnd

@@ -13,7 +13,7 @@ from combiner.clients import HEARTBEAT
 from combiner.grpc_errors import decoded, map_errors, tolerant
 from combiner.model_cache import ModelCache
 from combiner.router import RunRouter
-from fedn import wire
+from fedn import wire, wire_eval
 from fedn.audit import AuditLog
 from fedn.auth.policy import require_subject
 from fedn.auth.rpc import current_principal
@@ -146,6 +146,13 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         return pb.ReportFailureResponse()
 
     @map_errors
+    async def ReportEvaluation(self, request: pb.EvaluationReport, context) -> pb.EvaluationReportResponse:
+        report = wire_eval.evaluation_report_from_proto(request)
+        self._bind(context, report.client_id)
+        count = self._rounds.report_evaluation(report)
+        return pb.EvaluationReportResponse(accepted_evaluations=count)
+
+    @map_errors
     async def RunRound(self, request: pb.RoundPlan, context) -> pb.RoundResult:
         plan = wire.round_plan_from_proto(request)
         self._record("round.run", context, f"round {plan.round_id} of session {plan.session_id}")
@@ -158,3 +165,9 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         self._record("model.announce", context, f"model {info.model_id} v{info.model_version} of {info.session_id}")
         known = self._rounds.announce(info)
         return pb.AnnounceModelResponse(known=known)
+
+    @map_errors
+    async def AbandonRound(self, request: pb.AbandonRoundRequest, context) -> pb.AbandonRoundResponse:
+        round_id, session_id, reason = wire_eval.abandon_request_from_proto(request)
+        self._record("round.abandon", context, f"round {round_id} of session {session_id}", detail=reason)
+        return pb.AbandonRoundResponse(known=self._rounds.abandon(session_id, round_id, reason))

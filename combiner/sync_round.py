@@ -54,6 +54,7 @@ class SyncRound:
         self._downloaded: set[str] = set()
         self._uploading: set[str] = set()
         self._closed = False
+        self._discard = False  # abandoned (its session was stopped): nothing is stored
         self._lock = asyncio.Lock()  # one fold at a time, and none once the round has closed
         self._all_answered = asyncio.Event()
         self._train_task = train_task(plan.round_id, plan, plan.model_id, plan.round_index)
@@ -73,6 +74,10 @@ class SyncRound:
     @property
     def run_id(self) -> str:
         return self.plan.round_id
+
+    @property
+    def session_id(self) -> str:
+        return self.plan.session_id
 
     @property
     def closed(self) -> bool:
@@ -95,6 +100,11 @@ class SyncRound:
         if self._task is not None and not self._task.done():
             logger.warning("round %s abandoned: %s", self.plan.round_id, reason)
         self._all_answered.set()
+
+    def abandon(self, reason: str) -> None:
+        """The session was stopped: end now, and store no partial of what was folded."""
+        self._discard = True
+        self.close(reason)
 
     # -- clients -----------------------------------------------------------------
 
@@ -215,7 +225,7 @@ class SyncRound:
         result = await store_result(
             ctx,
             plan.round_id,
-            self._aggregator,
+            None if self._discard else self._aggregator,
             num_selected=len(self._selected),
             tally=self._tally,
             metrics=self._metrics,

@@ -57,6 +57,7 @@ ACTIONS = frozenset(
         "token.revoke",
         "round.run",  # RunRound at a combiner
         "model.announce",  # AnnounceModel at a combiner
+        "round.abandon",  # AbandonRound at a combiner: its session was stopped
         "update.rejected",  # a client's update refused by validation
         "client.assign",
     }

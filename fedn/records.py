@@ -12,10 +12,12 @@ from pydantic import BaseModel, Field
 __all__ = [
     "AuditEvent",
     "AuditOutcome",
+    "ClientEvaluation",
     "ClientFailureRecord",
     "ClientRecord",
     "CombinerRecord",
     "ConfigScalar",
+    "Evaluation",
     "MetricSummary",
     "ModelRecord",
     "NodeStatus",
@@ -47,11 +49,13 @@ class SessionStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    STOPPED = "stopped"  # by an admin (``stopped_by``); never resumed
 
 
 class SessionMode(StrEnum):
     SYNC = "sync"  # rounds: every selected client trains on the same model, the reducer waits for all
     ASYNC = "async"  # FedBuff: clients train continuously; each combiner's buffer of K updates is merged
+    EVALUATE = "evaluate"  # one round in which the selected clients evaluate ``model_id``; nothing trains
 
 
 class RoundStatus(StrEnum):
@@ -59,6 +63,7 @@ class RoundStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    STOPPED = "stopped"  # its session was stopped while it ran; nothing of it was merged
 
 
 class NodeStatus(StrEnum):
@@ -94,7 +99,24 @@ class Session(BaseModel):
     seed_model_id: str
     model_id: str  # the current global model
     rounds_done: int = 0
+    # sync: the selected clients evaluate the new global model after every this many rounds, and after
+    # the last (0: never); the round record carries the federated figures (``Round.evaluation``). The
+    # REST API and the CLI default to 1; a record from before evaluation existed reads 0.
+    evaluate_every: int = 0
     error: str | None = None
+    stop_requested_by: str | None = None  # who asked to stop it; the controller ends it ``stopped``
+    stopped_by: str | None = None
+
+    def evaluates(self, index: int) -> bool:
+        """Is the model made by round ``index`` evaluated on the clients? Every ``evaluate_every`` rounds
+        and the last, in a sync session; only the last in an async one."""
+        every = self.evaluate_every
+        if every <= 0 or self.mode == SessionMode.EVALUATE:
+            return False
+        if self.mode == SessionMode.ASYNC:
+            return index >= self.rounds
+        return index % every == 0 or index >= self.rounds
+
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
 
@@ -104,6 +126,30 @@ class MetricSummary(BaseModel):
     min: float
     max: float
     count: int
+
+
+class ClientEvaluation(BaseModel):
+    """One client's evaluation of a global model on its own held-out data (shown to admins only)."""
+
+    client_id: str
+    combiner_id: str = ""
+    loss: float
+    num_examples: float
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Evaluation(BaseModel):
+    """The federated evaluation of one model: each metric's mean over the clients that evaluated it,
+    weighted by their examples, as combiners and the reducer aggregate updates (``loss`` included)."""
+
+    model_id: str
+    num_selected: int = 0
+    num_clients: int = 0  # clients whose evaluation arrived
+    num_examples: float = 0.0
+    metrics: dict[str, MetricSummary] = Field(default_factory=dict)
+    failures: list[ClientFailureRecord] = Field(default_factory=list)
+    per_client: list[ClientEvaluation] = Field(default_factory=list)
+    duration_s: float | None = None
 
 
 class ClientFailureRecord(BaseModel):
@@ -135,6 +181,7 @@ class Round(BaseModel):
     duration_s: float | None = None
     # combiners that did not come back to a restarted reducer, whose partials it merged from the model store
     merged_from_store: list[str] = Field(default_factory=list)
+    evaluation: Evaluation | None = None  # of model_out (of model_in in an evaluation session)
 
 
 class ModelRecord(BaseModel):
@@ -205,6 +252,7 @@ class RoundResult(BaseModel):
     failures: list[ClientFailureRecord] = Field(default_factory=list)
     metrics: dict[str, MetricSummary] = Field(default_factory=dict)
     client_ids: list[str] = Field(default_factory=list)
+    evaluations: list[ClientEvaluation] = Field(default_factory=list)  # an evaluation round's, per client
 
 
 AuditOutcome = Literal["ok", "denied", "failed", "refused"]

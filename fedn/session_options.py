@@ -13,10 +13,12 @@ from fedn.aggregation.server_optimizers import make_server_optimizer
 from fedn.errors import InvalidArgument
 from fedn.records import SessionMode
 
-__all__ = ["ASYNC_OPTIONS", "check_session_options"]
+__all__ = ["ASYNC_OPTIONS", "TRAINING_OPTIONS", "check_session_options"]
 
 # options that only mean something in async mode
 ASYNC_OPTIONS = frozenset({"buffer_size", "staleness_exponent", "max_staleness"})
+# options that mean nothing in an evaluation-only session
+TRAINING_OPTIONS = frozenset({"aggregator", "aggregator_config", "strategy", "strategy_config", "evaluate_every"})
 
 
 def check_session_options(
@@ -44,5 +46,8 @@ def check_session_options(
             f"mode async folds staleness-weighted deltas with fedavg; aggregator {aggregator!r} needs mode sync"
         )
     misplaced = sorted(ASYNC_OPTIONS & set(given))
-    if mode == SessionMode.SYNC and misplaced:
+    if mode != SessionMode.ASYNC and misplaced:
         raise InvalidArgument(f"{', '.join(misplaced)} only apply to mode async")
+    training = sorted(TRAINING_OPTIONS & set(given))
+    if mode == SessionMode.EVALUATE and training:
+        raise InvalidArgument(f"{', '.join(training)} do not apply to mode evaluate: nothing is trained")

@@ -9,7 +9,7 @@ import numpy as np
 
 from fedn.codec import NamedArrays, TensorSpec
 
-__all__ = ["check_train_result"]
+__all__ = ["check_evaluate_result", "check_train_result"]
 
 
 def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[NamedArrays, float, dict[str, float]]:
@@ -50,3 +50,28 @@ def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[Name
     except (TypeError, ValueError):
         raise ValueError("metrics must be a dict of name -> number") from None
     return out, weight, clean
+
+
+def check_evaluate_result(result: object) -> tuple[float, float, dict[str, float]]:
+    """Validate what ``evaluate`` returned: ``(loss, num_examples, metrics)``, the loss finite, the example
+    count positive; raise ValueError saying what is wrong. A NaN metric is left out, as in updates."""
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise ValueError("evaluate must return (loss, num_examples, metrics)")
+    loss, num_examples, metrics = result
+    try:
+        loss, weight = float(loss), float(num_examples)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"evaluate must return a number for loss and num_examples: {loss!r}, {num_examples!r}"
+        ) from None
+    if not math.isfinite(loss):
+        raise ValueError(f"evaluate returned a loss of {loss}")
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"num_examples must be positive, got {num_examples!r}")
+    if not isinstance(metrics, Mapping):
+        raise ValueError("metrics must be a dict of name -> number")
+    try:
+        clean = {str(k): float(v) for k, v in metrics.items()}
+    except (TypeError, ValueError):
+        raise ValueError("metrics must be a dict of name -> number") from None
+    return loss, weight, {k: v for k, v in clean.items() if math.isfinite(v)}

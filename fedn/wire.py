@@ -15,6 +15,7 @@ from fedn.errors import InvalidArgument, validation_problem
 from fedn.ids import check_id, check_text, printable
 from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult, SessionMode
 from fedn.v1 import fedn_pb2 as pb
+from fedn.wire_eval import client_evaluations_from_proto, client_evaluations_to_proto
 from fedn.wire_limits import (
     MAX_KEY_CHARS,
     MAX_NAME_CHARS,
@@ -85,7 +86,7 @@ class UpdateHeaderInfo:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A task sent down a client's stream; ``kind`` is "heartbeat", "train" or "upload_grant"."""
+    """A task sent down a client's stream; ``kind`` is "heartbeat", "train", "evaluate" or "upload_grant"."""
 
     kind: str
     round_id: str = ""
@@ -100,6 +101,7 @@ _TASK_KINDS = {
     "heartbeat": pb.TASK_KIND_HEARTBEAT,
     "train": pb.TASK_KIND_TRAIN,
     "upload_grant": pb.TASK_KIND_UPLOAD_GRANT,
+    "evaluate": pb.TASK_KIND_EVALUATE,
 }
 
 
@@ -245,7 +247,7 @@ def _plan_mode(text: str) -> SessionMode:
     try:
         return SessionMode(text or "sync")
     except ValueError:
-        raise InvalidArgument(f"unknown round mode {printable(text[:40])!r}; known: sync, async") from None
+        raise InvalidArgument(f"unknown round mode {printable(text[:40])!r}; known: sync, async, evaluate") from None
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,7 @@ def round_result_to_proto(result: RoundResult) -> pb.RoundResult:
             k: pb.MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in result.metrics.items()
         },
         client_ids=list(result.client_ids),
+        evaluations=client_evaluations_to_proto(result.evaluations),
     )
 
 
@@ -338,6 +341,7 @@ def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
             {k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()}
         ),
         client_ids=list(msg.client_ids),
+        evaluations=client_evaluations_from_proto(msg.evaluations, msg.combiner_id),
     )
 
 

@@ -14,10 +14,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unsupporte
 import fedn
 from fedn.audit import AuditLog
 from fedn.auth.policy import require_subject
+from fedn.auth.tokens import Role
 from fedn.clock import SystemClock
 from fedn.errors import (
     ChecksumMismatch,
     Conflict,
+    FailedPrecondition,
     FednError,
     InvalidArgument,
     NotFound,
@@ -25,15 +27,26 @@ from fedn.errors import (
     PermissionDenied,
 )
 from fedn.logs import escape_controls
-from fedn.records import ModelRecord, Session
+from fedn.records import ModelRecord, Round, Session, SessionMode
+from fedn.rest_records import record_to_rest
 from fedn.session_options import check_session_options
 from fedn.store.base import ModelStore, StateStore
 from reducer.auth import ReducerAuth, caller
 from reducer.controller import Controller, check_session_capacity
 from reducer.edge import MAX_JSON_BYTES, check_ids, load_json
 from reducer.openapi import json_operations, openapi_document
+from reducer.paging import page_body
 from reducer.registry import CombinerRegistry
-from reducer.requests import AssignRequest, HeartbeatRequest, Page, RegisterCombinerRequest, SessionRequest, parse
+from reducer.requests import (
+    AssignRequest,
+    HeartbeatRequest,
+    ModelPage,
+    OffsetPage,
+    Page,
+    RegisterCombinerRequest,
+    SessionRequest,
+    parse,
+)
 from reducer.uploads import receive_model
 
 __all__ = ["ApiContext", "create_api", "register_error_handlers"]
@@ -113,9 +126,9 @@ def _body() -> dict:
     return g.json_body
 
 
-def _items(records) -> Response:
-    items = [r.model_dump(mode="json") for r in records]
-    return jsonify({"items": items, "count": len(items)})
+def _items(records: list, page: Page, total: int) -> Response:
+    """One page of a list route (:mod:`reducer.paging`); ``records`` holds up to ``page.limit + 1``."""
+    return jsonify(page_body(records, page.limit, total))
 
 
 def _verified_chunks(chunks: Iterator[bytes], record: ModelRecord) -> Iterator[bytes]:
@@ -162,7 +175,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
         ctx.bind(req.id, "combiner id")  # a combiner registers, and moves, only itself
         record = ctx.registry.register(req.id, req.name, req.address)
         ctx.record("combiner.register", f"combiner {req.id} at {req.address}")
-        return jsonify(record.model_dump(mode="json"))
+        return jsonify(record_to_rest(record))
 
     @api.put("/combiners/<combiner_id>/heartbeat")
     def combiner_heartbeat(combiner_id: str):
@@ -183,13 +196,15 @@ def create_api(ctx: ApiContext) -> Blueprint:
 
     @api.get("/combiners")
     def list_combiners():
+        page = parse(Page, request.args)
         ctx.registry.refresh()
-        return _items(ctx.state.list_combiners())
+        records = ctx.state.list_combiners(limit=page.limit + 1, after=page.after)
+        return _items(records, page, ctx.state.count_combiners())
 
     @api.get("/combiners/<combiner_id>")
     def get_combiner(combiner_id: str):
         ctx.registry.refresh()
-        return jsonify(ctx.state.get_combiner(combiner_id).model_dump(mode="json"))
+        return jsonify(record_to_rest(ctx.state.get_combiner(combiner_id)))
 
     # clients
     @api.post("/clients/assign")
@@ -204,13 +219,14 @@ def create_api(ctx: ApiContext) -> Blueprint:
 
     @api.get("/clients")
     def list_clients():
-        page = parse(Page, request.args)
+        page = parse(OffsetPage, request.args)
         ctx.registry.refresh()
-        return _items(ctx.state.list_clients(limit=page.limit, offset=page.offset))
+        records = ctx.state.list_clients(limit=page.limit + 1, offset=page.offset, after=page.after)
+        return _items(records, page, ctx.state.count_clients())
 
     @api.get("/clients/<client_id>")
     def get_client(client_id: str):
-        return jsonify(ctx.state.get_client(client_id).model_dump(mode="json"))
+        return jsonify(record_to_rest(ctx.state.get_client(client_id)))
 
     # models
     @api.post("/models")
@@ -227,16 +243,19 @@ def create_api(ctx: ApiContext) -> Blueprint:
         ctx.state.put_model(record)
         ctx.record("model.upload", f"model {record.id}", detail=f"{record.size_bytes} bytes")
         logger.info("model %s uploaded (%d parameters)", record.id, record.num_parameters)
-        return jsonify(record.model_dump(mode="json")), 201
+        return jsonify(record_to_rest(record)), 201
 
     @api.get("/models")
     def list_models():
-        page = parse(Page, request.args)
-        return _items(ctx.state.list_models(session_id=page.session_id, limit=page.limit, offset=page.offset))
+        page = parse(ModelPage, request.args)
+        records = ctx.state.list_models(
+            session_id=page.session_id, limit=page.limit + 1, offset=page.offset, after=page.after
+        )
+        return _items(records, page, ctx.state.count_models(session_id=page.session_id))
 
     @api.get("/models/<model_id>")
     def get_model(model_id: str):
-        return jsonify(ctx.state.get_model(model_id).model_dump(mode="json"))
+        return jsonify(record_to_rest(ctx.state.get_model(model_id)))
 
     @api.get("/models/<model_id>/download")
     def download_model(model_id: str):
@@ -266,6 +285,8 @@ def create_api(ctx: ApiContext) -> Blueprint:
             mode=req.mode,
             given=req.model_fields_set,
         )
+        if req.mode == SessionMode.EVALUATE and req.rounds != 1:
+            raise InvalidArgument("an evaluation session has exactly one round: rounds must be 1")
         if req.model_id is not None:
             seed = ctx.state.get_model(req.model_id)
         else:
@@ -288,6 +309,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
             buffer_size=req.buffer_size,
             staleness_exponent=req.staleness_exponent,
             max_staleness=req.max_staleness,
+            evaluate_every=req.evaluate_every,
             seed_model_id=seed.id,
             model_id=seed.id,
         )
@@ -299,27 +321,51 @@ def create_api(ctx: ApiContext) -> Blueprint:
         logger.info(
             "session %s created: %d rounds (%s) from model %s", session.id, session.rounds, session.mode, seed.id
         )
-        return jsonify(session.model_dump(mode="json")), 201
+        return jsonify(record_to_rest(session)), 201
 
     @api.get("/sessions")
     def list_sessions():
-        page = parse(Page, request.args)
-        return _items(ctx.state.list_sessions(limit=page.limit, offset=page.offset))
+        page = parse(OffsetPage, request.args)
+        records = ctx.state.list_sessions(limit=page.limit + 1, offset=page.offset, after=page.after)
+        return _items(records, page, ctx.state.count_sessions())
 
     @api.get("/sessions/<session_id>")
     def get_session(session_id: str):
-        return jsonify(ctx.state.get_session(session_id).model_dump(mode="json"))
+        return jsonify(record_to_rest(ctx.state.get_session(session_id)))
 
     @api.get("/sessions/<session_id>/rounds")
     def list_rounds(session_id: str):
+        page = parse(Page, request.args)
         ctx.state.get_session(session_id)
-        return _items(ctx.state.list_rounds(session_id))
+        records = ctx.state.list_rounds(session_id, limit=page.limit + 1, after=page.after)
+        return _items([visible_round(r) for r in records], page, ctx.state.count_rounds(session_id))
 
     @api.get("/rounds/<round_id>")
     def get_round(round_id: str):
-        return jsonify(ctx.state.get_round(round_id).model_dump(mode="json"))
+        return jsonify(record_to_rest(visible_round(ctx.state.get_round(round_id))))
+
+    @api.post("/sessions/<session_id>/stop")
+    def stop_session(session_id: str):
+        principal = caller()
+        by = principal.subject if principal else "anonymous"
+        if ctx.controller is None:
+            raise FailedPrecondition("this reducer runs no controller: sessions cannot be stopped here")
+        session = ctx.controller.request_stop(session_id, by)
+        ctx.record("session.stop", f"session {session_id}", detail=f"status {session.status.value}")
+        return jsonify(record_to_rest(session)), 202
 
     return api
+
+
+def visible_round(round_: Round) -> Round:
+    """A round as the caller may see it: each client's own evaluation only for admins (only aggregates
+    are exposed otherwise, DESIGN §9)."""
+    principal = caller()
+    if round_.evaluation is None or not round_.evaluation.per_client or principal is None:
+        return round_  # no tokens (a loopback federation): everyone is an admin
+    if principal.role == Role.ADMIN:
+        return round_
+    return round_.model_copy(update={"evaluation": round_.evaluation.model_copy(update={"per_client": []})})
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -13,14 +13,17 @@ than a store error is failed with the reason after ``max_session_errors`` passes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
 from fedn.clock import Clock, SystemClock
-from fedn.errors import FailedPrecondition, FednError, StoreError
-from fedn.records import Session, SessionMode, SessionStatus, now
+from fedn.errors import FailedPrecondition, FednError, NotFound, StoreError
+from fedn.records import RoundStatus, Session, SessionMode, SessionStatus, now
 from fedn.store.base import ModelStore, StateStore
 from reducer.async_session import AsyncSession
+from reducer.eval_session import EvalSession
+from reducer.evaluation import FederatedEvaluator
 from reducer.gateway import CombinerGateway, WatchedGateway
 from reducer.merging import Merger
 from reducer.planning import Planner
@@ -68,7 +71,13 @@ class Controller:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._planner = Planner(registry, self._stop, rpc_grace_s=rpc_grace_s, resume_wait_s=resume_wait_s, state=state)
+        self._planner_args = {"rpc_grace_s": rpc_grace_s, "resume_wait_s": resume_wait_s, "state": state}
+        self._planner = Planner(registry, self._stop, **self._planner_args)
+        # the session being run, and the event that ends its run: set by stop() and by request_stop()
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._halt = threading.Event()
+        self._stop_requests: dict[str, str] = {}  # session id -> who asked
         self._merger = Merger(
             state,
             models,
@@ -83,6 +92,7 @@ class Controller:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()
+        self._halt.set()
         self._wake.set()
         self._registry.wake_waiters()
         if self._thread is not None:
@@ -91,6 +101,45 @@ class Controller:
     def wake(self) -> None:
         """A session was created: look for work now rather than at the next poll."""
         self._wake.set()
+
+    def request_stop(self, session_id: str, by: str) -> Session:
+        """Stop a session for ``by`` (an admin): a pending one ends ``stopped`` now; a running one is
+        marked (so a restarted reducer does not resume it), its round is abandoned at every combiner,
+        and the controller ends it ``stopped`` once its calls have returned. Returns it as stored."""
+        session = self._state.get_session(session_id)
+        if session.status not in (SessionStatus.PENDING, SessionStatus.RUNNING):
+            raise FailedPrecondition(
+                f"session {session_id} is {session.status.value}: only a pending or running one stops"
+            )
+        with self._lock:
+            self._stop_requests[session_id] = by
+            running_here = self._current == session_id
+        if session.status == SessionStatus.PENDING and not running_here:
+            stopped = session.model_copy(
+                update={"status": SessionStatus.STOPPED, "stop_requested_by": by, "stopped_by": by, "updated_at": now()}
+            )
+            self._state.put_session(stopped)
+            logger.info("session %s: stopped by %s before it started", session_id, by)
+            return stopped
+        session = session.model_copy(update={"stop_requested_by": session.stop_requested_by or by, "updated_at": now()})
+        self._state.put_session(session)
+        if running_here:
+            self._halt.set()
+            self._wake.set()
+            self._registry.wake_waiters()
+            threading.Thread(target=self._abandon, args=(session_id, by), name="abandon", daemon=True).start()
+        logger.info("session %s: stop requested by %s", session_id, by)
+        return session
+
+    def _abandon(self, session_id: str, by: str) -> None:
+        """Tell every live combiner to drop what it runs for ``session_id``, so the calls waiting on it
+        return now rather than at the round's deadline."""
+        for combiner in self._registry.live():
+            try:
+                self._gateway.abandon(combiner, session_id, f"stopped by {by}", timeout_s=10.0)
+            except Exception as exc:  # its round then ends at its deadline: slower, nothing lost
+                text = exc.message if isinstance(exc, FednError) else repr(exc)
+                logger.warning("session %s: combiner %s did not take the stop: %s", session_id, combiner.id, text)
 
     # -- the loop ----------------------------------------------------------
 
@@ -138,15 +187,64 @@ class Controller:
         queue = sorted(running, key=lambda s: s.created_at) + sorted(pending, key=lambda s: s.created_at)
         return queue[0] if queue else None
 
-    def session_runner(self, session: Session) -> SyncSession | AsyncSession:
-        """A fresh runner for ``session``'s mode, given the controller's planner, merger, clock and stop."""
-        shared = (self._state, self._models, self._gateway, self._planner, self._merger, self._clock, self._stop)
+    def session_runner(self, session: Session) -> SyncSession | AsyncSession | EvalSession:
+        """A fresh runner for ``session``'s mode, given a planner, the merger, the clock and the event
+        that ends the session's run (the controller stops, or the session is stopped)."""
+        halt = self._halt
+        planner = Planner(self._registry, halt, **self._planner_args)
+        shared = (self._state, self._models, self._gateway, planner, self._merger, self._clock, halt)
         if session.mode == SessionMode.ASYNC:
             return AsyncSession(*shared, wake=self._wake)  # stop() sets it: the session's wait ends at once
-        return SyncSession(*shared, round_retries=self._round_retries)
+        evaluator = self.evaluator(planner)
+        if session.mode == SessionMode.EVALUATE:
+            return EvalSession(self._state, evaluator, self._merger, halt)
+        return SyncSession(*shared, round_retries=self._round_retries, evaluator=evaluator)
+
+    def evaluator(self, planner: Planner | None = None) -> FederatedEvaluator:
+        return FederatedEvaluator(self._state, self._gateway, planner or self._planner, self._merger, self._clock)
 
     def run_session(self, session: Session) -> Session:
-        """Run ``session`` until it is done, failed or the controller stops; returns it as stored."""
+        """Run ``session`` until it is done, failed, stopped or the controller stops; returns it as stored."""
+        with self._lock:
+            self._current = session.id
+            self._halt.clear()
+            if self._stop.is_set():
+                self._halt.set()
+            by = self._stop_requests.get(session.id) or session.stop_requested_by
+        try:
+            if by:  # asked before this run began (or before a restart): not resumed
+                return self._end_stopped(session, by)
+            session = self._run(session)
+            with self._lock:
+                by = self._stop_requests.get(session.id)
+            if by and session.status == SessionStatus.RUNNING:
+                return self._end_stopped(session, by)
+            return session
+        finally:
+            with self._lock:
+                self._current = None
+                self._stop_requests.pop(session.id, None)
+
+    def _end_stopped(self, session: Session, by: str) -> Session:
+        """The one way a session ends stopped: its open rounds first, then the session, with who stopped it."""
+        reason = f"session stopped by {by}"
+        for round_ in self._state.list_rounds(session.id):
+            if round_.status in (RoundStatus.PENDING, RoundStatus.RUNNING):
+                self._state.put_round(
+                    round_.model_copy(update={"status": RoundStatus.STOPPED, "reason": reason, "finished_at": now()})
+                )
+        with contextlib.suppress(NotFound):
+            session = self._state.get_session(session.id)  # as last advanced
+        session = session.model_copy(
+            update={"status": SessionStatus.STOPPED, "stop_requested_by": by, "stopped_by": by, "updated_at": now()}
+        )
+        self._state.put_session(session)
+        logger.info(
+            "session %s: stopped by %s after %d of %d rounds", session.id, by, session.rounds_done, session.rounds
+        )
+        return session
+
+    def _run(self, session: Session) -> Session:
         if session.status == SessionStatus.RUNNING:
             logger.info("session %s: resuming after %d of %d", session.id, session.rounds_done, session.rounds)
         else:
@@ -155,11 +253,21 @@ class Controller:
         session = session.model_copy(update={"status": SessionStatus.RUNNING, "updated_at": now()})
         self._state.put_session(session)
         session = self.session_runner(session).run(session)
+        if session.mode == SessionMode.ASYNC and session.rounds_done >= session.rounds and not self._halt.is_set():
+            self._evaluate_last(session)
         if session.status != SessionStatus.FAILED and session.rounds_done >= session.rounds:
             session = session.model_copy(update={"status": SessionStatus.DONE, "updated_at": now()})
             self._state.put_session(session)
             logger.info("session %s: done, final model %s", session.id, session.model_id)
         return session
+
+    def _evaluate_last(self, session: Session) -> None:
+        """An async session's final model is evaluated (when the session evaluates at all)."""
+        if session.evaluate_every <= 0:
+            return
+        last = [r for r in self._state.list_rounds(session.id) if r.status == RoundStatus.DONE]
+        if last:
+            self.evaluator().evaluate_round(session, max(last, key=lambda r: r.index).id, self._halt)
 
 
 def check_session_capacity(state: StateStore, max_pending: int) -> None:

@@ -11,6 +11,7 @@ from fedn.auth.rpc import TokenSource, open_channel
 from fedn.errors import Unavailable, error_from_grpc
 from fedn.records import CombinerRecord, RoundPlan, RoundResult
 from fedn.tls import TLSFiles
+from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
 from fedn.wire import Announcement, announcement_to_proto, round_plan_to_proto, round_result_from_proto
 from reducer.registry import CombinerRegistry
@@ -22,6 +23,8 @@ class CombinerGateway(Protocol):
     def run_round(self, combiner: CombinerRecord, plan: RoundPlan, timeout_s: float) -> RoundResult: ...
 
     def announce(self, combiner: CombinerRecord, info: Announcement, timeout_s: float) -> bool: ...
+
+    def abandon(self, combiner: CombinerRecord, session_id: str, reason: str, timeout_s: float) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -66,6 +69,11 @@ class GrpcCombinerGateway:
         """Tell a combiner an async session's model moved on; True if it runs that session."""
         return self._call(combiner, "AnnounceModel", announcement_to_proto(info), timeout_s).known
 
+    def abandon(self, combiner: CombinerRecord, session_id: str, reason: str, timeout_s: float) -> bool:
+        """Tell a combiner that ``session_id`` was stopped; True if it was running some of it."""
+        request = pb.AbandonRoundRequest(session_id=session_id, reason=reason[:200])
+        return self._call(combiner, "AbandonRound", request, timeout_s).known
+
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():
@@ -95,6 +103,9 @@ class WatchedGateway:
         except Unavailable as exc:
             self._registry.mark_unreachable(combiner.id, exc.message)
             raise
+
+    def abandon(self, combiner: CombinerRecord, session_id: str, reason: str, timeout_s: float) -> bool:
+        return self._inner.abandon(combiner, session_id, reason, timeout_s)
 
     def close(self) -> None:
         self._inner.close()

@@ -35,6 +35,7 @@ from fedn.records import (
     now,
 )
 from fedn.store.base import ModelStore, StateStore
+from reducer.evaluation import FederatedEvaluator, evaluation_due
 from reducer.gateway import CombinerGateway
 from reducer.merging import Merger, MergeRefused, PartialFolder
 from reducer.planning import Planner, Share
@@ -59,8 +60,10 @@ class SyncSession:
         stop: threading.Event,
         *,
         round_retries: int = 0,
+        evaluator: FederatedEvaluator | None = None,
     ) -> None:
         self._round_retries = round_retries
+        self._evaluator = evaluator  # None: no federated evaluation, whatever the session asks
         self._state = state
         self._models = models
         self._gateway = gateway
@@ -83,6 +86,8 @@ class SyncSession:
             round_ = round_ or Round(session_id=session.id, index=index, model_in=session.model_id)
             with self._planner.round_in_progress():  # rebalancing happens between rounds only
                 session = self.run_round(session, round_, last_attempt=attempts >= self._round_retries)
+                if session.rounds_done >= index and self._evaluator and evaluation_due(session, index):
+                    self._evaluator.evaluate_round(session, round_.id, self._stop)
             if session.status == SessionStatus.FAILED:
                 break
             if session.rounds_done < index and not self._stop.is_set():  # it fell short: a new attempt

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from fedn.partition import partition_labels
 
-__all__ = ["load_partition", "load_test_set", "train_labels"]
+__all__ = ["load_held_out", "load_partition", "load_test_set", "train_labels"]
 
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 42
@@ -27,6 +27,18 @@ def load_test_set() -> tuple[np.ndarray, np.ndarray]:
     """The held-out 20%, never used for training."""
     _, x_test, _, y_test = _split()
     return x_test, y_test
+
+
+def load_held_out(partition: int, num_partitions: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Client ``partition``'s own held-out data for federated evaluation: an even, seeded share of the
+    held-out 20%. The shares split that set, so the example-weighted mean of every client's accuracy is
+    the accuracy on the whole held-out set (the central evaluation's figure)."""
+    if not 0 <= partition < num_partitions:
+        raise ValueError(f"partition {partition} is outside 0..{num_partitions - 1}")
+    x_test, y_test = load_test_set()
+    order = np.random.default_rng(seed).permutation(len(y_test))
+    idx = np.array_split(order, num_partitions)[partition]
+    return x_test[idx], y_test[idx]
 
 
 def train_labels() -> np.ndarray:

@@ -26,6 +26,9 @@ _API = "/api/v1"
 REST_RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", f"{_API}/health"): OPEN,
     ("GET", f"{_API}/openapi.json"): _ANY,
+    # the Swagger UI page and its vendored files: static, no data, no secret (the document keeps its roles)
+    ("GET", f"{_API}/docs"): OPEN,
+    ("GET", f"{_API}/docs/{{asset}}"): OPEN,
     ("POST", f"{_API}/combiners"): _COMBINER,
     ("PUT", f"{_API}/combiners/{{combiner_id}}/heartbeat"): _COMBINER,
     ("GET", f"{_API}/combiners"): _VIEW,
@@ -41,11 +44,17 @@ REST_RULES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", f"{_API}/sessions"): _VIEW,
     ("GET", f"{_API}/sessions/{{session_id}}"): _VIEW,
     ("GET", f"{_API}/sessions/{{session_id}}/rounds"): _VIEW,
+    ("POST", f"{_API}/sessions/{{session_id}}/stop"): _ADMIN,
     ("GET", f"{_API}/rounds/{{round_id}}"): _VIEW,
     ("GET", f"{_API}/audit"): _ADMIN,
     ("POST", f"{_API}/tokens"): _ADMIN,
     ("GET", f"{_API}/tokens"): _ADMIN,
     ("POST", f"{_API}/tokens/{{token_id}}/revoke"): _ADMIN,
+    ("GET", f"{_API}/events"): _VIEW,
+    # the dashboard's page and assets hold no data and no secret; its data comes from the routes above
+    ("GET", "/"): OPEN,
+    ("GET", "/ui/{filename}"): OPEN,
+    ("GET", "/metrics"): _VIEW,  # Prometheus, with a viewer token (docs/operations.md)
 }
 
 _SERVICE = "/fedn.v1.Combiner/"
@@ -55,8 +64,10 @@ GRPC_RULES: dict[str, frozenset[Role]] = {
     _SERVICE + "RequestUpload": _CLIENT,
     _SERVICE + "UploadUpdate": _CLIENT,
     _SERVICE + "ReportFailure": _CLIENT,
+    _SERVICE + "ReportEvaluation": _CLIENT,
     _SERVICE + "RunRound": _REDUCER,
     _SERVICE + "AnnounceModel": _REDUCER,
+    _SERVICE + "AbandonRound": _REDUCER,
 }
 
 

@@ -13,10 +13,12 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_HEARTBEAT: _ClassVar[TaskKind]
     TASK_KIND_TRAIN: _ClassVar[TaskKind]
     TASK_KIND_UPLOAD_GRANT: _ClassVar[TaskKind]
+    TASK_KIND_EVALUATE: _ClassVar[TaskKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_HEARTBEAT: TaskKind
 TASK_KIND_TRAIN: TaskKind
 TASK_KIND_UPLOAD_GRANT: TaskKind
+TASK_KIND_EVALUATE: TaskKind
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -172,6 +174,51 @@ class ReportFailureResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class EvaluationReport(_message.Message):
+    __slots__ = ("round_id", "client_id", "model_id", "loss", "num_examples", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    client_id: str
+    model_id: str
+    loss: float
+    num_examples: float
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, round_id: _Optional[str] = ..., client_id: _Optional[str] = ..., model_id: _Optional[str] = ..., loss: _Optional[float] = ..., num_examples: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluationReportResponse(_message.Message):
+    __slots__ = ("accepted_evaluations",)
+    ACCEPTED_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    accepted_evaluations: int
+    def __init__(self, accepted_evaluations: _Optional[int] = ...) -> None: ...
+
+class AbandonRoundRequest(_message.Message):
+    __slots__ = ("round_id", "session_id", "reason")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    session_id: str
+    reason: str
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbandonRoundResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
 class RoundPlan(_message.Message):
     __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness", "model_sha256")
     class ConfigEntry(_message.Message):
@@ -263,7 +310,7 @@ class MetricSummary(_message.Message):
     def __init__(self, mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class RoundResult(_message.Message):
-    __slots__ = ("round_id", "combiner_id", "partial_key", "total_weight", "num_selected", "num_updates", "num_rejected", "failures", "metrics", "client_ids")
+    __slots__ = ("round_id", "combiner_id", "partial_key", "total_weight", "num_selected", "num_updates", "num_rejected", "failures", "metrics", "client_ids", "evaluations")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +328,7 @@ class RoundResult(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     combiner_id: str
     partial_key: str
@@ -291,4 +339,24 @@ class RoundResult(_message.Message):
     failures: _containers.RepeatedCompositeFieldContainer[ClientFailure]
     metrics: _containers.MessageMap[str, MetricSummary]
     client_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, round_id: _Optional[str] = ..., combiner_id: _Optional[str] = ..., partial_key: _Optional[str] = ..., total_weight: _Optional[float] = ..., num_selected: _Optional[int] = ..., num_updates: _Optional[int] = ..., num_rejected: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ClientFailure, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, MetricSummary]] = ..., client_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    evaluations: _containers.RepeatedCompositeFieldContainer[ClientEvaluation]
+    def __init__(self, round_id: _Optional[str] = ..., combiner_id: _Optional[str] = ..., partial_key: _Optional[str] = ..., total_weight: _Optional[float] = ..., num_selected: _Optional[int] = ..., num_updates: _Optional[int] = ..., num_rejected: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ClientFailure, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, MetricSummary]] = ..., client_ids: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[ClientEvaluation, _Mapping]]] = ...) -> None: ...
+
+class ClientEvaluation(_message.Message):
+    __slots__ = ("client_id", "loss", "num_examples", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    loss: float
+    num_examples: float
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, client_id: _Optional[str] = ..., loss: _Optional[float] = ..., num_examples: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...

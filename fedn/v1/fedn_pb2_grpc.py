@@ -59,6 +59,11 @@ class CombinerStub:
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.ReportFailureRequest.SerializeToString,
                 response_deserializer=fedn_dot_v1_dot_fedn__pb2.ReportFailureResponse.FromString,
                 _registered_method=True)
+        self.ReportEvaluation = channel.unary_unary(
+                '/fedn.v1.Combiner/ReportEvaluation',
+                request_serializer=fedn_dot_v1_dot_fedn__pb2.EvaluationReport.SerializeToString,
+                response_deserializer=fedn_dot_v1_dot_fedn__pb2.EvaluationReportResponse.FromString,
+                _registered_method=True)
         self.RunRound = channel.unary_unary(
                 '/fedn.v1.Combiner/RunRound',
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.RoundPlan.SerializeToString,
@@ -68,6 +73,11 @@ class CombinerStub:
                 '/fedn.v1.Combiner/AnnounceModel',
                 request_serializer=fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.SerializeToString,
                 response_deserializer=fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.FromString,
+                _registered_method=True)
+        self.AbandonRound = channel.unary_unary(
+                '/fedn.v1.Combiner/AbandonRound',
+                request_serializer=fedn_dot_v1_dot_fedn__pb2.AbandonRoundRequest.SerializeToString,
+                response_deserializer=fedn_dot_v1_dot_fedn__pb2.AbandonRoundResponse.FromString,
                 _registered_method=True)
 
 
@@ -106,6 +116,12 @@ class CombinerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RunRound(self, request, context):
         """Blocks until the round ends on this combiner; bounded by plan.timeout_s.
         """
@@ -115,6 +131,13 @@ class CombinerServicer:
 
     def AnnounceModel(self, request, context):
         """Asynchronous sessions: the global model moved on (or the session ended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonRound(self, request, context):
+        """A stopped session: its running round is abandoned here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +171,11 @@ def add_CombinerServicer_to_server(servicer, server):
                     request_deserializer=fedn_dot_v1_dot_fedn__pb2.ReportFailureRequest.FromString,
                     response_serializer=fedn_dot_v1_dot_fedn__pb2.ReportFailureResponse.SerializeToString,
             ),
+            'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvaluation,
+                    request_deserializer=fedn_dot_v1_dot_fedn__pb2.EvaluationReport.FromString,
+                    response_serializer=fedn_dot_v1_dot_fedn__pb2.EvaluationReportResponse.SerializeToString,
+            ),
             'RunRound': grpc.unary_unary_rpc_method_handler(
                     servicer.RunRound,
                     request_deserializer=fedn_dot_v1_dot_fedn__pb2.RoundPlan.FromString,
@@ -157,6 +185,11 @@ def add_CombinerServicer_to_server(servicer, server):
                     servicer.AnnounceModel,
                     request_deserializer=fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.FromString,
                     response_serializer=fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.SerializeToString,
+            ),
+            'AbandonRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonRound,
+                    request_deserializer=fedn_dot_v1_dot_fedn__pb2.AbandonRoundRequest.FromString,
+                    response_serializer=fedn_dot_v1_dot_fedn__pb2.AbandonRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +338,33 @@ class Combiner:
             _registered_method=True)
 
     @staticmethod
+    def ReportEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedn.v1.Combiner/ReportEvaluation',
+            fedn_dot_v1_dot_fedn__pb2.EvaluationReport.SerializeToString,
+            fedn_dot_v1_dot_fedn__pb2.EvaluationReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RunRound(request,
             target,
             options=(),
@@ -348,6 +408,33 @@ class Combiner:
             '/fedn.v1.Combiner/AnnounceModel',
             fedn_dot_v1_dot_fedn__pb2.ModelAnnouncement.SerializeToString,
             fedn_dot_v1_dot_fedn__pb2.AnnounceModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedn.v1.Combiner/AbandonRound',
+            fedn_dot_v1_dot_fedn__pb2.AbandonRoundRequest.SerializeToString,
+            fedn_dot_v1_dot_fedn__pb2.AbandonRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

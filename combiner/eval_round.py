@@ -1,0 +1,217 @@
+"""An evaluation round at a combiner: the selected clients evaluate one global model on their own
+held-out data, and the combiner aggregates their figures weighted by examples, as a sync round folds
+updates; nothing trains and nothing is stored in the model store.
+
+The round ends when every selected client answered (an evaluation, a reported failure, a disconnect)
+or its deadline passed. Its result carries the weighted summaries (``loss`` among the metrics), the
+total of examples as its weight, and each client's own figures for the admins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from combiner.grants import GrantGate
+from combiner.model_cache import CachedModel
+from combiner.run import RoundMetrics, RunContext, Tally
+from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
+from fedn.records import ClientEvaluation, ClientFailureRecord, RoundPlan, RoundResult
+from fedn.wire import TaskInfo, UpdateHeaderInfo
+from fedn.wire_eval import EvaluationReportInfo
+
+__all__ = ["EvalRound"]
+
+logger = logging.getLogger(__name__)
+
+
+class EvalRound:
+    """One evaluation round on this combiner's clients; implements :class:`combiner.run.Run`."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        plan: RoundPlan,
+        model: CachedModel,
+        selected: list[str],
+        *,
+        started_at: float | None = None,
+        max_num_examples: float = 1e9,
+    ) -> None:
+        self._ctx = ctx
+        self.plan = plan
+        self._selected = set(selected)
+        self._started_at = ctx.clock.now() if started_at is None else started_at
+        self._max_num_examples = max_num_examples
+        self._metrics = RoundMetrics()
+        self._tally = Tally()
+        self._evaluations: dict[str, ClientEvaluation] = {}
+        self._answered: set[str] = set()
+        self._closed = False
+        self._discard = False
+        self._all_answered = asyncio.Event()
+        self._task_info = TaskInfo(
+            "evaluate", plan.round_id, plan.session_id, plan.model_id, plan.round_index, plan.timeout_s, plan.config
+        )
+        self._tasks: GrantGate = ctx.models.task_gate(model, lambda c: ctx.clients.send(c, self._task_info))
+        self._task: asyncio.Task | None = None
+
+    @staticmethod
+    def check_plan(plan: RoundPlan) -> None:
+        if plan.timeout_s <= 0:
+            raise InvalidArgument("round timeout must be positive")
+
+    @property
+    def run_id(self) -> str:
+        return self.plan.round_id
+
+    @property
+    def session_id(self) -> str:
+        return self.plan.session_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drive(), name=f"evaluation-{self.plan.round_id}")
+
+    async def result(self, plan: RoundPlan) -> RoundResult:
+        assert self._task is not None, "start() the round first"
+        return await asyncio.shield(self._task)
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
+
+    def close(self, reason: str) -> None:
+        if self._task is not None and not self._task.done():
+            logger.warning("evaluation round %s abandoned: %s", self.plan.round_id, reason)
+        self._all_answered.set()
+
+    def abandon(self, reason: str) -> None:
+        """The session was stopped: end now; the figures that arrived are not reported."""
+        self._discard = True
+        self.close(reason)
+
+    # -- clients -----------------------------------------------------------------
+
+    def _expect(self, client_id: str) -> None:
+        round_id = self.plan.round_id
+        if self._closed:
+            raise FailedPrecondition(f"round {round_id!r} is closed on combiner {self._ctx.combiner_id}")
+        if client_id not in self._selected:
+            raise FailedPrecondition(f"client {client_id!r} was not asked to evaluate in round {round_id!r}")
+        if client_id in self._answered:
+            raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
+
+    def _answer(self, client_id: str, error: str | None = None) -> None:
+        self._answered.add(client_id)
+        self._tasks.release(client_id)
+        if error is not None:
+            self._tally.fail(client_id, error)
+        if self._answered >= self._selected:
+            self._all_answered.set()
+
+    def evaluated(self, report: EvaluationReportInfo) -> int:
+        """Fold one client's evaluation; returns how many arrived so far."""
+        self._expect(report.client_id)
+        if report.model_id != self.plan.model_id:
+            raise InvalidArgument(
+                f"evaluation of model {report.model_id!r}, but round {self.run_id!r} evaluates {self.plan.model_id!r}"
+            )
+        if report.num_examples > self._max_num_examples:  # as the stager bounds an update's weight
+            problem = InvalidArgument(
+                f"num_examples {report.num_examples:g} is over the limit {self._max_num_examples:g} (max_num_examples)"
+            )
+            self._tally.reject(report.client_id, problem)
+            self._answer(report.client_id)
+            raise problem
+        self._metrics.add({"loss": report.loss, **report.metrics}, report.num_examples)
+        self._evaluations[report.client_id] = ClientEvaluation(
+            client_id=report.client_id,
+            combiner_id=self._ctx.combiner_id,
+            loss=report.loss,
+            num_examples=report.num_examples,
+            metrics=dict(report.metrics),
+        )
+        self._ctx.stragglers.delivered(report.client_id)
+        self._answer(report.client_id)
+        return len(self._evaluations)
+
+    def admit(self, client_id: str) -> tuple[bool, int]:
+        raise FailedPrecondition(f"round {self.run_id!r} is an evaluation round: it takes no updates")
+
+    async def receive(self, header: UpdateHeaderInfo, chunks: AsyncIterator[bytes]) -> int:
+        raise FailedPrecondition(f"round {self.run_id!r} is an evaluation round: it takes no updates")
+
+    def report_failure(self, client_id: str, error: str) -> None:
+        self._expect(client_id)
+        logger.warning("client %s failed evaluation round %s: %s", client_id, self.plan.round_id, error)
+        self._answer(client_id, error)
+
+    def client_connected(self, client_id: str, replaced: bool) -> None:
+        """Nothing to do: the round's clients were chosen when it started."""
+
+    def client_left(self, client_id: str) -> None:
+        if not self._closed and client_id in self._selected and client_id not in self._answered:
+            self._answer(client_id, "client disconnected")
+
+    def downloaded(self, model_id: str, client_id: str) -> None:
+        if not self._closed and model_id == self.plan.model_id and client_id in self._selected:
+            self._tasks.release(client_id)  # its download is done: the next client gets its task
+
+    # -- the round ---------------------------------------------------------------
+
+    async def _drive(self) -> RoundResult:
+        plan, ctx = self.plan, self._ctx
+        logger.info(
+            "evaluation round %s (session %s, #%d) of model %s started on %s with %d clients",
+            plan.round_id,
+            plan.session_id,
+            plan.round_index,
+            plan.model_id,
+            ctx.combiner_id,
+            len(self._selected),
+        )
+        try:
+            for client_id in sorted(self._selected):
+                if self._tasks.request(client_id):
+                    ctx.clients.send(client_id, self._task_info)
+            with contextlib.suppress(TimeoutError):
+                remaining = self._started_at + plan.timeout_s - ctx.clock.now()
+                await ctx.clock.wait_for(self._all_answered.wait(), remaining)
+        finally:
+            self._closed = True
+            self._tasks.close()
+        for client_id in sorted(self._selected - self._answered):
+            self._tally.fail(client_id, f"no evaluation within the round deadline ({plan.timeout_s:g}s)")
+        evaluations = [] if self._discard else [self._evaluations[c] for c in sorted(self._evaluations)]
+        result = RoundResult(
+            round_id=plan.round_id,
+            combiner_id=ctx.combiner_id,
+            total_weight=sum(e.num_examples for e in evaluations),
+            num_selected=len(self._selected),
+            num_updates=len(evaluations),
+            num_rejected=self._tally.num_rejected,
+            failures=[
+                ClientFailureRecord(client_id=c, combiner_id=ctx.combiner_id, error=e)
+                for c, e in sorted(self._tally.failures.items())
+            ],
+            metrics=self._metrics.summary() if evaluations else {},
+            client_ids=[e.client_id for e in evaluations],
+            evaluations=evaluations,
+        )
+        logger.info(
+            "evaluation round %s ended on %s: %d/%d evaluations, %d failed, %.2fs",
+            plan.round_id,
+            ctx.combiner_id,
+            result.num_updates,
+            result.num_selected,
+            len(result.failures),
+            ctx.clock.now() - self._started_at,
+        )
+        return result
