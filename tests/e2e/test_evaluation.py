@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fedn.api_client import ReducerAPI
+from fedn.auth.tokens import Role
 from fedn.cli.sessions import wait_for_session
 from fedn.codec import decode_model, encode_model
 from fedn.launcher import FederationSpec, LocalFederation
@@ -72,6 +74,12 @@ def test_rounds_carry_the_federated_evaluation_of_their_model(fed: LocalFederati
             assert ev.metrics["accuracy"].count == NUM_CLIENTS
             # an admin sees each client's own figures
             assert sorted(e.client_id for e in ev.per_client) == sorted(c.id for c in api.list_clients())
+        # a viewer sees the aggregates, not each client's figures (only aggregates are exposed, DESIGN 9)
+        viewer = ReducerAPI(fed.reducer_url, token=fed.secrets.token(Role.VIEWER, "watcher"), tls=fed.api_tls())
+        with viewer:
+            seen = viewer.get_round(rounds[-1].id).evaluation
+            listed = list(viewer.list_rounds(session.id))[-1].evaluation
+        assert seen.metrics == rounds[-1].evaluation.metrics and seen.per_client == [] and listed.per_client == []
         # the shares split the held-out set: the federated accuracy is the central one
         central = DigitsClient(split="test").evaluate(
             {k: v.copy() for k, v in decode_model(api.download_model(rounds[-1].model_out)).items()}, {}
@@ -150,3 +158,30 @@ def test_a_pending_session_is_cancelled(fed: LocalFederation):
         api.stop_session(first.id)
         assert wait_for_session(api, first.id, poll_s=0.1, timeout_s=60).status == SessionStatus.STOPPED
         assert api.get_session(second.id).status == SessionStatus.STOPPED
+
+
+def test_stop_ends_an_async_session_and_its_clients_train_for_the_next_one(fed: LocalFederation):
+    from examples.digits import DigitsClient
+
+    with fed.api() as api:
+        seed = api.upload_model(encode_model(DigitsClient().initial_parameters()))
+        session = api.start_session(
+            rounds=10_000, mode="async", buffer_size=2, min_clients=2, round_timeout_s=120.0, model_id=seed.id
+        )
+        for _ in range(600):  # a few versions made: the clients train continuously
+            if api.get_session(session.id).rounds_done >= 3:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the async session made no versions")
+        stopping = api.stop_session(session.id)
+        session = wait_for_session(api, session.id, poll_s=0.1, timeout_s=60)
+        assert session.status == SessionStatus.STOPPED and session.stopped_by == stopping.stop_requested_by
+        versions = session.rounds_done
+        time.sleep(1.0)  # no combiner goes on merging for it
+        assert api.get_session(session.id).rounds_done == versions
+        # the clients are free: a sync session runs on all of them
+        after = api.start_session(rounds=1, min_clients=NUM_CLIENTS, round_timeout_s=120.0, model_id=seed.id)
+        after = wait_for_session(api, after.id, poll_s=0.2, timeout_s=180)
+        assert after.status == SessionStatus.DONE, after.error
+        assert api.list_rounds(after.id)[0].num_updates == NUM_CLIENTS
