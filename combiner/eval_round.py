@@ -21,6 +21,7 @@ from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
 from fedn.records import ClientEvaluation, ClientFailureRecord, RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 from fedn.wire_eval import EvaluationReportInfo
+from fedn.wire_limits import MAX_CLIENT_EVALUATIONS
 
 __all__ = ["EvalRound"]
 
@@ -47,7 +48,10 @@ class EvalRound:
         self._max_num_examples = max_num_examples
         self._metrics = RoundMetrics()
         self._tally = Tally()
-        self._evaluations: dict[str, ClientEvaluation] = {}
+        self._evaluations: dict[str, ClientEvaluation] = {}  # the first MAX_CLIENT_EVALUATIONS clients' own
+        self._count = 0  # evaluations folded, every client's
+        self._weight = 0.0
+        self._evaluated: list[str] = []
         self._answered: set[str] = set()
         self._closed = False
         self._discard = False
@@ -131,16 +135,20 @@ class EvalRound:
             self._answer(report.client_id)
             raise problem
         self._metrics.add({"loss": report.loss, **report.metrics}, report.num_examples)
-        self._evaluations[report.client_id] = ClientEvaluation(
-            client_id=report.client_id,
-            combiner_id=self._ctx.combiner_id,
-            loss=report.loss,
-            num_examples=report.num_examples,
-            metrics=dict(report.metrics),
-        )
+        self._count += 1
+        self._weight += report.num_examples
+        self._evaluated.append(report.client_id)
+        if len(self._evaluations) < MAX_CLIENT_EVALUATIONS:
+            self._evaluations[report.client_id] = ClientEvaluation(
+                client_id=report.client_id,
+                combiner_id=self._ctx.combiner_id,
+                loss=report.loss,
+                num_examples=report.num_examples,
+                metrics=dict(report.metrics),
+            )
         self._ctx.stragglers.delivered(report.client_id)
         self._answer(report.client_id)
-        return len(self._evaluations)
+        return self._count
 
     def admit(self, client_id: str) -> tuple[bool, int]:
         raise FailedPrecondition(f"round {self.run_id!r} is an evaluation round: it takes no updates")
@@ -189,20 +197,21 @@ class EvalRound:
             self._tasks.close()
         for client_id in sorted(self._selected - self._answered):
             self._tally.fail(client_id, f"no evaluation within the round deadline ({plan.timeout_s:g}s)")
-        evaluations = [] if self._discard else [self._evaluations[c] for c in sorted(self._evaluations)]
+        count = 0 if self._discard else self._count
+        evaluations = [self._evaluations[c] for c in sorted(self._evaluations)] if count else []
         result = RoundResult(
             round_id=plan.round_id,
             combiner_id=ctx.combiner_id,
-            total_weight=sum(e.num_examples for e in evaluations),
+            total_weight=self._weight if count else 0.0,
             num_selected=len(self._selected),
-            num_updates=len(evaluations),
+            num_updates=count,
             num_rejected=self._tally.num_rejected,
             failures=[
                 ClientFailureRecord(client_id=c, combiner_id=ctx.combiner_id, error=e)
                 for c, e in sorted(self._tally.failures.items())
             ],
-            metrics=self._metrics.summary() if evaluations else {},
-            client_ids=[e.client_id for e in evaluations],
+            metrics=self._metrics.summary() if count else {},
+            client_ids=list(self._evaluated) if count else [],
             evaluations=evaluations,
         )
         logger.info(

@@ -12,6 +12,7 @@ from fedn.ids import check_text
 from fedn.records import ConfigScalar, MetricSummary
 
 __all__ = [
+    "MAX_CLIENT_EVALUATIONS",
     "MAX_KEY_CHARS",
     "MAX_METRICS",
     "MAX_METRIC_KEY_CHARS",
@@ -35,6 +36,9 @@ MAX_KEY_CHARS, MAX_NAME_CHARS = 128, 256  # config keys and aggregator names; cl
 # Metrics are summed per name at the combiner and again at the reducer, and stored with every round:
 # their number and names are bounded for every update and every combiner's result alike.
 MAX_METRICS, MAX_METRIC_KEY_CHARS = 64, 64
+# each client's own evaluation figures a combiner relays per evaluation round (all clients count in the
+# summaries): bounds the combiner's memory and the RoundResult message, whatever the number of clients
+MAX_CLIENT_EVALUATIONS = 500
 MAX_TENSOR_NAME_CHARS, MAX_TENSOR_DIMS, MAX_TENSOR_DIM = 1024, 32, 1 << 40
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 

@@ -31,6 +31,7 @@ from fedn.records import (
 )
 from fedn.sampling import sample_seed
 from fedn.store.base import StateStore
+from fedn.wire_limits import MAX_CLIENT_EVALUATIONS
 from reducer.gateway import CombinerGateway
 from reducer.merging import Merger
 from reducer.planning import Planner
@@ -39,9 +40,6 @@ from reducer.results import ResultRefused, bound_failures, bound_metrics
 __all__ = ["MAX_CLIENT_EVALUATIONS", "FederatedEvaluator", "evaluation_due"]
 
 logger = logging.getLogger(__name__)
-
-MAX_CLIENT_EVALUATIONS = 500
-"""Clients' own evaluations a round record keeps (the federated summaries count every client)."""
 
 
 def evaluation_due(session: Session, index: int) -> bool:
@@ -156,9 +154,10 @@ class FederatedEvaluator:
 
 
 def _check_evaluations(result: RoundResult) -> None:
-    """A combiner's per-client figures must be of the clients it says answered, once each."""
+    """A combiner's per-client figures must be of clients it says answered, once each, and bounded."""
     ids = [e.client_id for e in result.evaluations]
-    if len(ids) != len(set(ids)) or set(ids) != set(result.client_ids) or len(ids) != result.num_updates:
+    bound = min(result.num_updates, MAX_CLIENT_EVALUATIONS)
+    if len(ids) != len(set(ids)) or not set(ids) <= set(result.client_ids) or len(ids) > bound:
         raise ResultRefused(
             f"combiner {result.combiner_id} returned {len(ids)} client evaluations for {result.num_updates} "
             "evaluations: not used"
