@@ -161,6 +161,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
                 "version": fedn.__version__,
                 "combiners_online": len(live),
                 "clients_online": sum(c.num_clients for c in live),
+                "tokens": ctx.auth is not None,  # whether every other route needs a bearer token
             }
         )
 

@@ -112,7 +112,7 @@ def openapi_document() -> dict:
     paths = {
         "/api/v1/health": {
             "get": {
-                "summary": "Liveness and counts of online combiners and clients",
+                "summary": "Liveness, counts of online combiners and clients, and whether tokens are on (open)",
                 "responses": {"200": _json({"type": "object"})},
             }
         },

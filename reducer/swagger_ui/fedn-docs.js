@@ -60,5 +60,25 @@
     load(token);
   });
 
-  load(sessionStorage.getItem(KEY) || "");
+  // Without a stored token, ask the open health route whether tokens are on before asking for the
+  // document, rather than being refused it.
+  var stored = sessionStorage.getItem(KEY);
+  if (stored) {
+    load(stored);
+  } else {
+    fetch("health", { credentials: "omit" })
+      .then(function (response) {
+        return response.json();
+      })
+      .then(function (health) {
+        if (health.tokens === false) {
+          load("");
+        } else {
+          ask("The API document needs a token.");
+        }
+      })
+      .catch(function (err) {
+        ask("Cannot reach the reducer: " + err);
+      });
+  }
 })();

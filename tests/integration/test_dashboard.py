@@ -181,3 +181,38 @@ def test_dashboard_follows_a_session_and_stops_one(federation: LocalFederation, 
         assert str(stop.value.status) in page.page.text_content("#stop-error")
     page.page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
     api.close()
+
+
+def test_the_swagger_page_loads_offline_and_calls_the_api_with_the_token(
+    federation: LocalFederation, browser, tmp_path: Path
+):
+    admin = federation.secrets.token(Role.ADMIN, "admin")
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(f"{federation.reducer_url}/api/v1/docs")
+    # the document needs a token: the page asks for one before it loads anything
+    page.wait_for_selector("#fedn-token-form:not([hidden])", timeout=30_000)
+    page.fill("#fedn-token", admin)
+    page.click("#fedn-token-form button[type=submit]")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.getAttribute('data-path'))")
+    assert "/api/v1/sessions/{session_id}/stop" in paths and "/api/v1/metrics" not in paths
+    # "Try it out" on the session list sends the token it was given
+    block = page.locator(".opblock-get:has(.opblock-summary-path[data-path='/api/v1/sessions'])").first
+    block.locator(".opblock-summary").click()
+    block.locator("button.try-out__btn").click()
+    with page.expect_response(lambda r: "/api/v1/sessions?" in r.url or r.url.endswith("/api/v1/sessions")) as res:
+        block.locator("button.execute").click()
+    assert res.value.status == 200 and res.value.request.headers.get("authorization") == f"Bearer {admin}"
+    page.screenshot(path=str(tmp_path / "swagger.png"), full_page=False)
+    assert errors == [], failed
+    origin = federation.reducer_url
+    assert all(url.startswith(origin) or url.startswith("data:") for url in requests), "a request left the reducer"
+    context.close()
