@@ -109,7 +109,7 @@ class Controller:
         session = self._state.get_session(session_id)
         if session.status not in (SessionStatus.PENDING, SessionStatus.RUNNING):
             raise FailedPrecondition(
-                f"session {session_id} is {session.status.value}: only a pending or running one stops"
+                f"session {session_id} is {session.status.value}: only a pending or running session can be stopped"
             )
         with self._lock:
             self._stop_requests[session_id] = by

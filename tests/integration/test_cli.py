@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -128,3 +129,37 @@ def test_reducer_with_an_unreachable_mongo_exits_with_one_redacted_line(capsys):
 def test_unreachable_reducer_is_a_clear_error(capsys):
     code, _, err = _run(capsys, "model", "list", "--reducer", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and "unreachable" in err
+
+
+def test_session_stop_and_evaluate_commands(reducer_url, tmp_path, capsys):
+    seed = tmp_path / "seed.safetensors"
+    seed.write_bytes(encode_model({"w": np.arange(6, dtype=np.float32)}))
+    code, out, _ = _run(capsys, "model", "upload", "--file", str(seed), "--reducer", reducer_url)
+    model_id = out.split()[2]
+    # no client ever connects here: a queued session is cancelled at once, with who stopped it
+    code, out, _ = _run(capsys, "session", "start", "--rounds", "2", "--model", model_id, "--reducer", reducer_url)
+    session_id = out.split()[1]
+    code, out, _ = _run(capsys, "session", "evaluate", "--model", model_id, "--reducer", reducer_url)
+    assert code == 0 and f"evaluating model {model_id}" in out
+    evaluation_id = out.split()[1].rstrip(":")
+    for sid in (evaluation_id, session_id):
+        code, out, _ = _run(capsys, "session", "stop", sid, "--reducer", reducer_url)
+        assert code == 0 and f"session {sid}" in out and ("stopped" in out or "stopping" in out)
+        code, out, _ = _run(capsys, "session", "show", sid, "--json", "--reducer", reducer_url)
+        shown = json.loads(out)
+        assert shown["stop_requested_by"] is not None
+    code, out, _ = _run(capsys, "session", "show", evaluation_id, "--json", "--reducer", reducer_url)
+    assert json.loads(out)["mode"] == "evaluate"
+    # an ended session cannot be stopped: one line, exit 2
+    stopped = [
+        sid
+        for sid in (evaluation_id, session_id)
+        if json.loads(_run(capsys, "session", "show", sid, "--json", "--reducer", reducer_url)[1])["status"]
+        == "stopped"
+    ]
+    if stopped:
+        code, out, err = _run(capsys, "session", "stop", stopped[0], "--reducer", reducer_url)
+        assert code == 2 and "error: " in err and "only a pending or running session" in err
+    # a bad model id is refused before anything is stored
+    code, _, err = _run(capsys, "session", "evaluate", "--model", "../x", "--reducer", reducer_url)
+    assert code == 2 and "Traceback" not in err
