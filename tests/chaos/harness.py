@@ -57,7 +57,7 @@ __all__ = ["ALL_KINDS", "ChaosConfig", "ChaosRun", "Fault", "schedule"]
 
 logger = logging.getLogger(__name__)
 
-ALL_KINDS = ("reducer", "combiner", "client", "mongo", "s3", "window")
+ALL_KINDS = ("reducer", "combiner", "client", "mongo", "s3", "window", "stop")
 _WINDOW_COLLECTIONS = ("rounds", "sessions", "models")
 _ENDED = {SessionStatus.DONE, SessionStatus.FAILED, "stopped"}
 _CLIENT = "tests.chaos.clients:PacedClient"
@@ -84,7 +84,12 @@ def schedule(rng: random.Random, faults: int, kinds: tuple[str, ...], combiners:
             bag = list(kinds)
             rng.shuffle(bag)
         kind = bag.pop()
-        target = {"combiner": rng.randrange(combiners), "client": rng.randrange(clients), "window": rng.randint(0, 3)}
+        target = {
+            "combiner": rng.randrange(combiners),
+            "client": rng.randrange(clients),
+            "window": rng.randint(0, 3),
+            "stop": rng.randint(0, 1),  # 1: the reducer is killed right after it acknowledged the stop
+        }
         out.append(Fault(kind, round(rng.uniform(0.1, 1.5), 2), round(rng.uniform(0.2, 2.0), 2), target.get(kind, 0)))
     return out
 
@@ -120,6 +125,7 @@ class ChaosReport:
     sessions: int = 0
     sessions_finished: int = 0
     sessions_failed_with_reason: int = 0
+    sessions_stopped: int = 0
     violations: list[dict[str, str]] = field(default_factory=list)
     violations_by_invariant: Counter = field(default_factory=Counter)
     faults_by_session: dict[str, list[str]] = field(default_factory=dict)
@@ -142,6 +148,7 @@ class ChaosReport:
             "sessions": self.sessions,
             "sessions_finished": self.sessions_finished,
             "sessions_failed_with_reason": self.sessions_failed_with_reason,
+            "sessions_stopped": self.sessions_stopped,
             "violations_by_invariant": dict(sorted(self.violations_by_invariant.items())),
             "violations": self.violations,
             "faults_by_session": self.faults_by_session,
@@ -489,9 +496,12 @@ class ChaosRun:
         assert self._state is not None
         try:
             self.ledger.observe(self._state.list_rounds(session_id))
-            return self._state.get_session(session_id).status
+            session = self._state.get_session(session_id)
         except FednError:
             return None
+        if session.status == SessionStatus.STOPPED:
+            self.ledger.stopped_at.setdefault(session_id, session.rounds_done)
+        return session.status
 
     # -- faults -------------------------------------------------------------
 
@@ -504,6 +514,8 @@ class ChaosRun:
         )
         if fault.kind == "window":
             return self._window(fault, session_id)
+        if fault.kind == "stop":
+            return self._stop(fault, session_id)
         self._note(
             session_id,
             fault.kind if fault.kind not in ("combiner", "client") else f"{fault.kind}-{fault.target}",
@@ -531,6 +543,24 @@ class ChaosRun:
             self._s3.start()
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
+        return True
+
+    def _stop(self, fault: Fault, session_id: str) -> bool:
+        """An admin stops the session; with ``target`` 1 the reducer is killed as soon as it acknowledged
+        the stop, so the restarted one must not resume the session."""
+        assert self._fed is not None
+        try:
+            with self._api() as api:
+                api.stop_session(session_id)
+        except FednError as exc:  # it ended meanwhile (409), or the reducer is away: not landed
+            logger.info("stop of session %s did not land: %s", session_id, exc)
+            return False
+        self.ledger.stops.add(session_id)
+        self._note(session_id, "stop" + (" then reducer" if fault.target else ""), fault.down_s)
+        if fault.target:
+            _kill(self._fed.reducer)
+            time.sleep(fault.down_s)
+            self._restart_reducer()
         return True
 
     def _window(self, fault: Fault, session_id: str) -> bool:
@@ -605,6 +635,8 @@ class ChaosRun:
                 session = state.get_session(session_id)
                 if session.status == SessionStatus.DONE:
                     self.report.sessions_finished += 1
+                elif session.status == SessionStatus.STOPPED:
+                    self.report.sessions_stopped += 1
                 elif session.status == SessionStatus.FAILED and (session.error or "").strip():
                     self.report.sessions_failed_with_reason += 1
                 if session.status == SessionStatus.FAILED:

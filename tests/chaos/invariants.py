@@ -16,6 +16,9 @@ each a dict ``{"invariant", "session", "detail"}``. The names:
 - ``model_stored``: every done round's model has a record and a blob whose sha256 and size match;
 - ``partial_dropped`` (sync): a combiner's partial written before its round ended was merged, not
   dropped (the combiner is in the round and has no combiner-level failure);
+- ``stop_holds``: a session whose stop the API acknowledged ends stopped (with who stopped it), or done or
+  failed if it ended before the stop landed; once seen stopped, it is never resumed (no round is done
+  after it, even across reducer restarts);
 - ``failed_by_short_fault``: no session failed when every fault that landed in it was shorter than the
   round timeout (each is undone within seconds, and a round waits its whole deadline): an outage
   shorter than the deadline costs no session (issue 14);
@@ -102,6 +105,8 @@ class Ledger:
     seed_models: list[str] = field(default_factory=list)  # model ids, for each 201
     done_rounds: dict[str, RoundSnapshot] = field(default_factory=dict)  # first sighting of each done round
     faults: dict[str, list[LandedFault]] = field(default_factory=dict)  # session id -> the faults that landed in it
+    stops: set[str] = field(default_factory=set)  # sessions whose stop the API acknowledged
+    stopped_at: dict[str, int] = field(default_factory=dict)  # rounds_done when first seen stopped
     round_timeout_s: float = 12.0  # of every session the harness starts
 
     def observe(self, rounds: Iterable[Round]) -> None:
@@ -176,6 +181,7 @@ def check_all(
         records = state.list_models(session_id=session_id, limit=10_000)
         found += _check_session(session, rounds, records, models, partials)
         found += _short_fault_failure(session, ledger)
+        found += _stop_holds(session, rounds, ledger)
     for model_id in ledger.seed_models:
         found += [violation("acknowledged_write_lost", "", d) for d in _model_problems(state, models, model_id)]
     found += _check_snapshots(state, ledger)
@@ -248,6 +254,23 @@ def _check_session(
             found += _dropped_partials(sid, r, partials.get(r.id, []))
     if status == "done" and done and session.model_id != done[-1].model_out:
         found.append(violation("parent_chain", sid, f"session model {session.model_id} is not the last round's"))
+    return found
+
+
+def _stop_holds(session: Session, rounds: list[Round], ledger: Ledger) -> list[dict[str, str]]:
+    sid, status = session.id, str(session.status)
+    found = []
+    if sid in ledger.stops:
+        if status not in ("stopped", "done", "failed"):
+            found.append(violation("stop_holds", sid, f"stop acknowledged, but the session is {status}"))
+        if status == "stopped" and not session.stopped_by:
+            found.append(violation("stop_holds", sid, "stopped with no stopped_by"))
+    if sid in ledger.stopped_at:
+        seen = ledger.stopped_at[sid]
+        done = sum(r.status == RoundStatus.DONE for r in rounds)
+        if status != "stopped" or session.rounds_done != seen or done != seen:
+            detail = f"seen stopped after {seen} rounds; now {status} with {session.rounds_done} ({done} done rounds)"
+            found.append(violation("stop_holds", sid, detail))
     return found
 
 

@@ -174,3 +174,25 @@ def test_a_session_failed_by_faults_shorter_than_the_round_timeout_is_caught(tmp
 
     world.ledger.landed(world.session.id, "mongo", 30.0)  # an outage longer than a round may fail it
     assert world.check() == set()
+
+
+def test_a_stopped_session_that_ran_on_or_was_resumed_is_caught(tmp_path: Path):
+    world = World(tmp_path, rounds=3)
+    world.ledger.stops.add(world.session.id)
+    assert world.check() == set()  # it ended done before the stop landed: allowed
+    # stopped after 2 rounds, seen so by the harness, with who stopped it
+    world.rounds[2].status, world.rounds[2].model_out = RoundStatus.STOPPED, None
+    world.state.put_round(world.rounds[2])
+    world.session.status, world.session.rounds_done, world.session.stopped_by = SessionStatus.STOPPED, 2, "admin"
+    world.session.model_id = world.rounds[1].model_out
+    world.state.put_session(world.session)
+    world.ledger.stopped_at[world.session.id] = 2
+    world.ledger.done_rounds.pop(world.rounds[2].id)
+    assert world.check() == set()
+    world.session.stopped_by = None
+    world.state.put_session(world.session)
+    assert world.check() == {"stop_holds"}
+    # a restarted reducer resumed it: a third round done after it was seen stopped
+    world.session.stopped_by, world.session.status, world.session.rounds_done = "admin", SessionStatus.DONE, 3
+    world.state.put_session(world.session)
+    assert "stop_holds" in world.check()
