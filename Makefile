@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # torch for the image lock: the CPU build, from the PyTorch CPU index (or a wheel already on disk)
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install demo test lint audit lock unit bench chaos proto clean
+.PHONY: install demo test lint audit lock unit bench chaos figures proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ unit: install
 
 bench: install
 	$(PY) -m bench
+
+figures: install  # the pictures in docs/img (deterministic from seeds; about 5 minutes)
+	$(PY) -m bench.figures
 
 chaos: install
 	$(PY) -m tests.chaos.run --faults 100 --seed 1
