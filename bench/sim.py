@@ -4,7 +4,8 @@
   every client every round, 1000 and 10,000 clients: seconds per round (median after the first) and
   the peak resident memory of the driver and all workers together.
 - ``sim_digits``: the digits MLP, 100 clients, Dirichlet(0.3) label skew, 30 rounds: final accuracy
-  and wall time.
+  (central, and federated: every client evaluates each round), wall time, and the wall time of the
+  federated evaluations.
 - ``sim_async_vs_sync``: digits, 100 clients, half of them 10x slower (modelled clock): sync rounds
   against async (FedBuff) versions for the same client work, with global versions per modelled
   minute and the accuracy reached.
@@ -29,6 +30,7 @@ def trivial(clients: int, params: int = 100_000, rounds: int = 4, workers: int |
         client="bench.workloads:SyntheticClient",
         client_args={"params": params},
         eval_args=None,
+        federated_eval=False,  # this measures training rounds
         clients=clients,
         combiners=2,
         rounds=rounds,
@@ -75,8 +77,10 @@ def digits(clients: int = 100, rounds: int = 30, alpha: float = 0.3, strategy: s
         "best_accuracy": max(curve),
         "first_round_at_0.85": reached,
         "accuracy_curve": curve,
+        "final_eval_accuracy": round(result.rounds[-1]["eval_accuracy"], 4) if spec.federated_eval else None,
         "s_per_round_steady": round(steady(result.rounds), 3),
         "wall_s": round(result.wall_s, 1),
+        "eval_wall_s": round(sum(r.get("eval_wall_s", 0.0) for r in result.rounds), 1),
     }
 
 

@@ -126,6 +126,7 @@ class MetricSummary(BaseModel):
     min: float
     max: float
     count: int
+    weight: float = 0.0  # the examples behind ``mean`` (0: unknown, from a peer that did not say)
 
 
 class ClientEvaluation(BaseModel):

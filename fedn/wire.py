@@ -317,7 +317,8 @@ def round_result_to_proto(result: RoundResult) -> pb.RoundResult:
         num_rejected=result.num_rejected,
         failures=[pb.ClientFailure(client_id=f.client_id, error=f.error) for f in result.failures],
         metrics={
-            k: pb.MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in result.metrics.items()
+            k: pb.MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count, weight=m.weight)
+            for k, m in result.metrics.items()
         },
         client_ids=list(result.client_ids),
         evaluations=client_evaluations_to_proto(result.evaluations),
@@ -338,7 +339,10 @@ def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
             ClientFailureRecord(client_id=f.client_id, combiner_id=msg.combiner_id, error=f.error) for f in msg.failures
         ],
         metrics=check_metric_summaries(
-            {k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count) for k, m in msg.metrics.items()}
+            {
+                k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count, weight=m.weight)
+                for k, m in msg.metrics.items()
+            }
         ),
         client_ids=list(msg.client_ids),
         evaluations=client_evaluations_from_proto(msg.evaluations, msg.combiner_id),

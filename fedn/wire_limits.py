@@ -87,6 +87,8 @@ def check_metric_summaries(summaries: Mapping[str, MetricSummary]) -> dict[str, 
         for value in (s.mean, s.min, s.max):
             check_finite(value, f"metric {name}")
         check_count(s.count, f"metric {name} count")
+        if not (math.isfinite(s.weight) and s.weight >= 0):
+            raise InvalidArgument(f"metric {name} weight must be a finite number of at least 0, got {s.weight}")
     return dict(summaries)
 
 

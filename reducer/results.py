@@ -81,6 +81,8 @@ def _problem(result: RoundResult, round_id: str, combiner_id: str, max_num_examp
             return f"returned a metric name of {len(name)} characters (at most {MAX_METRIC_NAME_CHARS})"
         if not all(math.isfinite(v) for v in (summary.mean, summary.min, summary.max)) or summary.count < 0:
             return f"returned metric {clip(name)!r} that is not finite"
+        if not 0 <= summary.weight <= weight * (1 + 1e-9) + 1e-9:  # its examples are among the result's
+            return f"returned metric {clip(name)!r} with weight {summary.weight!r}, more than total_weight {weight!r}"
     if len(result.client_ids) > max_clients:
         return f"returned {len(result.client_ids)} client_ids (at most max_clients_per_combiner {max_clients})"
     return ""

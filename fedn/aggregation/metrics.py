@@ -37,17 +37,20 @@ class MetricsAccumulator:
                 min=self._min[name],
                 max=self._max[name],
                 count=self._count[name],
+                weight=self._weight[name],
             )
             for name in self._sum
         }
 
 
 def merge_metric_summaries(parts: Iterable[tuple[Mapping[str, MetricSummary], float]]) -> dict[str, MetricSummary]:
-    """Merge per-combiner summaries, each weighted by that combiner's total weight."""
+    """Merge per-combiner summaries, each weighted by the examples behind it (``MetricSummary.weight``; a
+    summary that does not say is weighted by its combiner's total weight, the part's second item)."""
     total: dict[str, list[float]] = {}
     out: dict[str, MetricSummary] = {}
-    for summaries, weight in parts:
+    for summaries, combiner_weight in parts:
         for name, s in summaries.items():
+            weight = s.weight if s.weight > 0 else combiner_weight
             acc = total.setdefault(name, [0.0, 0.0])
             acc[0] += s.mean * weight
             acc[1] += weight
@@ -59,5 +62,5 @@ def merge_metric_summaries(parts: Iterable[tuple[Mapping[str, MetricSummary], fl
                 count=s.count + (prev.count if prev else 0),
             )
     for name, (weighted, weight) in total.items():
-        out[name] = out[name].model_copy(update={"mean": weighted / weight if weight > 0 else 0.0})
+        out[name] = out[name].model_copy(update={"mean": weighted / weight if weight > 0 else 0.0, "weight": weight})
     return out

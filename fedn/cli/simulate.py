@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fedn.cli.models import parse_client_args
-from fedn.cli.sessions import add_mode_arguments, mode_params, parse_json_object
+from fedn.cli.sessions import add_mode_arguments, mode_params, non_negative_int, parse_json_object
 from fedn.errors import InvalidArgument
 from fedn.partition import PARTITIONERS
 
@@ -62,18 +62,37 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="modelled seconds a task takes a normal-speed client (times --slowdown for slow ones); async's clock "
         "[default: 1 in async mode; in sync mode time follows --example-time and the client's examples]",
     )
+    p.add_argument(  # the simulator's older name of --evaluate-every (from add_mode_arguments)
+        "--eval-every",
+        dest="evaluate_every",
+        type=non_negative_int,
+        metavar="K",
+        help="the same as --evaluate-every; it also spaces the central evaluation (async: every K versions)",
+    )
+    p.add_argument(
+        "--central-eval",
+        action="store_true",
+        help="also evaluate the global model in the driver on one client instance (e.g. the whole test set); "
+        "its figures are the loss and accuracy columns, beside the federated eval_loss and eval_accuracy",
+    )
     p.add_argument(
         "--eval-client-arg",
         action="append",
         default=None,
         metavar="KEY=VALUE",
-        help="arguments of the evaluating client instance [default split=test]",
+        help="arguments of the central evaluating client instance; implies --central-eval [default split=test]",
     )
-    p.add_argument("--no-eval", action="store_true", help="do not evaluate the global model")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every this many rounds [default 1]")
+    p.add_argument(
+        "--no-eval", action="store_true", help="no evaluation at all, federated or central (only training figures)"
+    )
     p.add_argument("--out", default=None, help="output directory [default sim-runs/<time>]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only one line per round")
-    p.add_argument("--min-accuracy", type=float, default=None, help="exit 1 unless the final accuracy reaches this")
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="exit 1 unless the last round's accuracy reaches this (the federated one, else the central one)",
+    )
     p.set_defaults(func=run_simulate)
 
 
@@ -97,12 +116,14 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     from fedn.sim import Simulation, parse_spec, write_outputs
 
+    central = not args.no_eval and (args.central_eval or args.eval_client_arg is not None)
+    session_mode = mode_params(args)
+    every = session_mode.pop("evaluate_every")  # 0: no federated evaluation, as in a deployment
     spec = parse_spec(
         client=args.client,
         client_args=parse_client_args(args.client_arg),
-        eval_args=None
-        if args.no_eval
-        else parse_client_args(args.eval_client_arg if args.eval_client_arg is not None else ["split=test"]),
+        eval_args=parse_client_args(args.eval_client_arg or ["split=test"]) if central else None,
+        federated_eval=not args.no_eval and every > 0,
         clients=args.clients,
         combiners=args.combiners,
         rounds=args.rounds,
@@ -126,15 +147,16 @@ def run_simulate(args: argparse.Namespace) -> int:
             "deadline_s": args.deadline,
             "task_time_s": args.task_time,
         },
-        eval_every=args.eval_every,
-        **mode_params(args),
+        eval_every=max(every, 1),
+        **session_mode,
     )
     out = Path(args.out or Path("sim-runs") / time.strftime("%Y%m%d-%H%M%S"))
     sim = Simulation(spec)
     console = Console(highlight=False, soft_wrap=True)
     console.print(
         f"fedn simulate: {spec.clients} clients in {spec.combiners} combiner groups, {spec.rounds} rounds, "
-        f"{spec.workers} workers, strategy {spec.strategy}, aggregator {spec.aggregator}"
+        f"{spec.workers} workers, strategy {spec.strategy}, aggregator {spec.aggregator}, "
+        f"evaluation {_evaluation_kind(spec.federated_eval, spec.eval_args is not None)}"
     )
     progress = Progress(
         TextColumn("{task.description}"),
@@ -171,11 +193,19 @@ def run_simulate(args: argparse.Namespace) -> int:
         f"metrics in {paths['json']} and {paths['csv']}, model in {paths['model']}"
     )
     if args.min_accuracy is not None:
-        accuracy = final.get("accuracy")
+        accuracy = final.get("eval_accuracy", final.get("accuracy"))
         if accuracy is None or accuracy < args.min_accuracy:
             console.print(f"final accuracy {accuracy} is below the required {args.min_accuracy:.2f}")
             return 1
     return 0 if final.get("status") == "done" else 1
+
+
+_EVAL_COUNTS = ("eval_clients", "eval_failed", "eval_wall_s")
+
+
+def _evaluation_kind(federated: bool, central: bool) -> str:
+    kinds = [name for name, on in (("federated", federated), ("central", central)) if on]
+    return " and ".join(kinds) or "off"
 
 
 def _round_line(row: dict, rounds: int) -> str:
@@ -190,6 +220,14 @@ def _round_line(row: dict, rounds: int) -> str:
             parts.append(f"{label} {row[key]}")
     if "train_loss" in row:
         parts.append(f"train loss {row['train_loss']:.4f}")
+    # the federated evaluation first, in its column names (as `fedn local` prints them), then the central one
+    for key in sorted(k for k in row if k.startswith("eval_") and k not in _EVAL_COUNTS):
+        parts.append(f"{key} {row[key]:.4f}")
+    if "eval_clients" in row:
+        parts.append(
+            f"eval_clients {row['eval_clients']}"
+            + (f" ({row['eval_failed']} failed)" if row.get("eval_failed") else "")
+        )
     if "accuracy" in row:
         parts.append(f"accuracy {row['accuracy']:.4f}")
     elif "loss" in row:

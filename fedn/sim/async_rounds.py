@@ -7,7 +7,9 @@ moment started on a version that exists already, so all of them are trained in o
 per base version. Each update is folded, as in a deployment, as its delta from its base scaled by
 ``(1+s)^-exponent`` (``fedn.aggregation``); the full group buffer is flushed through the reducer's
 code into the next version, and the next window starts. Memory: one float64 buffer per group and
-the base versions still in use.
+the base versions still in use. The final version is evaluated on the clients, as a deployment's async
+session evaluates its final model (:func:`fedn.sim.evaluation.evaluate_on_sample`), outside the
+modelled clock; the central evaluation (``eval_args``) follows ``eval_every``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fedn.errors import FednError
 from fedn.records import MetricSummary
 from fedn.sampling import sample_seed, sample_size, select_clients
 from fedn.sim.context import RunContext
+from fedn.sim.evaluation import evaluate_on_sample
 from fedn.sim.results import RoundMetrics
 
 __all__ = ["run_async"]
@@ -194,6 +197,8 @@ def run_async(ctx: RunContext, model: NamedArrays) -> NamedArrays:
             row["train_loss"] = summary["train_loss"].mean
         if "staleness" in summary:
             row["staleness_mean"], row["staleness_max"] = summary["staleness"].mean, summary["staleness"].max
+        if spec.federated_eval and version == spec.rounds:  # as a deployment's async session: the final model
+            row.update(evaluate_on_sample(ctx, new_model, version))
         ctx.log.record(row, new_model, started=started)
     return versions[version]
 

@@ -66,7 +66,7 @@ class Simulation:
         spec = self.spec
         started = time.perf_counter()
         initial = self.cls(**spec.client_args).initial_parameters()  # as `fedn local` seeds a session
-        evaluator = None if spec.eval_args is None else self.cls(**{**spec.client_args, **spec.eval_args})
+        evaluator = None if spec.eval_args is None else self._central_evaluator()
         manifest = manifest_of(initial)
         model: NamedArrays = {s.name: np.array(initial[s.name]) for s in manifest}
         slowdown, dropout = client_profiles(spec)
@@ -99,7 +99,19 @@ class Simulation:
                 wall_s=time.perf_counter() - started,
                 peak_rss_mb=rss.peak_mb(),
                 failures=log.failures,
+                evaluations=log.evaluations,
             )
+
+    def _central_evaluator(self) -> object:
+        """The one client instance that evaluates centrally; InvalidArgument (one line) if it cannot be built."""
+        kwargs = {**self.spec.client_args, **(self.spec.eval_args or {})}
+        try:
+            return self.cls(**kwargs)
+        except Exception as exc:
+            raise InvalidArgument(
+                f"the central evaluating client {self.spec.client}({kwargs}) could not be built: "
+                f"{type(exc).__name__}: {exc} (see --eval-client-arg)"
+            ) from None
 
 
 def _shm_dir() -> str | None:

@@ -2,7 +2,8 @@
 
 The driver publishes the model once per batch into one memory map that every worker reads, deals the
 batch's tasks over the workers, and reads back one float64 partial per worker and combiner group
-from each worker's result map. Sync rounds and async flushes both train through this pool.
+from each worker's result map. Sync rounds and async flushes both train through this pool, and
+federated evaluations run through it the same way (each client's figures come back in the reply).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fedn.records import MetricSummary
 from fedn.sim.spec import SimulationSpec
 from fedn.sim.worker import Task, flat_size, model_path, progress_path, result_path
 
-__all__ = ["TrainBatch", "WorkerPool", "deal_tasks"]
+__all__ = ["EvalBatch", "TrainBatch", "WorkerPool", "deal_tasks"]
 
 _START_TIMEOUT_S = 300.0
 _WORKER_MAIN = "from fedn.sim.worker import main; main()"
@@ -50,6 +51,15 @@ class TrainBatch:
     failures: list[tuple[int, str]] = field(default_factory=list)
     stragglers: int = 0
     slowest_s: float = 0.0  # the modelled time of the slowest update that made the deadline
+
+
+@dataclass
+class EvalBatch:
+    """What one batch of evaluate tasks produced, in worker order: each client's own
+    (client, group, loss, num_examples, metrics), and the (client, error) failures."""
+
+    evaluations: list[tuple[int, int, float, float, dict[str, float]]] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
 
 
 def deal_tasks(tasks: list[Task], workers: int, *, mergeable: bool) -> list[list[Task]]:
@@ -146,7 +156,8 @@ class WorkerPool:
 
         The partials' arrays are views of the result maps: use them before the next call.
         """
-        replies = self._run(round_index, config, deal_tasks(tasks, self.workers, mergeable=self.mergeable), on_progress)
+        dealt = deal_tasks(tasks, self.workers, mergeable=self.mergeable)
+        replies = self._run("round", round_index, config, dealt, on_progress)
         batch = TrainBatch(
             stragglers=sum(rep["stragglers"] for rep in replies),
             slowest_s=max((rep["slowest_s"] for rep in replies), default=0.0),
@@ -168,6 +179,26 @@ class WorkerPool:
                 batch.partials[group] = merge_partials(parts)
         return batch
 
+    def evaluate(
+        self,
+        tasks: list[Task],
+        *,
+        round_index: int,
+        config: dict,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> EvalBatch:
+        """Have the clients of ``tasks`` evaluate the published model; ``round_index`` goes into their config.
+
+        Tasks are dealt by position whatever the rule: metric summaries merge by weight.
+        """
+        dealt = deal_tasks(tasks, self.workers, mergeable=True)
+        replies = self._run("evaluate", round_index, config, dealt, on_progress)
+        batch = EvalBatch()
+        for rep in replies:
+            batch.failures.extend((cid, err) for cid, err in rep["failures"])
+            batch.evaluations.extend((c, g, loss, n, m) for c, g, loss, n, m in rep["evaluations"])
+        return batch
+
     def stop(self) -> None:
         for conn in self._conns:
             with contextlib.suppress(OSError, ValueError):
@@ -184,13 +215,18 @@ class WorkerPool:
         self._results, self._model, self._progress = [], None, None  # unmapped before the workdir goes
 
     def _run(
-        self, round_index: int, config: dict, dealt: list[list[Task]], on_progress: Callable[[int, int], None] | None
+        self,
+        op: str,
+        round_index: int,
+        config: dict,
+        dealt: list[list[Task]],
+        on_progress: Callable[[int, int], None] | None,
     ) -> list[dict]:
         assert self._progress is not None, "start the pool first"
         total = sum(len(t) for t in dealt)
         self._progress[:] = 0
         for conn, tasks in zip(self._conns, dealt, strict=True):
-            conn.send({"op": "round", "round": round_index, "config": config, "tasks": tasks})
+            conn.send({"op": op, "round": round_index, "config": config, "tasks": tasks})
         replies: list[dict | None] = [None] * self.workers
         pending = {conn: w for w, conn in enumerate(self._conns)}
         while pending:

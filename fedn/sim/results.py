@@ -1,7 +1,8 @@
 """A simulation's results: one row per sync round or async version, the first failures, the final model.
 
-Sync rounds and async runs build their own rows, since they count different things, and hand them to
-one :class:`ResultLog`, which evaluates the global model when it is due and stamps time and memory.
+Sync rounds and async runs build their own rows, since they count different things (and the federated
+evaluation's ``eval_*`` figures, :mod:`fedn.sim.evaluation`), and hand them to one :class:`ResultLog`,
+which adds the central evaluation when it is due and stamps time and memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedn.codec import NamedArrays
+from fedn.records import ClientEvaluation
 from fedn.sim.memory import RssSampler
 from fedn.sim.spec import SimulationSpec
 
@@ -28,13 +30,16 @@ class SimulationResult:
     wall_s: float
     peak_rss_mb: float
     failures: list[tuple[int, int, str]] = field(default_factory=list)  # (round or version, client, error)
+    # the clients' own figures in the last federated evaluation (client_id is the client's index)
+    evaluations: list[ClientEvaluation] = field(default_factory=list)
 
 
 class ResultLog:
-    """Collects the rows and the first failures of a run, evaluating the global model on the way.
+    """Collects the rows and the first failures of a run, evaluating the global model centrally on the way.
 
-    ``evaluator`` is a client instance on held-out data (None: no evaluation); it is asked every
-    ``spec.eval_every`` rounds (or versions) and at the last. ``on_round`` gets each finished row.
+    ``evaluator`` is a client instance on held-out data (None: no central evaluation); it is asked when
+    :meth:`evaluation_due`. ``on_round`` gets each finished row. ``evaluations`` holds the clients' own
+    figures of the last federated evaluation (only the last: memory stays flat over rounds).
     """
 
     def __init__(
@@ -51,6 +56,15 @@ class ResultLog:
         self.on_round = on_round
         self.rows: list[RoundMetrics] = []
         self.failures: list[tuple[int, int, str]] = []
+        self.evaluations: list[ClientEvaluation] = []
+
+    def keep_evaluations(self, evaluations: list[ClientEvaluation]) -> None:
+        """Keep the clients' own figures of the newest federated evaluation, in place of the previous ones."""
+        self.evaluations = evaluations
+
+    def evaluation_due(self, index: int) -> bool:
+        """Is the model of round or version ``index`` evaluated: every ``eval_every`` and the last."""
+        return index % self.spec.eval_every == 0 or index == self.spec.rounds
 
     def add_failures(self, index: int, failures: list[tuple[int, str]]) -> None:
         """Keep ``(client, error)`` of round or version ``index`` while fewer than MAX_FAILURES are kept."""
@@ -61,7 +75,7 @@ class ResultLog:
         """Finish ``row`` (round or version ``row["round"]``, begun at perf_counter ``started``) with the
         evaluation of ``model`` when due, its wall time and the memory in use, and keep it."""
         index = row["round"]
-        if self.evaluator is not None and (index % self.spec.eval_every == 0 or index == self.spec.rounds):
+        if self.evaluator is not None and self.evaluation_due(index):
             row.update(self.evaluate(model, index))
         row["wall_s"] = time.perf_counter() - started
         row["rss_mb"] = self.rss.current_mb()

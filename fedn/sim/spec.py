@@ -12,8 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedn.errors import InvalidArgument, validation_problem
 from fedn.partition import PARTITIONERS
 from fedn.records import ConfigScalar, SessionMode
+from fedn.sampling import allocate_sample, sample_seed, sample_size, select_clients
 
-__all__ = ["ClientFactory", "Heterogeneity", "SimulationSpec", "auto_workers", "client_profiles", "parse_spec"]
+__all__ = [
+    "ClientFactory",
+    "Heterogeneity",
+    "SimulationSpec",
+    "auto_workers",
+    "client_profiles",
+    "parse_spec",
+    "round_sample",
+]
 
 
 class Heterogeneity(BaseModel):
@@ -51,7 +60,13 @@ class SimulationSpec(BaseModel):
     client_args: dict[str, Any] = Field(default_factory=dict)
     eval_args: dict[str, Any] | None = Field(
         default_factory=lambda: {"split": "test"},
-        description="extra arguments of the evaluating client instance; None: no evaluation",
+        description="central evaluation: extra arguments of one evaluating client instance in the driver "
+        "(its loss and metrics are the rows' loss, accuracy, ...); None: no central evaluation",
+    )
+    federated_eval: bool = Field(
+        True,
+        description="federated evaluation: the round's clients evaluate the new global model on their own data, "
+        "aggregated as a deployment aggregates it (the rows' eval_loss, eval_accuracy, ...)",
     )
     clients: int = Field(ge=1)
     combiners: int = Field(1, ge=1)
@@ -72,7 +87,12 @@ class SimulationSpec(BaseModel):
     buffer_size: int = Field(10, ge=1, description="async: updates per group buffer")
     staleness_exponent: float = Field(0.5, ge=0, le=10, description="async: scale (1+s)^-exponent")
     max_staleness: int = Field(0, ge=0, description="async: drop updates older than this; 0 = no limit")
-    eval_every: int = Field(1, ge=1, description="evaluate the global model every this many rounds (and the last)")
+    eval_every: int = Field(
+        1,
+        ge=1,
+        description="evaluate every this many rounds (and the last); the central evaluation also every this "
+        "many async versions, the federated one only the final version (as a deployment)",
+    )
 
     @field_validator("partition")
     @classmethod
@@ -160,3 +180,15 @@ def client_profiles(spec: SimulationSpec) -> tuple[np.ndarray, np.ndarray]:
     dropout = np.zeros(n)
     dropout[rng.permutation(n)[: round(h.dropout_share * n)]] = h.dropout
     return slowdown, dropout
+
+
+def round_sample(spec: SimulationSpec, round_index: int) -> list[list[int]]:
+    """The clients each combiner group asks in round ``round_index``, as a deployment picks them: the
+    reducer splits ``fraction`` of the clients over the groups, each group draws its share with the
+    round's seed. Client ``i`` belongs to group ``i mod combiners``."""
+    members = [list(range(g, spec.clients, spec.combiners)) for g in range(spec.combiners)]
+    shares = {g: len(m) for g, m in enumerate(members)}
+    if spec.fraction < 1.0:
+        shares = allocate_sample(shares, sample_size(spec.clients, spec.fraction, spec.min_clients))
+    seed = sample_seed(spec.seed, round_index)
+    return [select_clients(members[g], shares[g], seed) for g in range(spec.combiners)]

@@ -3,7 +3,8 @@
 Each round the reducer's split and each combiner's draw pick the clients, the seed decides who drops
 out, the pool trains the rest on the published global model, and what comes back is merged twice:
 the worker partials of each combiner group into that group's partial (the combiner's weighted mean),
-then the group partials and the server optimizer step (the reducer's code).
+then the group partials and the server optimizer step (the reducer's code). When an evaluation is
+due, the same clients then evaluate the new model (:mod:`fedn.sim.evaluation`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 from fedn.aggregation import cast_like, merge_metric_summaries, merge_partials
 from fedn.codec import NamedArrays
 from fedn.errors import FednError
-from fedn.sampling import allocate_sample, sample_seed, sample_size, select_clients
 from fedn.sim.context import RunContext
+from fedn.sim.evaluation import evaluate_on_clients
 from fedn.sim.pool import TrainBatch
 from fedn.sim.results import RoundMetrics
+from fedn.sim.spec import round_sample
 from fedn.sim.worker import Task
 
 __all__ = ["run_sync_rounds"]
@@ -30,11 +32,10 @@ def run_sync_rounds(ctx: RunContext, model: NamedArrays) -> NamedArrays:
     FednError if round 1 got no update and some client failed: a client class that cannot train.
     """
     spec = ctx.spec
-    members = [list(range(g, spec.clients, spec.combiners)) for g in range(spec.combiners)]
     for r in range(1, spec.rounds + 1):
         started = time.perf_counter()
         ctx.pool.publish(model)
-        selected = _sample(ctx, members, r)
+        selected = round_sample(spec, r)
         tasks, dropped = _show_up(ctx, r, selected)
         batch = ctx.pool.train(tasks, round_index=r, config=ctx.client_config(), on_progress=ctx.on_progress)
         row: RoundMetrics = {
@@ -60,18 +61,12 @@ def run_sync_rounds(ctx: RunContext, model: NamedArrays) -> NamedArrays:
             if r == 1 and row["updates"] == 0 and ctx.log.failures:
                 raise FednError(f"round 1: no client produced an update; first error: {ctx.log.failures[0][2]}")
         row["modelled_s"] = _modelled_round_s(ctx, batch)
+        if row["status"] == "done" and spec.federated_eval and ctx.log.evaluation_due(r):
+            # the clients asked to train this round (those that showed up) evaluate its model, as the
+            # deployment's evaluation plan draws with the round's seed
+            row.update(evaluate_on_clients(ctx, model, r, tasks))
         ctx.log.record(row, model, started=started)
     return model
-
-
-def _sample(ctx: RunContext, members: list[list[int]], round_index: int) -> list[list[int]]:
-    """The clients each combiner group asks this round (the reducer's split, the combiner's draw)."""
-    spec = ctx.spec
-    shares = {g: len(m) for g, m in enumerate(members)}
-    if spec.fraction < 1.0:
-        shares = allocate_sample(shares, sample_size(spec.clients, spec.fraction, spec.min_clients))
-    seed = sample_seed(spec.seed, round_index)
-    return [select_clients(members[g], shares[g], seed) for g in range(spec.combiners)]
 
 
 def _show_up(ctx: RunContext, round_index: int, selected: list[list[int]]) -> tuple[list[Task], int]:

@@ -1,8 +1,9 @@
 """A simulation worker process: trains its share of each round's clients and folds them per combiner group.
 
 The global model is a read-only memory map the driver rewrites between rounds; a worker writes one
-float64 partial per combiner group into its own result map and answers with the weights. A client
-object (and its data) exists only while it trains.
+float64 partial per combiner group into its own result map and answers with the weights. For an
+evaluation it answers with each client's checked figures. A client
+object (and its data) exists only while it trains or evaluates.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fedn.codec import TensorSpec, decode_payload, payload_bytes
 from fedn.errors import FednError
 from fedn.loading import load_object
 from fedn.sim.spec import ClientFactory, SimulationSpec
-from fedn.train_result import check_train_result
+from fedn.train_result import check_evaluate_result, check_train_result
 
 __all__ = ["Task", "flat_size", "main", "model_path", "progress_path", "result_path"]
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         if msg["op"] == "stop":
             return
         try:
-            reply = worker.run_round(msg["round"], msg["config"], msg["tasks"])
+            run = worker.run_evaluation if msg["op"] == "evaluate" else worker.run_round
+            reply = run(msg["round"], msg["config"], msg["tasks"])
         except BaseException:
             reply = {"ok": False, "error": traceback.format_exc(limit=5)}
         conn.send(reply)
@@ -146,3 +148,23 @@ class _Worker:
                 "metrics": {k: v.model_dump() for k, v in metrics[group].summary().items()},
             }
         return {"ok": True, "groups": out, "failures": failures, "stragglers": stragglers, "slowest_s": slowest}
+
+    def run_evaluation(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
+        """Each task's client evaluates the published model; the answer lists each client's checked figures
+        (the driver folds them as a combiner does). A client that raises, or returns what
+        :func:`check_evaluate_result` refuses, is a failure, as the client runtime reports it."""
+        global_arrays = decode_payload(self.manifest, self.model)
+        evaluations: list[tuple[int, int, float, float, dict[str, float]]] = []
+        failures: list[tuple[int, str]] = []
+        for done, (cid, group, *_) in enumerate(tasks, start=1):
+            try:
+                client = self.make_client(cid)
+                params = {name: np.array(a) for name, a in global_arrays.items()}  # the client may write to them
+                loss, weight, figures = check_evaluate_result(client.evaluate(params, {**config, "round": round_index}))
+                del client, params
+            except Exception as exc:
+                failures.append((cid, f"evaluate: {type(exc).__name__}: {exc}"))
+            else:
+                evaluations.append((cid, group, loss, weight, figures))
+            self.progress[self.index] = done
+        return {"ok": True, "failures": failures, "evaluations": evaluations}

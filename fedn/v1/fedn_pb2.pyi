@@ -298,16 +298,18 @@ class ClientFailure(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MetricSummary(_message.Message):
-    __slots__ = ("mean", "min", "max", "count")
+    __slots__ = ("mean", "min", "max", "count", "weight")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     mean: float
     min: float
     max: float
     count: int
-    def __init__(self, mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+    weight: float
+    def __init__(self, mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RoundResult(_message.Message):
     __slots__ = ("round_id", "combiner_id", "partial_key", "total_weight", "num_selected", "num_updates", "num_rejected", "failures", "metrics", "client_ids", "evaluations")

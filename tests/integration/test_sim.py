@@ -54,6 +54,7 @@ def test_same_seed_and_workers_give_a_bit_identical_model() -> None:
     for name in a.model:
         assert a.model[name].tobytes() == b.model[name].tobytes(), name
     assert [r["accuracy"] for r in a.rounds] == [r["accuracy"] for r in b.rounds]
+    assert [r["eval_accuracy"] for r in a.rounds] == [r["eval_accuracy"] for r in b.rounds]
     c = Simulation(parse_spec(**{**spec, "seed": 8})).run()
     assert any(a.model[n].tobytes() != c.model[n].tobytes() for n in a.model)
 
@@ -138,12 +139,13 @@ def test_cli_writes_metrics_and_model(tmp_path) -> None:
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "round   2/2" in proc.stdout and "accuracy" in proc.stdout
+    assert "round   2/2" in proc.stdout and "eval_accuracy" in proc.stdout
     doc = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in doc["rounds"]] == [1, 2]
     assert doc["spec"]["partition"] == "iid" and doc["summary"]["peak_rss_mb"] > 0
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"round", "updates", "accuracy", "wall_s"} <= set(header)
+    assert {"round", "updates", "eval_loss", "eval_accuracy", "eval_clients", "wall_s"} <= set(header)
+    assert "accuracy" not in header  # central evaluation is --central-eval
     from fedn.codec import decode_model
 
     assert set(decode_model((out / "model.safetensors").read_bytes())) == {"0.weight", "0.bias", "2.weight", "2.bias"}
@@ -241,7 +243,7 @@ def test_async_with_every_client_dropping_out_stops_with_the_reason() -> None:
 
 
 def _outcome(result) -> tuple[list[dict], dict[str, bytes], list]:
-    rows = [{k: v for k, v in row.items() if k not in ("wall_s", "rss_mb")} for row in result.rounds]
+    rows = [{k: v for k, v in row.items() if k not in ("wall_s", "rss_mb", "eval_wall_s")} for row in result.rounds]
     return rows, {name: a.tobytes() for name, a in result.model.items()}, result.failures
 
 

@@ -156,3 +156,16 @@ def test_abandon_ends_a_stopped_sessions_round_at_once_and_keeps_nothing(tmp_pat
             router.report_failure("r1", "b", "late")
 
     asyncio.run(scenario())
+
+
+def test_a_metric_some_clients_leave_out_is_averaged_over_the_others_only():
+    from fedn.aggregation import MetricsAccumulator, merge_metric_summaries
+
+    one, two = MetricsAccumulator(), MetricsAccumulator()
+    one.add({"loss": 1.0, "auc": 0.6}, 10)
+    one.add({"loss": 2.0}, 30)  # this client's auc was NaN: left out
+    two.add({"loss": 4.0, "auc": 0.9}, 20)
+    merged = merge_metric_summaries([(one.summary(), 40.0), (two.summary(), 20.0)])
+    assert merged["auc"].mean == pytest.approx((0.6 * 10 + 0.9 * 20) / 30)  # not weighted by the 30 without one
+    assert merged["loss"].mean == pytest.approx((1.0 * 10 + 2.0 * 30 + 4.0 * 20) / 60)
+    assert (merged["auc"].weight, merged["auc"].count) == (30, 2)
