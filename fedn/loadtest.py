@@ -35,6 +35,7 @@ from fedn.sim.memory import cpu_s, peak_rss_mb, rss_mb
 from fedn.tls import TLSFiles
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
+from fedn.wire_eval import EvaluationReportInfo, evaluation_report_to_proto
 
 __all__ = ["LoadResult", "run_load"]
 
@@ -100,6 +101,9 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: st
             if task.kind == "upload_grant" and waiting is not None and waiting[0] == task.round_id:
                 await stub.UploadUpdate(iter(waiting[1]), metadata=md)
                 waiting = None
+            if task.kind == "evaluate":  # the figures of a client that evaluates instantly
+                await _evaluate(stub, task, client_id, md)
+                continue
             if task.kind != "train":
                 continue
             request = pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id)
@@ -126,6 +130,15 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: st
         pass
     finally:
         call.cancel()
+
+
+async def _evaluate(stub: pb_grpc.CombinerStub, task: wire.TaskInfo, client_id: str, md) -> None:
+    """Download the model to evaluate (the cost a real client pays) and report a constant evaluation."""
+    request = pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id)
+    async for _ in stub.DownloadModel(request, metadata=md):
+        pass
+    report = EvaluationReportInfo(task.round_id, client_id, task.model_id, 1.0, 10.0, {"accuracy": 0.5})
+    await stub.ReportEvaluation(evaluation_report_to_proto(report), metadata=md)
 
 
 async def _serve_clients(assignments: list[tuple[str, str, str]], ca_file: str | None) -> None:
@@ -198,8 +211,12 @@ def run_load(
     round_timeout_s: float = 300.0,
     on_event: Callable[[str], None] | None = None,
     secure: bool = True,
+    evaluate_every: int = 0,
 ) -> LoadResult:
-    """Start a reducer and ``combiners`` combiners, connect ``clients`` emulated clients, run ``rounds`` rounds."""
+    """Start a reducer and ``combiners`` combiners, connect ``clients`` emulated clients, run ``rounds`` rounds.
+
+    ``evaluate_every`` 0 (the default) measures training rounds alone, as the figures of earlier releases
+    did; the emulated clients answer evaluation tasks too, so a positive value measures both."""
     if clients < 1 or combiners < 1 or params < 1 or rounds < 1:
         raise InvalidArgument("clients, combiners, params and rounds must be at least 1")
     say = on_event or (lambda message: None)
@@ -228,7 +245,11 @@ def run_load(
             cpu_before = {name: sum(cpu_s(p) for p in pids if p) for name, pids in groups.items()}
             with fed.api() as api:
                 session = api.start_session(
-                    rounds=rounds, round_timeout_s=round_timeout_s, min_clients=clients, model_id=seed.id
+                    rounds=rounds,
+                    round_timeout_s=round_timeout_s,
+                    min_clients=clients,
+                    model_id=seed.id,
+                    evaluate_every=evaluate_every,
                 )
                 say(f"session {session.id}: {rounds} rounds with {clients} clients")
                 deadline = time.monotonic() + rounds * (round_timeout_s + 30)
