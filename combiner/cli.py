@@ -7,16 +7,17 @@ import asyncio
 import errno
 import signal
 import socket
+from typing import TYPE_CHECKING
 
-from combiner.server import CombinerServer
 from combiner.settings import CombinerSettings
 from fedn import heap
-from fedn.api_client import ReducerAPI
 from fedn.config import add_settings_arguments, port_taken, settings_from_args
 from fedn.errors import FednError
 from fedn.logs import configure_logging
-from fedn.store import open_model_store
 from fedn.tls import TLSFiles
+
+if TYPE_CHECKING:
+    from fedn.api_client import ReducerAPI
 
 __all__ = ["register"]
 
@@ -44,6 +45,10 @@ def _start(args: argparse.Namespace) -> int:
     heap.limit_arenas(settings.malloc_arenas)  # before gRPC and the worker threads start
     _check_port(settings.host, settings.port)
     configure_logging(args.log_level, service=settings.name)
+    # imported here: `fedn` parses every command's flags, and no other process needs the combiner's modules
+    from fedn.api_client import ReducerAPI
+    from fedn.store import open_model_store
+
     models = open_model_store(settings.models)
     tls = TLSFiles(settings.tls_cert, settings.tls_key, settings.ca_file)
     with ReducerAPI(
@@ -73,6 +78,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 async def _serve(settings: CombinerSettings, models, reducer: ReducerAPI) -> None:
+    from combiner.server import CombinerServer
+
     server = CombinerServer(settings, models, reducer)
     try:
         await server.start()

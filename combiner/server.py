@@ -224,11 +224,15 @@ class CombinerServer:
         assert self._reducer is not None and self.rounds is not None and self._stopping is not None
         registered = False
         reducer_down = False
+        # Until the first registration, retry after 50 ms doubling to the heartbeat interval: a combiner
+        # started beside its reducer (`fedn local`) registers as soon as the reducer answers.
+        first_retry_s = 0.05
+        ever_registered = False
         while not self._stopping.is_set():
             try:
                 if not registered:
                     await asyncio.to_thread(self._reducer.register_combiner, self.settings.name, self.address)
-                    registered = True
+                    registered = ever_registered = True
                     logger.info("registered with the reducer as %s at %s", self.settings.name, self.address)
                 events = self.audit.take(MAX_AUDIT_PER_HEARTBEAT)
                 try:
@@ -255,8 +259,11 @@ class CombinerServer:
                 if not reducer_down:
                     logger.warning("reducer unreachable, will keep trying: %s", exc.message)
                 reducer_down = True
+            wait_s = self.settings.heartbeat_interval_s
+            if not ever_registered:
+                wait_s, first_retry_s = min(first_retry_s, wait_s), first_retry_s * 2
             with contextlib.suppress(TimeoutError):
-                await self._clock.wait_for(self._stopping.wait(), self.settings.heartbeat_interval_s)
+                await self._clock.wait_for(self._stopping.wait(), wait_s)
 
     def _shed(self, count: int) -> None:
         """The reducer's word that this combiner holds more than its share: end the streams of up to

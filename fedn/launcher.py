@@ -10,8 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,80 +20,13 @@ from pathlib import Path
 from fedn.api_client import ReducerAPI
 from fedn.auth.tokens import Role
 from fedn.errors import FednError, Unavailable
+from fedn.processes import ManagedProcess, free_port
 from fedn.provision import LocalSecrets, provision
 from fedn.tls import TLSFiles
 
 __all__ = ["FederationSpec", "LocalFederation", "ManagedProcess", "free_port"]
 
 logger = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ManagedProcess:
-    """One child process, its command and its log file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen | None = None
-    terminated: bool = False
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        try:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    def is_running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.is_running():
-            self.popen.send_signal(signum)
-            self.terminated = self.terminated or signum == signal.SIGTERM
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            # One SIGTERM only: a second one landing while Python finalizes (default handlers
-            # restored) would kill a process that was exiting cleanly.
-            if not self.terminated:
-                self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %.0fs; killing it", self.name, timeout_s)
-                self.popen.kill()
-                self.popen.wait(timeout_s)
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -173,7 +104,11 @@ class LocalFederation:
         return [*prefix, sys.executable, "-m", "fedn", "--log-level", self.spec.log_level, *args]
 
     def start(self, *, wait_timeout_s: float = 120.0) -> None:
-        """Start the reducer and the combiners and wait until they are up. Clients start separately."""
+        """Start the reducer and the combiners and wait until they are up. Clients start separately.
+
+        The combiners start with the reducer, not after it answers: interpreters' start and imports are
+        most of the wait, and overlap on the cores; a combiner registers as soon as the reducer answers.
+        """
         spec = self.spec
         if spec.workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="fedn-local-"))
@@ -184,9 +119,10 @@ class LocalFederation:
         try:
             if spec.secure:
                 self.secrets = provision(self.workdir / "secrets", {"reducer": [spec.place("reducer")[1]]})
-            self.start_reducer(wait_timeout_s=wait_timeout_s)
+            self._spawn_reducer()
             for i in range(spec.num_combiners):
                 self.start_combiner(i)
+            self._wait_for_reducer(wait_timeout_s)
             self.wait_for_combiners(spec.num_combiners, timeout_s=wait_timeout_s)
         except BaseException:
             self.stop()
@@ -201,6 +137,10 @@ class LocalFederation:
         return self.spec.state_url or f"sqlite:///{self.workdir / 'state.db'}"  # sqlite:////abs/state.db
 
     def start_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
+        self._spawn_reducer()
+        self._wait_for_reducer(wait_timeout_s)
+
+    def _spawn_reducer(self) -> None:
         _, host = self.spec.place("reducer")
         port = free_port()
         self.reducer_url = f"{'https' if self.secrets else 'http'}://{host}:{port}"
@@ -222,7 +162,9 @@ class LocalFederation:
         )
         self.reducer.start(self._reducer_env())
         self._on_event(f"reducer   pid {self.reducer.pid:<7} {self.reducer_url}")
-        self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
+
+    def _wait_for_reducer(self, timeout_s: float) -> None:
+        self._wait(lambda api: api.health() is not None, "the reducer to answer", self.reducer, timeout_s)
 
     def restart_reducer(self, *, wait_timeout_s: float = 60.0) -> None:
         """Start the reducer again with the same port and stores (after it died or was killed)."""
@@ -232,7 +174,7 @@ class LocalFederation:
         self.reducer = ManagedProcess("reducer", self.reducer.argv, self.reducer.log_path)
         self.reducer.start(self._reducer_env())
         self._on_event(f"reducer   pid {self.reducer.pid:<7} restarted at {self.reducer_url}")
-        self._wait(lambda: self.api().health() is not None, "the reducer to answer", self.reducer, wait_timeout_s)
+        self._wait_for_reducer(wait_timeout_s)
 
     def start_combiner(self, index: int) -> ManagedProcess:
         name = f"combiner-{index}"
@@ -357,17 +299,24 @@ class LocalFederation:
         prefix = "FEDN_COMBINER" if role == Role.COMBINER else "FEDN_CLIENT"
         return {f"{prefix}_TOKEN_FILE": str(self.secrets.token_file(role, name))}
 
-    def _wait(self, ready: Callable[[], bool], what: str, proc: ManagedProcess | None, timeout_s: float) -> None:
+    def _wait(
+        self, ready: Callable[[ReducerAPI], bool], what: str, proc: ManagedProcess | None, timeout_s: float
+    ) -> None:
+        """Ask ``ready`` on one connection (a TLS handshake per question cost as much as the wait), after
+        a back-off from 10 ms to 200 ms: what is ready soon is seen soon, what is not costs little."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc is not None and not proc.is_running():
-                raise Unavailable(f"{proc.name} exited while waiting for {what}; its log:\n{proc.log_tail()}")
-            try:
-                if ready():
-                    return
-            except FednError:
-                pass
-            time.sleep(0.2)
+        delay_s = 0.01
+        with self.api() as api:
+            while time.monotonic() < deadline:
+                if proc is not None and not proc.is_running():
+                    raise Unavailable(f"{proc.name} exited while waiting for {what}; its log:\n{proc.log_tail()}")
+                try:
+                    if ready(api):
+                        return
+                except FednError:
+                    pass
+                time.sleep(delay_s)
+                delay_s = min(0.2, delay_s * 1.5)
         tail = f"; {proc.name}'s log:\n{proc.log_tail()}" if proc else ""
         raise Unavailable(f"timed out after {timeout_s:.0f}s waiting for {what}{tail}")
 
@@ -380,9 +329,13 @@ class LocalFederation:
             return int(api.health()["clients_online"])
 
     def wait_for_combiners(self, count: int, *, timeout_s: float = 60.0) -> None:
-        self._wait(lambda: self.online_combiners() >= count, f"{count} combiners to register", None, timeout_s)
+        self._wait(lambda api: _online(api, "combiners") >= count, f"{count} combiners to register", None, timeout_s)
         self._on_event(f"{count} combiners online")
 
     def wait_for_clients(self, count: int, *, timeout_s: float = 120.0) -> None:
-        self._wait(lambda: self.online_clients() >= count, f"{count} clients to connect", None, timeout_s)
+        self._wait(lambda api: _online(api, "clients") >= count, f"{count} clients to connect", None, timeout_s)
         self._on_event(f"{count} clients connected")
+
+
+def _online(api: ReducerAPI, what: str) -> int:
+    return int(api.health()[f"{what}_online"])

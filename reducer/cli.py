@@ -9,7 +9,6 @@ import threading
 from fedn.config import add_settings_arguments, port_taken, settings_from_args
 from fedn.errors import FednError
 from fedn.logs import configure_logging
-from reducer.server import ReducerServer
 from reducer.settings import ReducerSettings
 
 __all__ = ["register"]
@@ -36,6 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _start(args: argparse.Namespace) -> int:
     settings = settings_from_args(ReducerSettings, args)
     configure_logging(args.log_level, service="reducer")
+    from reducer.server import ReducerServer  # here: `fedn` parses every command's flags, no process needs Flask
+
     server = ReducerServer(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

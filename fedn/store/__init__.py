@@ -18,6 +18,7 @@ URIs are handed to pymongo whole, so seed lists (``h1:27017,h2:27017``), ``repli
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlparse, urlsplit
 
 from pydantic import SecretStr
@@ -25,9 +26,11 @@ from pydantic import SecretStr
 from fedn.errors import InvalidArgument
 from fedn.store.base import ModelStore, StateStore, StoredObject
 from fedn.store.local import LocalModelStore
-from fedn.store.mongodb import MongoStateStore
-from fedn.store.s3 import S3ModelStore
 from fedn.store.sqlite import SQLiteStateStore
+
+if TYPE_CHECKING:
+    from fedn.store.mongodb import MongoStateStore
+    from fedn.store.s3 import S3ModelStore
 
 __all__ = [
     "LocalModelStore",
@@ -40,6 +43,18 @@ __all__ = [
     "open_model_store",
     "open_state_store",
 ]
+
+
+# pymongo and minio take a third of a second to import: only a process that opens such a store pays it
+_LAZY = {"MongoStateStore": "fedn.store.mongodb", "S3ModelStore": "fedn.store.s3"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sqlite_path(url: str) -> str:
@@ -85,6 +100,8 @@ def open_state_store(url: str | SecretStr) -> StateStore:
     if scheme == "sqlite":
         return SQLiteStateStore(_sqlite_path(url), **_sqlite_options(url))
     if scheme in ("mongodb", "mongodb+srv"):
+        from fedn.store.mongodb import MongoStateStore
+
         return MongoStateStore(url)
     raise InvalidArgument(f"unsupported state store URL scheme {scheme!r} (use sqlite:///path or mongodb://...)")
 
@@ -96,5 +113,7 @@ def open_model_store(url: str | SecretStr) -> ModelStore:
     if scheme == "file":
         return LocalModelStore(_file_path(url))
     if scheme in ("s3", "minio"):
+        from fedn.store.s3 import S3ModelStore
+
         return S3ModelStore(url)
     raise InvalidArgument(f"unsupported model store URL scheme {scheme!r} (use file:///dir or s3://...)")
