@@ -10,12 +10,10 @@ import socket
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from client.runtime import ClientRuntime
-from fedn.api_client import ReducerAPI
 from fedn.cli.models import parse_client_args
 from fedn.config import add_settings_arguments, settings_from_args
 from fedn.errors import InvalidArgument
-from fedn.loading import construct, load_object
+from fedn.loading import construct, flower_client, load_object
 from fedn.logs import configure_logging
 from fedn.tls import TLSFiles
 
@@ -68,19 +66,34 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="keyword argument for the client class (value parsed as JSON when it can be)",
     )
+    start.add_argument(
+        "--flower",
+        default=None,
+        metavar="MODULE:CLIENT_FN",
+        help="run a Flower client unchanged: client_fn(context) returning a NumPyClient, instead of --client "
+        "(docs/flower.md)",
+    )
     start.set_defaults(func=_start)
 
 
 def _start(args: argparse.Namespace) -> int:
     settings = settings_from_args(ClientSettings, args)
     configure_logging(args.log_level, service=settings.name)
+    if args.flower and settings.client:
+        raise InvalidArgument("give --client or --flower, not both")
+    if args.flower:
+        settings.client, args.client_arg = flower_client(args.flower, args.client_arg)
     if not settings.client:
-        raise InvalidArgument("--client module:Class is required")
+        raise InvalidArgument("--client module:Class (or --flower module:client_fn) is required")
     cls = load_object(settings.client)
     user_client = construct(cls, settings.client, parse_client_args(args.client_arg))
     tls = TLSFiles(cert_file=settings.tls_cert, key_file=settings.tls_key, ca_file=settings.ca_file)
     tls.check()
     token = settings.token.get_secret_value() if settings.token else None
+    # imported here: `fedn` parses every command's flags, and no other process needs gRPC's client
+    from client.runtime import ClientRuntime
+    from fedn.api_client import ReducerAPI
+
     with ReducerAPI(settings.reducer, timeout_s=10.0, token=token, tls=tls) as reducer:
         runtime = ClientRuntime(
             user_client,

@@ -14,7 +14,10 @@ from collections.abc import Mapping
 
 from fedn.errors import InvalidArgument
 
-__all__ = ["construct", "load_object"]
+__all__ = ["FLOWER_ADAPTER", "construct", "flower_client", "load_object"]
+
+# the client tier's adapter, named (never imported: fedn imports no tier) for the processes that load it
+FLOWER_ADAPTER = "client.flower:FlowerClient"
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +65,13 @@ def construct(cls: object, spec: str, kwargs: Mapping[str, object]) -> object:
     except Exception as exc:
         logger.debug("creating %s failed", spec, exc_info=True)
         raise InvalidArgument(f"cannot create {spec}: {type(exc).__name__}: {exc}") from None
+
+
+def flower_client(flower: str, client_args: list[str]) -> tuple[str, list[str]]:
+    """``--flower module:client_fn`` as ``--client`` and ``--client-arg`` values: the adapter, given the function.
+
+    ``fedn local`` and ``fedn simulate`` pass these on, so every client process and worker runs the
+    adapter as it runs any client class. InvalidArgument now if ``flower`` is not a reference.
+    """
+    load_object(flower)
+    return FLOWER_ADAPTER, [f"flower={flower}", *client_args]

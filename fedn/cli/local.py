@@ -28,7 +28,7 @@ from fedn.cli.sessions import (
 from fedn.codec import decode_model, encode_model
 from fedn.errors import InvalidArgument
 from fedn.launcher import FederationSpec, LocalFederation
-from fedn.loading import construct, load_object
+from fedn.loading import construct, flower_client, load_object
 from fedn.records import Round, RoundStatus, SessionStatus
 from fedn.session_options import check_session_options
 
@@ -47,7 +47,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         ),
         epilog="example: fedn local --client examples.digits:DigitsClient --combiners 2 --clients 4 --rounds 6",
     )
-    p.add_argument("--client", required=True, help="the client class, module:Class")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", help="the client class, module:Class")
+    who.add_argument("--flower", metavar="MODULE:CLIENT_FN", help="a Flower client_fn, run unchanged (docs/flower.md)")
     p.add_argument(
         "--client-arg",
         action="append",
@@ -117,6 +119,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def run_local(args: argparse.Namespace) -> int:
     # Every check runs before the first process starts (argparse bounds each number as the reducer
     # does): a bad option costs no federation.
+    if args.flower:  # the adapter class, as every client process and worker loads a class
+        args.client, args.client_arg = flower_client(args.flower, args.client_arg)
     config = parse_json_object(args.config, "--config")
     strategy_config = parse_json_object(args.strategy_config, "--strategy-config")
     aggregator_params = parse_json_object(args.aggregator_config, "--aggregator-config")
@@ -152,6 +156,8 @@ def run_local(args: argparse.Namespace) -> int:
         num_clients=args.clients,
         workdir=args.workdir,
         secure=not args.insecure,
+        # the reducer learns of connected clients from combiner heartbeats: a round starts this much sooner
+        combiner_heartbeat_s=0.25,
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.monotonic()
@@ -209,7 +215,7 @@ def run_local(args: argparse.Namespace) -> int:
 
             with RoundReporter(args.rounds) as report:
                 session = wait_for_session(
-                    api, session.id, on_round=on_round, poll_s=0.25, timeout_s=args.rounds * (args.round_timeout + 30)
+                    api, session.id, on_round=on_round, poll_s=0.1, timeout_s=args.rounds * (args.round_timeout + 30)
                 )
             if session.status not in (SessionStatus.DONE, SessionStatus.FAILED):
                 print(f"session {session.id} did not finish in time", flush=True)

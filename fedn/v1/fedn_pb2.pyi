@@ -40,7 +40,7 @@ class ConfigValue(_message.Message):
     int_value: int
     string_value: str
     bool_value: bool
-    def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+    def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., string_value: _Optional[str] = ..., bool_value: bool = ...) -> None: ...
 
 class ModelHeader(_message.Message):
     __slots__ = ("model_id", "tensors", "sha256", "payload_bytes")
@@ -150,7 +150,7 @@ class UploadGrant(_message.Message):
     QUEUED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     granted: bool
     queued_before: int
-    def __init__(self, granted: _Optional[bool] = ..., queued_before: _Optional[int] = ...) -> None: ...
+    def __init__(self, granted: bool = ..., queued_before: _Optional[int] = ...) -> None: ...
 
 class UploadUpdateResponse(_message.Message):
     __slots__ = ("round_id", "accepted_updates")
@@ -217,7 +217,7 @@ class AbandonRoundResponse(_message.Message):
     __slots__ = ("known",)
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    def __init__(self, known: bool = ...) -> None: ...
 
 class RoundPlan(_message.Message):
     __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness", "model_sha256")
@@ -281,13 +281,13 @@ class ModelAnnouncement(_message.Message):
     model_version: int
     final: bool
     model_sha256: str
-    def __init__(self, session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., final: _Optional[bool] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., final: bool = ..., model_sha256: _Optional[str] = ...) -> None: ...
 
 class AnnounceModelResponse(_message.Message):
     __slots__ = ("known",)
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    def __init__(self, known: bool = ...) -> None: ...
 
 class ClientFailure(_message.Message):
     __slots__ = ("client_id", "error")

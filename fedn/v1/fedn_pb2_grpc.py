@@ -5,7 +5,7 @@ import warnings
 
 from fedn.v1 import fedn_pb2 as fedn_dot_v1_dot_fedn__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class CombinerStub:
+class CombinerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -81,7 +81,7 @@ class CombinerStub:
                 _registered_method=True)
 
 
-class CombinerServicer:
+class CombinerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def TaskStream(self, request, context):
@@ -199,7 +199,7 @@ def add_CombinerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Combiner:
+class Combiner(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
