@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[server,torch,examples,plot,dev]'
+	$(PY) -m pip install -q -e '.[server,torch,examples,plot,ray,dev]'
 	# test-only servers (MongoDB wire protocol, S3): never runtime dependencies
 	$(PY) -m pip install -q 'secantusdb==0.7.0b3' 'nanio==0.1.7'
 	# the dashboard's browser test: Debian's chromium (Playwright cannot download browsers here)
@@ -64,8 +64,16 @@ figures: install  # the pictures in docs/img (deterministic from seeds; about 5 
 chaos: install
 	$(PY) -m tests.chaos.run --faults 100 --seed 1
 
-proto: install
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fedn/v1/fedn.proto
+# The stubs' generator, pinned and in its own venv: grpcio-tools 1.80.1 writes protobuf 6.31.1 gencode,
+# which every runtime in pyproject's protobuf range (>=6.31.1,<8) accepts (flwr needs <7, TensorFlow
+# >=6.31.1); a newer generator would write gencode that protobuf 6 refuses at import.
+PROTO_TOOLS := grpcio-tools==1.80.1
+PROTO_VENV  := build/proto-venv
+
+proto:
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q '$(PROTO_TOOLS)'
+	$(PROTO_VENV)/bin/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fedn/v1/fedn.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

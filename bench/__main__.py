@@ -16,6 +16,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS = (
     "aggregation",
     "sim",
+    "sim_ray",
     "grpc_load",
     "async_compare",
     "flower_compare",
@@ -23,6 +24,7 @@ BENCHMARKS = (
     "combiner_fuzz_rss",
     "dashboard_viewers",
     "evaluation_cost",
+    "startup",
 )
 
 

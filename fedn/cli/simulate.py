@@ -9,6 +9,7 @@ from pathlib import Path
 from fedn.cli.models import parse_client_args
 from fedn.cli.sessions import add_mode_arguments, mode_params, non_negative_int, parse_json_object
 from fedn.errors import InvalidArgument
+from fedn.loading import flower_client
 from fedn.partition import PARTITIONERS
 
 __all__ = ["register"]
@@ -29,7 +30,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             "--rounds 20 --partition dirichlet --alpha 0.3 --fraction 0.1 --seed 7 --workers auto"
         ),
     )
-    p.add_argument("--client", required=True, help="the client class, module:Class")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", help="the client class, module:Class")
+    who.add_argument("--flower", metavar="MODULE:CLIENT_FN", help="a Flower client_fn, run unchanged (docs/flower.md)")
     p.add_argument("--client-arg", action="append", default=[], metavar="KEY=VALUE", help="argument for every client")
     p.add_argument("--clients", type=int, required=True, help="number of simulated clients")
     p.add_argument("--combiners", type=int, default=1, help="simulated combiner groups [default 1]")
@@ -85,6 +88,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-eval", action="store_true", help="no evaluation at all, federated or central (only training figures)"
     )
+    ray = p.add_argument_group(
+        "cluster (fedn[ray]): the same run on a Ray cluster, bit-identical for the same --workers"
+    )
+    ray.add_argument("--backend", choices=("local", "ray"), default="local", help="where workers run [default local]")
+    ray.add_argument("--address", default=None, help="the Ray cluster to join [default: a new one on this machine]")
+    ray.add_argument("--client-cpus", type=float, default=1.0, help="Ray CPUs per worker (one client at a time) [1]")
+    ray.add_argument("--client-gpus", type=float, default=0.0, help="Ray GPUs per worker (one client at a time) [0]")
+    ray.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds a worker's share of a round may take; then its clients count as failed [3600]",
+    )
     p.add_argument("--out", default=None, help="output directory [default sim-runs/<time>]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only one line per round")
     p.add_argument(
@@ -110,12 +126,26 @@ def _workers(value: str) -> int:
     return n
 
 
+def _backend(args: argparse.Namespace) -> dict:
+    """``Simulation``'s ``make_pool`` for ``--backend``; the Ray options are refused without it."""
+    if args.backend == "local":
+        if args.address is not None or args.client_gpus:
+            raise InvalidArgument("--address and --client-gpus are for --backend ray")
+        return {}
+    from fedn.sim.ray_pool import RayOptions, ray_backend
+
+    options = RayOptions(args.address, args.client_cpus, args.client_gpus, timeout_s=args.ray_timeout)
+    return {"make_pool": ray_backend(options)}
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedn.sim import Simulation, parse_spec, write_outputs
 
+    if args.flower:  # the adapter class, as every client process and worker loads a class
+        args.client, args.client_arg = flower_client(args.flower, args.client_arg)
     central = not args.no_eval and (args.central_eval or args.eval_client_arg is not None)
     session_mode = mode_params(args)
     every = session_mode.pop("evaluate_every")  # 0: no federated evaluation, as in a deployment
@@ -151,7 +181,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         **session_mode,
     )
     out = Path(args.out or Path("sim-runs") / time.strftime("%Y%m%d-%H%M%S"))
-    sim = Simulation(spec)
+    sim = Simulation(spec, **_backend(args))
     console = Console(highlight=False, soft_wrap=True)
     console.print(
         f"fedn simulate: {spec.clients} clients in {spec.combiners} combiner groups, {spec.rounds} rounds, "

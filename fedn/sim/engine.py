@@ -23,7 +23,7 @@ from fedn.loading import load_object
 from fedn.records import SessionMode
 from fedn.session_options import check_session_options
 from fedn.sim.async_rounds import run_async
-from fedn.sim.context import RunContext
+from fedn.sim.context import Pool, RunContext
 from fedn.sim.memory import RssSampler
 from fedn.sim.pool import WorkerPool
 from fedn.sim.results import ResultLog, RoundMetrics, SimulationResult
@@ -35,12 +35,13 @@ __all__ = ["Simulation"]
 
 class Simulation:
     """Run a :class:`SimulationSpec`; ``on_round`` gets each round's (or version's) metrics, ``on_progress``
-    (done, total) of the batch in training.
+    (done, total) of the batch in training. ``make_pool`` builds the pool the clients run in (local processes
+    by default).
 
     The constructor refuses a bad spec (InvalidArgument) before any worker starts.
     """
 
-    def __init__(self, spec: SimulationSpec) -> None:
+    def __init__(self, spec: SimulationSpec, make_pool: Callable[..., Pool] = WorkerPool) -> None:
         check_session_options(
             aggregator=spec.aggregator,
             aggregator_params=spec.aggregator_config,
@@ -52,6 +53,7 @@ class Simulation:
         )
         self.optimizer = make_server_optimizer(spec.strategy, spec.strategy_config)
         self.spec = spec
+        self.make_pool = make_pool  # takes WorkerPool's keywords; fedn.sim.ray_pool.ray_backend makes a RayPool
         self.cls = load_object(spec.client)
         if not isinstance(self.cls, type):
             raise InvalidArgument(f"{spec.client} is not a class")
@@ -73,7 +75,7 @@ class Simulation:
         workdir = tempfile.TemporaryDirectory(prefix="fedn-sim-", dir=_shm_dir())
         with workdir as tmp, RssSampler() as rss:
             log = ResultLog(spec=spec, evaluator=evaluator, rss=rss, on_round=on_round)
-            pool = WorkerPool(
+            pool = self.make_pool(
                 workdir=Path(tmp),
                 spec=spec,
                 manifest=manifest,

@@ -30,7 +30,7 @@ from fedn.records import MetricSummary
 from fedn.sim.spec import SimulationSpec
 from fedn.sim.worker import Task, flat_size, model_path, progress_path, result_path
 
-__all__ = ["EvalBatch", "TrainBatch", "WorkerPool", "deal_tasks"]
+__all__ = ["EvalBatch", "TrainBatch", "WorkerPool", "collect_eval_batch", "collect_train_batch", "deal_tasks"]
 
 _START_TIMEOUT_S = 300.0
 _WORKER_MAIN = "from fedn.sim.worker import main; main()"
@@ -70,6 +70,51 @@ def deal_tasks(tasks: list[Task], workers: int, *, mergeable: bool) -> list[list
     out: list[list[Task]] = [[] for _ in range(workers)]
     for task in tasks:
         out[task[1] % workers].append(task)
+    return out
+
+
+def collect_train_batch(
+    replies: list[dict], rows: list[dict[int, np.ndarray]], manifest: list[TensorSpec], combiners: int
+) -> TrainBatch:
+    """Merge the workers' replies and flat float64 partial ``rows`` (per worker, per group) into a batch.
+
+    Summed per group in worker order whatever the pool, so every pool gives bit-identical partials.
+    """
+    batch = TrainBatch(
+        stragglers=sum(rep["stragglers"] for rep in replies),
+        slowest_s=max((rep["slowest_s"] for rep in replies), default=0.0),
+    )
+    for rep in replies:
+        batch.failures.extend((cid, err) for cid, err in rep["failures"])
+    for group in range(combiners):
+        parts = []
+        for w, rep in enumerate(replies):
+            info = rep["groups"].get(group)
+            if info is not None:
+                arrays = _split_row(rows[w][group], manifest)
+                parts.append(Partial(arrays=arrays, total_weight=info["weight"], count=info["count"]))
+                batch.summaries.setdefault(group, []).append(
+                    ({k: MetricSummary(**v) for k, v in info["metrics"].items()}, info["weight"])
+                )
+        if parts:
+            batch.partials[group] = merge_partials(parts)
+    return batch
+
+
+def collect_eval_batch(replies: list[dict]) -> EvalBatch:
+    """The workers' evaluation replies in worker order."""
+    batch = EvalBatch()
+    for rep in replies:
+        batch.failures.extend((cid, err) for cid, err in rep["failures"])
+        batch.evaluations.extend((c, g, loss, n, m) for c, g, loss, n, m in rep["evaluations"])
+    return batch
+
+
+def _split_row(row: np.ndarray, manifest: list[TensorSpec]) -> NamedArrays:
+    out, offset = {}, 0
+    for spec in manifest:
+        out[spec.name] = row[offset : offset + spec.size].reshape(spec.shape)
+        offset += spec.size
     return out
 
 
@@ -158,26 +203,8 @@ class WorkerPool:
         """
         dealt = deal_tasks(tasks, self.workers, mergeable=self.mergeable)
         replies = self._run("round", round_index, config, dealt, on_progress)
-        batch = TrainBatch(
-            stragglers=sum(rep["stragglers"] for rep in replies),
-            slowest_s=max((rep["slowest_s"] for rep in replies), default=0.0),
-        )
-        for rep in replies:
-            batch.failures.extend((cid, err) for cid, err in rep["failures"])
-        for group in range(self.spec.combiners):
-            parts = []
-            for w, rep in enumerate(replies):
-                info = rep["groups"].get(group)
-                if info is not None:
-                    parts.append(
-                        Partial(arrays=self._partial_arrays(w, group), total_weight=info["weight"], count=info["count"])
-                    )
-                    batch.summaries.setdefault(group, []).append(
-                        ({k: MetricSummary(**v) for k, v in info["metrics"].items()}, info["weight"])
-                    )
-            if parts:
-                batch.partials[group] = merge_partials(parts)
-        return batch
+        rows = [{g: self._results[w][g] for g in rep["groups"]} for w, rep in enumerate(replies)]
+        return collect_train_batch(replies, rows, self.manifest, self.spec.combiners)
 
     def evaluate(
         self,
@@ -193,11 +220,7 @@ class WorkerPool:
         """
         dealt = deal_tasks(tasks, self.workers, mergeable=True)
         replies = self._run("evaluate", round_index, config, dealt, on_progress)
-        batch = EvalBatch()
-        for rep in replies:
-            batch.failures.extend((cid, err) for cid, err in rep["failures"])
-            batch.evaluations.extend((c, g, loss, n, m) for c, g, loss, n, m in rep["evaluations"])
-        return batch
+        return collect_eval_batch(replies)
 
     def stop(self) -> None:
         for conn in self._conns:
@@ -241,13 +264,6 @@ class WorkerPool:
             if on_progress is not None:
                 on_progress(int(self._progress.sum()), total)
         return replies  # type: ignore[return-value]
-
-    def _partial_arrays(self, worker: int, group: int) -> NamedArrays:
-        row, out, offset = self._results[worker][group], {}, 0
-        for spec in self.manifest:
-            out[spec.name] = row[offset : offset + spec.size].reshape(spec.shape)
-            offset += spec.size
-        return out
 
     def _dead(self, w: int) -> FednError:
         code = self._procs[w].wait(5)

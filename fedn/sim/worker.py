@@ -25,7 +25,7 @@ from fedn.loading import load_object
 from fedn.sim.spec import ClientFactory, SimulationSpec
 from fedn.train_result import check_evaluate_result, check_train_result
 
-__all__ = ["Task", "flat_size", "main", "model_path", "progress_path", "result_path"]
+__all__ = ["Task", "Worker", "flat_size", "main", "model_path", "progress_path", "result_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         setup = json.loads((Path(workdir) / "setup.json").read_text())
         spec = SimulationSpec.model_validate(setup["spec"])
-        worker = _Worker(int(index), Path(workdir), spec, setup["manifest"])
+        worker = _open_worker(int(index), Path(workdir), spec, [TensorSpec.from_dict(d) for d in setup["manifest"]])
     except BaseException:
         conn.send({"ok": False, "error": traceback.format_exc(limit=5)})
         return
@@ -85,16 +85,38 @@ def main(argv: list[str] | None = None) -> None:
         conn.send(reply)
 
 
-class _Worker:
-    def __init__(self, index: int, workdir: Path, spec: SimulationSpec, manifest: list) -> None:
-        self.index, self.spec = index, spec
-        self.manifest = [TensorSpec.from_dict(d) for d in manifest]
+def _open_worker(index: int, workdir: Path, spec: SimulationSpec, manifest: list[TensorSpec]) -> Worker:
+    """A worker on the driver's memory maps in ``workdir``."""
+    return Worker(
+        index,
+        spec,
+        manifest,
+        model=np.memmap(model_path(workdir), dtype=np.uint8, mode="r", shape=(payload_bytes(manifest),)),
+        progress=np.memmap(progress_path(workdir), dtype=np.int64, mode="r+", shape=(spec.workers,)),
+        results=np.memmap(
+            result_path(workdir, index), dtype=np.float64, mode="r+", shape=(spec.combiners, flat_size(manifest))
+        ),
+    )
+
+
+class Worker:
+    """One worker's share of each batch. ``model`` is the published payload, ``progress`` one counter per
+    worker, ``results`` a (combiners, flat size) float64 row per group: the driver's memory maps in a
+    worker process, plain arrays in a Ray actor (:mod:`fedn.sim.ray_pool`)."""
+
+    def __init__(
+        self,
+        index: int,
+        spec: SimulationSpec,
+        manifest: list[TensorSpec],
+        *,
+        model: np.ndarray,
+        progress: np.ndarray,
+        results: np.ndarray,
+    ) -> None:
+        self.index, self.spec, self.manifest = index, spec, manifest
         self.make_client = ClientFactory(load_object(spec.client), spec)
-        self.model = np.memmap(model_path(workdir), dtype=np.uint8, mode="r", shape=(payload_bytes(self.manifest),))
-        self.progress = np.memmap(progress_path(workdir), dtype=np.int64, mode="r+", shape=(spec.workers,))
-        self.results = np.memmap(
-            result_path(workdir, index), dtype=np.float64, mode="r+", shape=(spec.combiners, flat_size(self.manifest))
-        )
+        self.model, self.progress, self.results = model, progress, results
 
     def run_round(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
         spec, h = self.spec, self.spec.heterogeneity
