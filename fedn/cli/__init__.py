@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             hint = " (is it running? name it with --reducer or FEDN_REDUCER)"
         print(f"error: {exc.message}{hint}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a command's imports are lazy: a missing extra shows up here
+        logger.debug("fedn %s: missing module", args.command, exc_info=True)
+        server = args.command in ("reducer", "combiner")
+        install = "pip install 'fedn[server]'" if server else f"install the package that provides {exc.name!r}"
+        print(f"error: `fedn {args.command}` needs module {exc.name!r}, not installed here: {install}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
