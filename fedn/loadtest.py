@@ -258,7 +258,7 @@ def run_load(
                     if fed.reducer and fed.reducer.pid:
                         reducer_peak = max(reducer_peak, rss_mb(fed.reducer.pid))
                     session = api.get_session(session.id)
-                    if session.status in (SessionStatus.DONE, SessionStatus.FAILED):
+                    if session.status in (SessionStatus.DONE, SessionStatus.FAILED, SessionStatus.STOPPED):
                         break
                     time.sleep(0.05)
                 cpu_used = {name: sum(cpu_s(p) for p in pids if p) - cpu_before[name] for name, pids in groups.items()}

@@ -30,7 +30,7 @@ __all__ = ["GarbageCollector", "GcReport"]
 
 logger = logging.getLogger(__name__)
 
-_ENDED = (RoundStatus.DONE, RoundStatus.FAILED)
+_ENDED = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.STOPPED)
 _MODELS = "models/"
 _PARTIALS = "partials/"
 

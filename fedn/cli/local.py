@@ -217,7 +217,7 @@ def run_local(args: argparse.Namespace) -> int:
                 session = wait_for_session(
                     api, session.id, on_round=on_round, poll_s=0.1, timeout_s=args.rounds * (args.round_timeout + 30)
                 )
-            if session.status not in (SessionStatus.DONE, SessionStatus.FAILED):
+            if session.status not in (SessionStatus.DONE, SessionStatus.FAILED, SessionStatus.STOPPED):
                 print(f"session {session.id} did not finish in time", flush=True)
             ok = session.status == SessionStatus.DONE
             if not ok:

@@ -28,8 +28,9 @@ def _round(state, status: RoundStatus) -> Round:
 
 def test_ended_rounds_partials_and_old_unrecorded_models_are_removed_the_rest_kept(stores):
     state, models = stores
-    done, failed, running = (_round(state, s) for s in (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.RUNNING))
-    for round_ in (done, failed, running):
+    statuses = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.STOPPED, RoundStatus.RUNNING)
+    done, failed, stopped, running = (_round(state, s) for s in statuses)
+    for round_ in (done, failed, stopped, running):
         _blob(models, partial_key(round_.id, "c1"))
         _blob(models, partial_key(round_.id, "c2"))
     _blob(models, partial_key("unrecorded", "c1"))  # e.g. an async flush the reducer has not recorded yet
@@ -39,9 +40,10 @@ def test_ended_rounds_partials_and_old_unrecorded_models_are_removed_the_rest_ke
     _blob(models, "sessions/s/strategy-state-1.safetensors")
 
     young = GarbageCollector(state, models, grace_s=_HOUR).collect()  # every blob was written just now
-    assert young.partials == 4 and young.models == 0 and young.bytes_freed > 0
+    # a stopped session's round whose combiners stored their partials anyway (the stop did not reach them)
+    assert young.partials == 6 and young.models == 0 and young.bytes_freed > 0
     keys = {b.key for b in models.list_keys()}
-    assert not any(k.startswith(f"partials/{r.id}/") for r in (done, failed) for k in keys)
+    assert not any(k.startswith(f"partials/{r.id}/") for r in (done, failed, stopped) for k in keys)
     assert {partial_key(running.id, "c1"), partial_key(running.id, "c2")} <= keys
     assert {partial_key("unrecorded", "c1"), model_key("orphan"), recorded.key} <= keys
 
