@@ -128,7 +128,11 @@ def test_dashboard_follows_a_session_and_stops_one(federation: LocalFederation, 
 
     # A running session's loss curve gains a point per round, live (no reload).
     rounds = 4
-    session = api.start_session(rounds=rounds, min_clients=2, round_timeout_s=120.0, model_id=seed.id)
+    # rounds of about a second or more (100 epochs each): the store watcher reads once a second, so
+    # faster rounds could all end between two of its reads and the curve would jump from 0 to 4
+    session = api.start_session(
+        rounds=rounds, min_clients=2, round_timeout_s=120.0, model_id=seed.id, config={"epochs": 100}
+    )
     page.open_session(session.id)
     seen: list[int] = []
 
