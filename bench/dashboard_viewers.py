@@ -19,6 +19,7 @@ from fedn.auth.tokens import Role
 from fedn.cli.sessions import wait_for_session
 from fedn.codec import encode_model
 from fedn.launcher import FederationSpec, LocalFederation
+from fedn.sim.memory import cpu_s
 from fedn.tls import client_ssl_context
 
 __all__ = ["main"]
@@ -40,11 +41,16 @@ def _viewer(
     received.append(count)
 
 
-def _median_round_s(fed: LocalFederation, seed_id: str, rounds: int) -> float:
+def _median_round_s(fed: LocalFederation, seed_id: str, rounds: int) -> tuple[float, float]:
+    """The median round time of a session, and the reducer's CPU seconds while it ran: the viewers'
+    own threads share this machine's cores, the reducer's CPU is what the stream costs the server."""
+    assert fed.reducer is not None and fed.reducer.pid
     with fed.api() as api:
+        cpu_before = cpu_s(fed.reducer.pid)
         session = api.start_session(rounds=rounds, min_clients=2, round_timeout_s=60.0, model_id=seed_id)
         wait_for_session(api, session.id, poll_s=0.2, timeout_s=600)
-        return statistics.median(r.duration_s or 0.0 for r in api.list_rounds(session.id))
+        cpu = cpu_s(fed.reducer.pid) - cpu_before
+        return statistics.median(r.duration_s or 0.0 for r in api.list_rounds(session.id)), cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             with fed.api() as api:
                 seed = api.upload_model(encode_model(SyntheticClient().initial_parameters()))
             _median_round_s(fed, seed.id, 2)  # warm-up: model caches, connections
-            without = _median_round_s(fed, seed.id, args.rounds)
+            without, cpu_without = _median_round_s(fed, seed.id, args.rounds)
             assert fed.secrets is not None
             token, ca = fed.secrets.token(Role.VIEWER, "bench-viewer"), str(fed.secrets.ca_file)
             stop, received = threading.Event(), []
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.start()
             opened.wait(60)
             started = time.monotonic()
-            with_viewers = _median_round_s(fed, seed.id, args.rounds)
+            with_viewers, cpu_with = _median_round_s(fed, seed.id, args.rounds)
             elapsed = time.monotonic() - started
             stop.set()
             with fed.api() as api:  # one more change, so every viewer reads and sees the stop flag
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 "median_round_s_with": round(with_viewers, 4),
                 "ratio": round(with_viewers / without, 3) if without else None,
                 "session_s_with": round(elapsed, 2),
+                "reducer_cpu_s_without": round(cpu_without, 3),
+                "reducer_cpu_s_with": round(cpu_with, 3),
                 "viewers_finished": len(received),
                 "events_per_viewer_min": min(received, default=0),
             }
