@@ -9,15 +9,15 @@ total of examples as its weight, and each client's own figures for the admins.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from combiner.grants import GrantGate
 from combiner.model_cache import CachedModel
-from combiner.run import RoundMetrics, RunContext, Tally
-from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
+from combiner.run import RoundMetrics, RunContext
+from combiner.selected_round import SelectedRound
+from fedn.errors import FailedPrecondition, InvalidArgument
 from fedn.records import ClientEvaluation, ClientFailureRecord, RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 from fedn.wire_eval import EvaluationReportInfo
@@ -28,8 +28,10 @@ __all__ = ["EvalRound"]
 logger = logging.getLogger(__name__)
 
 
-class EvalRound:
+class EvalRound(SelectedRound):
     """One evaluation round on this combiner's clients; implements :class:`combiner.run.Run`."""
+
+    _asks = "evaluate"
 
     def __init__(
         self,
@@ -41,84 +43,28 @@ class EvalRound:
         started_at: float | None = None,
         max_num_examples: float = 1e9,
     ) -> None:
-        self._ctx = ctx
-        self.plan = plan
-        self._selected = set(selected)
-        self._started_at = ctx.clock.now() if started_at is None else started_at
+        super().__init__(ctx, plan, selected, started_at)
         self._max_num_examples = max_num_examples
         self._metrics = RoundMetrics()
-        self._tally = Tally()
         self._evaluations: dict[str, ClientEvaluation] = {}  # the first MAX_CLIENT_EVALUATIONS clients' own
         self._count = 0  # evaluations folded, every client's
         self._weight = 0.0
         self._evaluated: list[str] = []
-        self._answered: set[str] = set()
-        self._closed = False
-        self._discard = False
-        self._all_answered = asyncio.Event()
         self._task_info = TaskInfo(
             "evaluate", plan.round_id, plan.session_id, plan.model_id, plan.round_index, plan.timeout_s, plan.config
         )
         self._tasks: GrantGate = ctx.models.task_gate(model, lambda c: ctx.clients.send(c, self._task_info))
-        self._task: asyncio.Task | None = None
 
     @staticmethod
     def check_plan(plan: RoundPlan) -> None:
         if plan.timeout_s <= 0:
             raise InvalidArgument("round timeout must be positive")
 
-    @property
-    def run_id(self) -> str:
-        return self.plan.round_id
-
-    @property
-    def session_id(self) -> str:
-        return self.plan.session_id
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drive(), name=f"evaluation-{self.plan.round_id}")
-
-    async def result(self, plan: RoundPlan) -> RoundResult:
-        assert self._task is not None, "start() the round first"
-        return await asyncio.shield(self._task)
-
-    async def wait_closed(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._task)
-
-    def close(self, reason: str) -> None:
-        if self._task is not None and not self._task.done():
-            logger.warning("evaluation round %s abandoned: %s", self.plan.round_id, reason)
-        self._all_answered.set()
-
-    def abandon(self, reason: str) -> None:
-        """The session was stopped: end now; the figures that arrived are not reported."""
-        self._discard = True
-        self.close(reason)
-
     # -- clients -----------------------------------------------------------------
 
-    def _expect(self, client_id: str) -> None:
-        round_id = self.plan.round_id
-        if self._closed:
-            raise FailedPrecondition(f"round {round_id!r} is closed on combiner {self._ctx.combiner_id}")
-        if client_id not in self._selected:
-            raise FailedPrecondition(f"client {client_id!r} was not asked to evaluate in round {round_id!r}")
-        if client_id in self._answered:
-            raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
-
     def _answer(self, client_id: str, error: str | None = None) -> None:
-        self._answered.add(client_id)
         self._tasks.release(client_id)
-        if error is not None:
-            self._tally.fail(client_id, error)
-        if self._answered >= self._selected:
-            self._all_answered.set()
+        super()._answer(client_id, error)
 
     def evaluated(self, report: EvaluationReportInfo) -> int:
         """Fold one client's evaluation; returns how many arrived so far."""
@@ -160,13 +106,6 @@ class EvalRound:
         self._expect(client_id)
         logger.warning("client %s failed evaluation round %s: %s", client_id, self.plan.round_id, error)
         self._answer(client_id, error)
-
-    def client_connected(self, client_id: str, replaced: bool) -> None:
-        """Nothing to do: the round's clients were chosen when it started."""
-
-    def client_left(self, client_id: str) -> None:
-        if not self._closed and client_id in self._selected and client_id not in self._answered:
-            self._answer(client_id, "client disconnected")
 
     def downloaded(self, model_id: str, client_id: str) -> None:
         if not self._closed and model_id == self.plan.model_id and client_id in self._selected:

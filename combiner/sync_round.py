@@ -4,17 +4,17 @@ them answered (an update, a reported failure, a disconnect) or its deadline pass
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from combiner.grants import GrantGate
 from combiner.model_cache import CachedModel
-from combiner.run import UPDATE_FAULTS, RoundMetrics, RunContext, Tally, store_result, train_task
+from combiner.run import UPDATE_FAULTS, RoundMetrics, RunContext, store_result, train_task
+from combiner.selected_round import SelectedRound
 from combiner.staging import is_big
 from fedn import heap
 from fedn.aggregation import Aggregator, aggregator_config
-from fedn.errors import Conflict, FailedPrecondition, InvalidArgument
+from fedn.errors import FailedPrecondition, InvalidArgument
 from fedn.records import RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
 
@@ -23,7 +23,7 @@ __all__ = ["SyncRound"]
 logger = logging.getLogger(__name__)
 
 
-class SyncRound:
+class SyncRound(SelectedRound):
     """One round of a sync session on this combiner's clients; implements :class:`combiner.run.Run`.
 
     The round runs as its own task (:meth:`start`), not tied to the reducer's call: a restarted
@@ -40,29 +40,19 @@ class SyncRound:
         *,
         started_at: float | None = None,
     ) -> None:
-        self._ctx = ctx
-        self.plan = plan
+        super().__init__(ctx, plan, selected, started_at)
         self._manifest = model.manifest
         self._aggregator = aggregator
-        self._selected = set(selected)
-        # when the reducer asked: the deadline counts from then, whatever reading the model took
-        self._started_at = ctx.clock.now() if started_at is None else started_at
         self._metrics = RoundMetrics()
-        self._tally = Tally()
-        self._answered: set[str] = set()
         self._accepted: list[str] = []
         self._downloaded: set[str] = set()
         self._uploading: set[str] = set()
-        self._closed = False
-        self._discard = False  # abandoned (its session was stopped): nothing is stored
         self._lock = asyncio.Lock()  # one fold at a time, and none once the round has closed
-        self._all_answered = asyncio.Event()
         self._train_task = train_task(plan.round_id, plan, plan.model_id, plan.round_index)
         self._uploads: GrantGate = ctx.stager.upload_gate(
             model.manifest, lambda c: ctx.clients.send(c, TaskInfo("upload_grant", plan.round_id, plan.session_id))
         )
         self._tasks: GrantGate = ctx.models.task_gate(model, lambda c: ctx.clients.send(c, self._train_task))
-        self._task: asyncio.Task | None = None
 
     @staticmethod
     def check_plan(plan: RoundPlan) -> None:
@@ -71,61 +61,16 @@ class SyncRound:
             raise InvalidArgument("round timeout must be positive")
         aggregator_config(plan.aggregator, plan.aggregator_config)
 
-    @property
-    def run_id(self) -> str:
-        return self.plan.round_id
-
-    @property
-    def session_id(self) -> str:
-        return self.plan.session_id
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drive(), name=f"round-{self.plan.round_id}")
-
-    async def result(self, plan: RoundPlan) -> RoundResult:
-        assert self._task is not None, "start() the round first"
-        return await asyncio.shield(self._task)
-
-    async def wait_closed(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._task)
-
-    def close(self, reason: str) -> None:
-        """Abandon the round: it stops waiting and stores what was folded so far."""
-        if self._task is not None and not self._task.done():
-            logger.warning("round %s abandoned: %s", self.plan.round_id, reason)
-        self._all_answered.set()
-
-    def abandon(self, reason: str) -> None:
-        """The session was stopped: end now, and store no partial of what was folded."""
-        self._discard = True
-        self.close(reason)
-
     # -- clients -----------------------------------------------------------------
 
-    def _expect(self, client_id: str) -> None:
-        round_id = self.plan.round_id
-        if self._closed:
-            raise FailedPrecondition(f"round {round_id!r} is closed on combiner {self._ctx.combiner_id}")
-        if client_id not in self._selected:
-            raise FailedPrecondition(f"client {client_id!r} was not asked to train in round {round_id!r}")
-        if client_id in self._answered or client_id in self._uploading:
-            raise Conflict(f"client {client_id!r} already sent its answer for round {round_id!r}")
+    def _busy(self, client_id: str) -> bool:
+        return client_id in self._uploading
 
     def _answer(self, client_id: str, error: str | None = None) -> None:
-        self._answered.add(client_id)
         self._tasks.release(client_id)
         if client_id not in self._uploading:
             self._uploads.release(client_id)  # an uploading client's slot is freed when its staged buffer is
-        if error is not None:
-            self._tally.fail(client_id, error)
-        if self._answered >= self._selected:
-            self._all_answered.set()
+        super()._answer(client_id, error)
 
     def admit(self, client_id: str) -> tuple[bool, int]:
         self._expect(client_id)
@@ -135,13 +80,6 @@ class SyncRound:
         self._expect(client_id)
         logger.warning("client %s failed round %s: %s", client_id, self.plan.round_id, error)
         self._answer(client_id, error)
-
-    def client_connected(self, client_id: str, replaced: bool) -> None:
-        """Nothing to do: the round's clients were chosen when it started."""
-
-    def client_left(self, client_id: str) -> None:
-        if not self._closed and client_id in self._selected and client_id not in self._answered:
-            self._answer(client_id, "client disconnected")
 
     def downloaded(self, model_id: str, client_id: str) -> None:
         """Once every client of the round has the model, the cached copy is dropped: the round's memory
