@@ -22,7 +22,7 @@ from collections.abc import Callable
 from fedn.errors import FednError, Unavailable
 from fedn.records import Round, SessionStatus
 from fedn.rest_records import record_to_rest
-from fedn.store.base import StateStore
+from fedn.store.base import PageKey, StateStore
 
 __all__ = ["EventHub", "EventStream", "Subscription", "encode_event"]
 
@@ -95,7 +95,9 @@ class EventHub:
     """Publishes the federation's changes to its subscribers; ``start()`` runs the watcher, ``stop()`` ends it.
 
     ``window`` sessions (newest first) are watched; the rounds of those that are pending or running,
-    or changed since the last read, are read each time.
+    or changed since the last read, are read each time, from the newest round already seen on: a session
+    runs its rounds in order, so an older one no longer changes, and a poll costs the same in round 1000
+    as in round 1.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class EventHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: dict[tuple[str, str], str] = {}  # (kind, id) -> what it looked like when last published
+        self._rounds: dict[str, _SeenRounds] = {}  # session id -> its newest rounds as last published
 
     @property
     def subscribers(self) -> int:
@@ -154,10 +157,14 @@ class EventHub:
                 self.publish("session", record_to_rest(session))
                 published += 1
             if changed or session.status in _LIVE:
-                for round_ in self.state.list_rounds(session.id):
-                    if self._changed("round", round_.id, round_.model_dump_json()):
-                        self.publish("round", record_to_rest(_without_client_figures(round_)))
-                        published += 1
+                seen = self._rounds.setdefault(session.id, _SeenRounds())
+                for round_ in seen.changed(self.state.list_rounds(session.id, after=seen.after())):
+                    self.publish("round", record_to_rest(_without_client_figures(round_)))
+                    published += 1
+        watched = {s.id for s in sessions}
+        for gone in [sid for sid in self._rounds if sid not in watched]:  # out of the window: forget it
+            del self._rounds[gone]
+            self._seen.pop(("session", gone), None)
         newest = self.state.list_models(limit=1)
         if newest and self._changed("models", "newest", newest[0].id):
             self.publish("models", record_to_rest(newest[0]))
@@ -201,6 +208,31 @@ class EventHub:
                 logger.warning("dashboard events: cannot read the state store: %s", exc.message)
             except Exception:
                 logger.exception("dashboard events: watcher pass failed")
+
+
+class _SeenRounds:
+    """A session's rounds from its newest index on, as last published. Older rounds are done with (a
+    retry of a round has the same index), so they are neither read again nor remembered."""
+
+    def __init__(self) -> None:
+        self.newest = -1
+        self._looks: dict[str, tuple[int, str]] = {}  # round id -> (index, its JSON when last published)
+
+    def after(self) -> PageKey | None:
+        """Rounds of index >= the newest seen (ids sort after the empty string)."""
+        return None if self.newest < 0 else PageKey(self.newest, "")
+
+    def changed(self, rounds: list[Round]) -> list[Round]:
+        """Those of ``rounds`` that differ from what was published, remembering them."""
+        out = []
+        for round_ in rounds:
+            look = round_.model_dump_json()
+            if self._looks.get(round_.id, (0, ""))[1] != look:
+                self._looks[round_.id] = (round_.index, look)
+                out.append(round_)
+            self.newest = max(self.newest, round_.index)
+        self._looks = {rid: seen for rid, seen in self._looks.items() if seen[0] >= self.newest}
+        return out
 
 
 class EventStream:

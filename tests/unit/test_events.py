@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fedn.errors import Unavailable
-from fedn.records import Session, SessionStatus
+from fedn.records import Round, RoundStatus, Session, SessionStatus
 from reducer.events import KEEPALIVE, EventHub, EventStream
 
 
@@ -74,3 +74,40 @@ def test_stream_sends_events_then_keepalive_and_ends_when_stopped(stores):
     assert keepalive == KEEPALIVE
     assert b"event: session\n" in change
     assert hub.subscribers == 0
+
+
+def test_a_poll_reads_a_running_session_from_its_newest_round_on(stores):
+    """A long session costs a poll the same as a short one: ended rounds are neither read nor remembered,
+    and every change of the newest round (a retry of the same index too) is still published."""
+    state, _ = stores
+    hub = EventHub(state)
+    sub = hub.subscribe()
+    session = _session(status=SessionStatus.RUNNING)
+    state.put_session(session)
+    read: list[int] = []
+    list_rounds = state.list_rounds
+
+    def counting(session_id, **kw):
+        rounds = list_rounds(session_id, **kw)
+        read.append(len(rounds))
+        return rounds
+
+    state.list_rounds = counting
+    try:
+        for index in range(1, 201):
+            state.put_round(Round(session_id=session.id, index=index, model_in="m0", status=RoundStatus.DONE))
+            read.clear()
+            hub.poll_once()
+            assert sum(read) <= 2, f"round {index}: the poll read {sum(read)} rounds"
+        sub.take()
+        retry = Round(session_id=session.id, index=200, model_in="m0", status=RoundStatus.RUNNING)
+        state.put_round(retry)
+        hub.poll_once()
+        events = sub.take()
+        assert any(e.startswith(b"event: round\n") and retry.id.encode() in e for e in events)
+        state.put_round(retry.model_copy(update={"status": RoundStatus.DONE}))
+        hub.poll_once()
+        assert any(retry.id.encode() in e and b'"done"' in e for e in sub.take())
+        assert len(hub._rounds[session.id]._looks) <= 2  # the newest index's attempts only
+    finally:
+        state.list_rounds = list_rounds
