@@ -46,6 +46,7 @@ class FederationSpec:
     combiner_timeout_s: float = 6.0
     client_heartbeat_timeout_s: float = 5.0
     secure: bool = True  # TLS and tokens, from a throw-away CA and key in the work directory
+    combiner_metrics: bool = True  # each combiner serves /metrics on a free port (see combiner_metrics_urls)
     # Where each process runs, by name ("reducer", "combiner-0", "client-3"): a command prefix (e.g.
     # ["ip", "netns", "exec", "host-b"]) and the address it binds. Default: this host, ``host``.
     placement: Callable[[str], tuple[list[str], str]] | None = None
@@ -67,6 +68,7 @@ class LocalFederation:
         self.clients: list[ManagedProcess] = []
         self.reducer_url = ""
         self.secrets: LocalSecrets | None = None
+        self.combiner_metrics_urls: dict[str, str] = {}  # combiner name -> its /metrics URL
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -180,6 +182,12 @@ class LocalFederation:
         name = f"combiner-{index}"
         _, host = self.spec.place(name)
         port = free_port()
+        metrics_args: list[str] = []
+        if self.spec.combiner_metrics:
+            metrics_port = free_port()
+            metrics_args = ["--metrics-port", str(metrics_port)]
+            scheme = "https" if self.secrets else "http"
+            self.combiner_metrics_urls[name] = f"{scheme}://{host}:{metrics_port}/metrics"
         proc = ManagedProcess(
             name,
             self._fedn(
@@ -196,13 +204,15 @@ class LocalFederation:
                 self.reducer_url,
                 "--heartbeat-interval-s",
                 str(self.spec.combiner_heartbeat_s),
+                *metrics_args,
                 *self._security_args(name, host),
             ),
             self.workdir / "logs" / f"{name}.log",
         )
         proc.start(self.combiner_env(name))
         self.combiners.append(proc)
-        self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}")
+        metrics = f"  metrics {self.combiner_metrics_urls[name]}" if name in self.combiner_metrics_urls else ""
+        self._on_event(f"{name} pid {proc.pid:<7} {host}:{port}{metrics}")
         return proc
 
     def start_client(self, index: int, extra_args: Sequence[str] = ()) -> ManagedProcess:

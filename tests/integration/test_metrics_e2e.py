@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedn.auth.tokens import Role
 from fedn.codec import encode_model
-from fedn.launcher import FederationSpec, LocalFederation, free_port
+from fedn.launcher import FederationSpec, LocalFederation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -32,9 +32,7 @@ def _values(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_metrics_move_during_a_session_and_need_a_viewer_token(tmp_path: Path, monkeypatch):
-    metrics_port = free_port()
-    monkeypatch.setenv("FEDN_COMBINER_METRICS_PORT", str(metrics_port))  # the one combiner's metrics endpoint
+def test_metrics_move_during_a_session_and_need_a_viewer_token(tmp_path: Path):
     spec = FederationSpec(
         client="tests.sim_clients:NaNClient",  # partition 0 sends NaN: rejected as non_finite
         client_args=["params=1000"],
@@ -48,7 +46,8 @@ def test_metrics_move_during_a_session_and_need_a_viewer_token(tmp_path: Path, m
         ca, admin = fed.secrets.ca_file, fed.secrets.token(Role.ADMIN, "admin")
         viewer, client = fed.secrets.token(Role.VIEWER, "grafana"), fed.secrets.token(Role.CLIENT, "client-0")
         reducer_url = f"{fed.reducer_url}/metrics"
-        combiner_url = f"https://127.0.0.1:{metrics_port}/metrics"
+        combiner_url = fed.combiner_metrics_urls["combiner-0"]  # `fedn local` serves every combiner's metrics
+        assert combiner_url.startswith("https://127.0.0.1:")
 
         before_r = _values(_scrape(reducer_url, viewer, ca).text)
         before_c = _values(_scrape(combiner_url, viewer, ca).text)
