@@ -6,10 +6,10 @@ import hashlib
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
-import httpx
 from pydantic import BaseModel
 
 from fedn import errors
+from fedn._http import httpx
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 from fedn.rest_records import record_from_rest
 

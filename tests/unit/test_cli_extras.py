@@ -43,6 +43,9 @@ def client_only(monkeypatch: pytest.MonkeyPatch) -> None:
         _EntryPoint("reducer", ModuleNotFoundError("No module named 'flask'", name="flask")),
     ]
     monkeypatch.setattr(cli, "entry_points", lambda group: eps if group == "fedn.commands" else [])
+    # a tier's module is imported directly, not through the entry points; without its extra that import
+    # fails and the entry points take over (test_a_tier_without_its_extra_falls_back_to_the_entry_points)
+    monkeypatch.setattr(cli, "_TIER_COMMANDS", {})
 
 
 @pytest.mark.parametrize(
@@ -77,3 +80,22 @@ def test_the_top_level_help_lists_the_missing_commands_with_the_hint(client_only
         cli.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "reducer" in out and "fedn[server]" in out
+
+
+def test_a_tier_without_its_extra_falls_back_to_the_entry_points(monkeypatch: pytest.MonkeyPatch):
+    """The direct import of a tier's command module is a shortcut only: when it fails, the entry-point
+    path runs and gives the one-line hint above."""
+    import sys
+
+    assert cli._tier_register("client") is not None
+    assert cli._tier_register("session") is None  # not a tier: the full CLI
+    monkeypatch.setitem(sys.modules, "reducer.cli", None)  # as if its imports failed (flask missing)
+    assert cli._tier_register("reducer") is None
+
+
+def test_version_is_read_only_when_asked(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("fedn ") and out != "fedn "
