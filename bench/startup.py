@@ -12,7 +12,10 @@ timestamped as it arrives, so the phases come from the command's own progress li
 - ``round1``: round 1 planned, downloaded, trained, uploaded, merged, and seen by the command;
 - ``total`` is the sum (command to the end of round 1); ``exit`` is until every process stopped.
 
-Prints one JSON line: the median of each phase over the runs, with min and max of the total.
+Each run is made with the fork server (the default: every process forked from one interpreter that
+imported the tiers once, ``fedn.forkserver``) and with ``--no-fork-server`` (each process a new
+interpreter), interleaved. Prints one JSON line per mode: the median of each phase over the runs, with min
+and max of the total.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ _MILESTONES = (
 )
 
 
-def run_once(*, combiners: int = 2, clients: int = 4, timeout_s: float = 120.0) -> dict[str, float]:
+def run_once(
+    *, combiners: int = 2, clients: int = 4, timeout_s: float = 120.0, fork_server: bool = True
+) -> dict[str, float]:
     """One ``fedn local`` run; seconds per phase, ``total`` and ``exit``. Raises if a milestone is missed."""
     argv = [
         *(sys.executable, "-m", "fedn", "local", "--client", "bench.workloads:SyntheticClient"),
         *("--client-arg", "params=1000", "--combiners", str(combiners), "--clients", str(clients)),
         *("--rounds", "1", "--no-eval"),
+        *(() if fork_server else ("--no-fork-server",)),
     ]
     with tempfile.TemporaryDirectory(prefix="fedn-bench-startup-") as workdir:
         started = time.monotonic()
@@ -79,15 +85,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--combiners", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args(argv)
-    runs = [run_once(combiners=args.combiners, clients=args.clients) for _ in range(args.runs)]
-    row: dict[str, object] = {"bench": "startup", "combiners": args.combiners, "clients": args.clients}
-    row["runs"] = args.runs
-    for name in runs[0]:
-        row[f"{name}_s"] = round(statistics.median(r[name] for r in runs), 3)
-    totals = [r["total"] for r in runs]
-    row |= {"total_min_s": round(min(totals), 3), "total_max_s": round(max(totals), 3), "target_s": 3.0}
-    row["totals_s"] = [round(t, 3) for t in totals]
-    print(json.dumps(row), flush=True)
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for i in range(args.runs):  # interleaved, so a machine that changes pace weighs on both alike
+        for fork_server in (True, False) if i % 2 == 0 else (False, True):
+            runs[fork_server].append(run_once(combiners=args.combiners, clients=args.clients, fork_server=fork_server))
+    for fork_server in (True, False):
+        done = runs[fork_server]
+        row: dict[str, object] = {"bench": "startup", "fork_server": fork_server}
+        row |= {"combiners": args.combiners, "clients": args.clients, "runs": args.runs}
+        for name in done[0]:
+            row[f"{name}_s"] = round(statistics.median(r[name] for r in done), 3)
+        totals = [r["total"] for r in done]
+        row |= {"total_min_s": round(min(totals), 3), "total_max_s": round(max(totals), 3), "target_s": 3.0}
+        row["totals_s"] = [round(t, 3) for t in totals]
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedn.forkserver import ForkedProcess, ForkServer
 
 __all__ = ["ManagedProcess", "free_port"]
 
@@ -23,16 +27,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class ManagedProcess:
-    """One child process, its command and its log file."""
+    """One child process, its command and its log file; ``forkserver`` forks a ``python -m fedn ...``
+    command from a warm interpreter instead of starting a new one (fedn.forkserver)."""
 
     name: str
     argv: list[str]
     log_path: Path
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen | ForkedProcess | None = None
     terminated: bool = False
+    forkserver: ForkServer | None = None
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.forkserver is not None and self.forkserver.can_fork(self.argv):
+            from fedn.forkserver import ForkedProcess
+
+            self.popen = ForkedProcess(self.forkserver, self.forkserver.spawn(self.argv, env, self.log_path))
+            return
         log = self.log_path.open("ab")
         try:
             self.popen = subprocess.Popen(
