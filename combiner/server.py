@@ -24,6 +24,7 @@ from fedn.auth.tokens import TokenVerifier, load_public_key
 from fedn.clock import Clock, SystemClock
 from fedn.errors import FednError, InvalidArgument, NotFound
 from fedn.metrics import CombinerMetrics
+from fedn.metrics_grpc import RpcMetricsInterceptor
 from fedn.metrics_http import MetricsEndpoint
 from fedn.store.base import ModelStore
 from fedn.tls import TLSFiles, check_exposure, server_credentials, server_ssl_context
@@ -159,6 +160,7 @@ class CombinerServer:
             await self._start_metrics(tls)
         self._server = grpc.aio.server(
             interceptors=[
+                RpcMetricsInterceptor(self.metrics.rpcs),  # first: refused calls are counted too
                 AuthInterceptor(
                     self.verifier,
                     on_denied=self._denied,

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from fedn.errors import ChecksumMismatch, FednError, InvalidArgument, InvalidModel, NonFiniteValues, PayloadTooLarge
+from fedn.metrics_grpc import RpcMetrics
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -41,6 +42,13 @@ SESSION_MODES: tuple[str, ...] = ("sync", "async")
 # Seconds: from a small model's fold (milliseconds) to a long round (an hour).
 _FOLD_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _ROUND_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def _combiner_methods() -> list[str]:
+    """The Combiner service's RPC names, from the protocol itself (the only method labels there are)."""
+    from fedn.v1 import fedn_pb2
+
+    return [m.name for m in fedn_pb2.DESCRIPTOR.services_by_name["Combiner"].methods]
 
 
 def reject_reason(exc: BaseException) -> str:
@@ -107,6 +115,7 @@ class CombinerMetrics:
         self.model_cache_models = Gauge(
             "fedn_combiner_model_cache_models", "Global models known to the download cache", registry=r
         )
+        self.rpcs = RpcMetrics(r, "fedn_combiner", _combiner_methods())
 
     def record_result(self, *, num_updates: int, rejected: Mapping[str, int], seconds: float) -> None:
         """A run's result: its folded updates, its rejections by reason, and how long it took."""

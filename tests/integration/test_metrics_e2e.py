@@ -81,6 +81,16 @@ def test_metrics_move_during_a_session_and_need_a_viewer_token(tmp_path: Path):
         assert moved(after_c, before_c, "fedn_combiner_fold_seconds_count") == 4
         assert after_c[("fedn_combiner_clients_connected", ())] == 3
 
+        def rpcs(method: str, code: str) -> float:
+            return moved(after_c, before_c, "fedn_combiner_rpcs_total", (("code", code), ("method", method)))
+
+        assert rpcs("RunRound", "OK") == 4  # the reducer's plans: 2 rounds, each evaluated
+        assert rpcs("UploadUpdate", "OK") == 4
+        assert rpcs("UploadUpdate", "INVALID_ARGUMENT") == 2  # the NaN updates, refused to their sender
+        assert rpcs("DownloadModel", "OK") >= 6
+        assert rpcs("ReportEvaluation", "OK") == 6  # 3 clients x 2 evaluations
+        assert moved(after_c, before_c, "fedn_combiner_rpc_seconds_count", (("method", "RunRound"),)) == 4
+
         for url in (reducer_url, combiner_url):
             assert _scrape(url, None, ca).status_code == 401
             assert _scrape(url, "not-a-token", ca).status_code == 401
