@@ -165,7 +165,7 @@ class CombinerServer:
                     self.verifier,
                     on_denied=self._denied,
                     check_certificate_name=bool(s.client_ca),  # only mutual TLS brings a client certificate
-                )
+                ),
             ],
             options=server_options(s),
             maximum_concurrent_rpcs=max_concurrent_rpcs(s),

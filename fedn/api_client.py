@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from fedn import errors
 from fedn._http import httpx
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
-from fedn.rest_records import record_from_rest
+from fedn.rest_records import epoch_seconds, record_from_rest
 
 __all__ = ["DEFAULT_REDUCER_URL", "MAX_PAGE", "Assignment", "Page", "ReducerAPI"]
 
@@ -223,8 +223,12 @@ class ReducerAPI:
 
     # tokens (admin)
     def issue_token(self, role: str, subject: str, ttl_s: float) -> dict:
-        """``{"token", "id", "subject", "role", "expires_at", ...}``: the token is shown only here."""
-        return self._json("POST", "/tokens", json={"role": role, "subject": subject, "ttl_s": ttl_s})
+        """``{"token", "id", "subject", "role", "expires_at", ...}``: the token is shown only here;
+        ``expires_at`` in seconds since the epoch, as every time this client returns (REST sends ISO 8601)."""
+        answer = self._json("POST", "/tokens", json={"role": role, "subject": subject, "ttl_s": ttl_s})
+        if "expires_at" in answer:
+            answer["expires_at"] = epoch_seconds(answer["expires_at"])
+        return answer
 
     def list_tokens(
         self, include_expired: bool = False, *, limit: int | None = None, cursor: str | None = None

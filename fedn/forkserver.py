@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import runpy
 import select
 import signal
 import subprocess
@@ -200,11 +201,10 @@ def _child(args: list[str], env: dict[str, str], log: str, keep: Sequence[int]) 
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         os.environ.clear()
         os.environ.update(env)
-        sys.argv = [sys.argv[0], *args]
-        from fedn.cli import main
-
+        sys.argv = ["fedn", *args]
         try:
-            code = main(args)
+            runpy.run_module("fedn", run_name="__main__", alter_sys=True)  # what `python -m fedn` runs
+            code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
