@@ -2,6 +2,11 @@
 
 It owns one task stream at a time. When the stream breaks or the combiner falls
 silent it asks the reducer again, so clients of a dead combiner move to a live one.
+
+Compression (fedn.compression): the client announces the codecs it can use; a task may then ask for
+the model in a downlink codec and for the update (the delta from the model as received) in an uplink
+codec. What compression lost is kept here, per session, in memory (error feedback) and added to the
+next round's delta; it starts from zero when the session (or its codec) changes or the process restarts.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+import numpy as np
 
 from fedn import wire
 from fedn.auth.rpc import open_channel
 from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler
 from fedn.codec import NamedArrays, TensorSpec, decode_payload
+from fedn.compression import CODECS, Compression, decode_model_downlink, encode_update, parse_compression
 from fedn.errors import FednError, InvalidModel, PayloadTooLarge
 from fedn.tls import TLSFiles
 from fedn.train_result import check_evaluate_result, check_train_result
@@ -70,7 +77,10 @@ class ClientRuntime:
         max_model_bytes: int = 4 << 30,
         rng: random.Random | None = None,
         wait: Callable[[float], object] | None = None,
+        codecs: Sequence[str] | None = None,
     ) -> None:
+        """``codecs``: the compression codecs announced to combiners (default: every one fedn.compression
+        has; empty: tasks come uncompressed)."""
         self.client = client
         self._tls = tls  # TLS to combiners when it names a CA (and mutual TLS with a certificate)
         self._token = token  # sent with every call; the combiner binds this client's id to it
@@ -89,7 +99,12 @@ class ClientRuntime:
         self._lock = threading.Lock()
         self._call: grpc.Future | None = None
         self._inbox: queue.Queue | None = None
-        self._model_cache: tuple[str, list[TensorSpec], NamedArrays] | None = None
+        self._model_cache: tuple[tuple[str, str], list[TensorSpec], NamedArrays] | None = None
+        self._codecs = [c for c in (CODECS if codecs is None else codecs) if c != "none"]
+        self._np_rng = np.random.default_rng()  # int8's stochastic rounding
+        # error feedback: what compression lost, per tensor, for the session and codec it was made in
+        self._residual: dict[str, np.ndarray] = {}
+        self._residual_for: tuple[str, str] = ("", "")
         self.rounds_trained = 0
 
     def stop(self) -> None:
@@ -136,7 +151,8 @@ class ClientRuntime:
         channel = open_channel(address, tls=self._tls, token=self._token, options=CHANNEL_OPTIONS)
         stub = pb_grpc.CombinerStub(channel)
         inbox: queue.Queue = queue.Queue()
-        call = stub.TaskStream(pb.TaskStreamRequest(client_id=self.client_id, client_name=self.name))
+        request = pb.TaskStreamRequest(client_id=self.client_id, client_name=self.name, codecs=self._codecs)
+        call = stub.TaskStream(request)
         with self._lock:
             self._call, self._inbox = call, inbox
         if self._stop.is_set():
@@ -188,7 +204,9 @@ class ClientRuntime:
         timeout_s = max(task.timeout_s, 1.0)
         deadline = time.monotonic() + timeout_s
         try:
-            manifest, params = self._download(stub, task.model_id, timeout_s)
+            uplink = parse_compression(task.compression)
+            downlink = parse_compression(task.downlink_compression)
+            manifest, params = self._download(stub, task.model_id, timeout_s, downlink)
         except (grpc.RpcError, FednError) as exc:
             text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
             logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
@@ -202,9 +220,23 @@ class ClientRuntime:
             logger.exception("round %s: train failed", task.round_id)
             self._report_failure(stub, task, f"{type(exc).__name__}: {exc}")
             return None
-        messages = wire.update_messages(
-            task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
-        )
+        if uplink.lossless:
+            messages = wire.update_messages(
+                task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
+            )
+        else:
+            payload = self._encode_update(task, uplink, manifest, arrays)
+            messages = wire.update_payload_messages(
+                task.round_id,
+                self.client_id or "",
+                task.model_id,
+                weight,
+                metrics,
+                manifest,
+                payload,
+                compression=task.compression,
+                chunk_bytes=self._chunk_bytes,
+            )
         header = next(messages)
         granted = self._await_grant(stub, task, header.header.model.payload_bytes, inbox, deadline)
         if isinstance(granted, _StreamEnded):
@@ -212,6 +244,20 @@ class ClientRuntime:
         if granted:
             self._upload(stub, task, itertools.chain([header], messages), weight, timeout_s)
         return None
+
+    def _encode_update(
+        self, task: wire.TaskInfo, uplink: Compression, manifest: list[TensorSpec], arrays: NamedArrays
+    ) -> bytes:
+        """The update as the delta from the model this client received, in ``uplink``; with error feedback
+        the residual of this session's previous rounds is added first, and what is lost now is kept."""
+        assert self._model_cache is not None  # the model was downloaded for this task
+        base = self._model_cache[2]
+        residual = None
+        if uplink.error_feedback:
+            if self._residual_for != (task.session_id, task.compression):
+                self._residual, self._residual_for = {}, (task.session_id, task.compression)
+            residual = self._residual
+        return encode_update(arrays, base, manifest, uplink, rng=self._np_rng, residual=residual)
 
     def _run_evaluate_task(self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo) -> None:
         """Download (or reuse) the model, evaluate it on this client's held-out data, report the figures."""
@@ -280,11 +326,17 @@ class ClientRuntime:
                 return False
         return False
 
-    def _download(self, stub: pb_grpc.CombinerStub, model_id: str, timeout_s: float) -> tuple[list, NamedArrays]:
-        if self._model_cache is None or self._model_cache[0] != model_id:
-            stream = stub.DownloadModel(
-                pb.DownloadModelRequest(model_id=model_id, client_id=self.client_id or ""), timeout=timeout_s
+    def _download(
+        self, stub: pb_grpc.CombinerStub, model_id: str, timeout_s: float, codec: Compression | None = None
+    ) -> tuple[list, NamedArrays]:
+        """The model (as ``codec`` decodes it, if given), downloaded once and kept; a copy for the user's code."""
+        codec = codec or Compression()
+        key = (model_id, codec.text())
+        if self._model_cache is None or self._model_cache[0] != key:
+            request = pb.DownloadModelRequest(
+                model_id=model_id, client_id=self.client_id or "", compression="" if codec.lossless else key[1]
             )
+            stream = stub.DownloadModel(request, timeout=timeout_s)
             first = next(stream, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidModel("model stream did not start with a header")
@@ -298,8 +350,13 @@ class ClientRuntime:
             assembler = ChunkAssembler(header.payload_bytes, header.sha256)
             for msg in stream:
                 assembler.add(msg.data)
-            arrays = decode_payload(header.tensors, assembler.finish())
-            self._model_cache = (model_id, header.tensors, arrays)
+            payload = assembler.finish()
+            if codec.lossless:
+                arrays = decode_payload(header.tensors, payload)
+            else:
+                arrays = decode_model_downlink(payload, header.tensors, codec)
+            del payload
+            self._model_cache = (key, header.tensors, arrays)
         _, manifest, arrays = self._model_cache
         return manifest, {name: a.copy() for name, a in arrays.items()}
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from combiner.compressed import negotiate
 from fedn.clock import Clock
 from fedn.errors import InvalidArgument, ResourceExhausted, Unavailable
 from fedn.metrics import CombinerMetrics
@@ -44,10 +45,12 @@ class TaskQueue(asyncio.Queue):
 @dataclass(eq=False)
 class ClientConnection:
     """One open task stream; the stream handler is the only writer, fed through ``tasks``. ``held_by``
-    is the run that gave it work last (a run id, "" for none); ``shed`` once it was told to go."""
+    is the run that gave it work last (a run id, "" for none); ``shed`` once it was told to go. ``codecs``
+    are the compression codecs it announced (fedn.compression): its train tasks use no others."""
 
     client_id: str
     name: str
+    codecs: frozenset[str] = frozenset()
     tasks: TaskQueue = field(default_factory=TaskQueue)
     held_by: str = ""
     shed: bool = False
@@ -65,7 +68,7 @@ class ClientHub:
         if metrics is not None:  # read when scraped, on the event loop that changes it
             metrics.clients_connected.set_function(self.__len__)
 
-    def connect(self, client_id: str, name: str) -> tuple[ClientConnection, bool]:
+    def connect(self, client_id: str, name: str, codecs: frozenset[str] = frozenset()) -> tuple[ClientConnection, bool]:
         """The new stream, and whether it replaced an older one of the same client."""
         if not client_id:
             raise InvalidArgument("client_id is required")
@@ -75,7 +78,7 @@ class ClientHub:
                 f"combiner is full: it serves at most {self._max_clients} clients (--max-clients); "
                 "ask the reducer for another combiner later"
             )
-        conn = ClientConnection(client_id, name or client_id)
+        conn = ClientConnection(client_id, name or client_id, codecs)
         self._clients[client_id] = conn
         logger.info(
             "client %s (%s) connected%s; %d connected",
@@ -97,14 +100,17 @@ class ClientHub:
         logger.info("client %s disconnected; %d connected", conn.client_id, len(self._clients))
         return True
 
-    def send(self, client_id: str, task: TaskInfo) -> None:
-        """Queue ``task`` on the client's stream; a client that is gone (or shed) misses it. A train task
-        makes its run hold the client."""
+    def send(self, client_id: str, task: TaskInfo) -> TaskInfo | None:
+        """Queue ``task`` on the client's stream, its codecs cut to those the client announced, and return
+        it as sent; a client that is gone (or shed) misses it (None). A train task makes its run hold it."""
         conn = self._clients.get(client_id)
-        if conn is not None and not conn.shed:
-            if task.kind == "train":
-                conn.held_by = task.round_id
-            conn.tasks.put_nowait(task)
+        if conn is None or conn.shed:
+            return None
+        task = negotiate(task, conn.codecs)
+        if task.kind == "train":
+            conn.held_by = task.round_id
+        conn.tasks.put_nowait(task)
+        return task
 
     def hold(self, run_id: str, client_ids: list[str]) -> None:
         """``run_id`` may give these clients work (e.g. a sync round chose among them): not idle while it runs."""

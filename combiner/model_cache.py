@@ -14,14 +14,17 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
+
+import numpy as np
 
 from combiner.grants import GrantGate
 from combiner.transfers import Abortable, TransferLimits
 from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.clock import Clock
 from fedn.codec import NamedArrays, TensorSpec, decode_payload, model_header_size, read_model_header, split_model
+from fedn.compression import Compression, decode_model_downlink, encode_model_downlink
 from fedn.errors import ChecksumMismatch, InvalidModel
 from fedn.metrics import CombinerMetrics
 from fedn.models import model_key
@@ -43,6 +46,13 @@ _TASKS_PER_DOWNLOAD_STREAM = 2
 _READ_AHEAD_BYTES = 1 << 20  # chunks of a stored model read per thread hop, per download
 _READ_RETRY_S = 30.0  # how long a read with no deadline of its own (a client's download) retries the store
 _EXPECTED_KEPT = 16  # digests the reducer named, by model id
+_CODED_KEPT = 2  # compressed downloads, and models as clients decoded them, by (model id, codec text)
+
+
+def _keep(cache: OrderedDict[tuple[str, str], T], key: tuple[str, str], value: T) -> None:
+    cache[key] = value
+    while len(cache) > _CODED_KEPT:
+        cache.popitem(last=False)
 
 
 def download_concurrency(model_bytes: int, max_downloads: int, max_download_bytes: int) -> int:
@@ -95,6 +105,9 @@ class ModelCache:
         self._lock = asyncio.Lock()
         self._download_slots: dict[str, asyncio.Semaphore] = {}
         self._expected: OrderedDict[str, str] = OrderedDict()  # model id -> sha256 the reducer recorded
+        self._downlinks: OrderedDict[tuple[str, str], CachedModel] = OrderedDict()
+        self._bases: OrderedDict[tuple[str, str], dict[str, np.ndarray]] = OrderedDict()
+        self._coding = asyncio.Lock()  # one model encoded or decoded at a time: each costs a model of memory
         self._transfers = TransferLimits(min_transfer_bytes_per_s, transfer_grace_s)
         self._sent = metrics.model_bytes_sent if metrics is not None else None
         if metrics is not None:  # read when scraped, on the event loop that changes the cache
@@ -164,7 +177,10 @@ class ModelCache:
         return await retry(lambda: asyncio.to_thread(read), deadline=deadline, clock=self._clock, what=what)
 
     def drop(self, model_id: str) -> bool:
-        """Forget a held model (every client has it); a late download reads it from the store again."""
+        """Forget a held model and its compressed downloads (every client has it); a late download reads
+        it from the store again (and encodes it again)."""
+        for key in [k for k in self._downlinks if k[0] == model_id]:
+            del self._downlinks[key]
         return self._cache.pop(model_id, None) is not None
 
     def cached_model_ids(self) -> list[str]:
@@ -177,6 +193,48 @@ class ModelCache:
         blob = await self._read(lambda: self._store.get(model.key), f"reading model {model_id}", deadline)
         manifest, payload = split_model(blob)
         return decode_payload(manifest, payload)
+
+    async def downlink(self, model: CachedModel, codec: Compression) -> CachedModel:
+        """``model`` as a download in ``codec`` (fedn.compression): encoded once per (model, codec) and
+        held, however many clients download it."""
+        key = (model.model_id, codec.text())
+        async with self._coding:
+            coded = self._downlinks.get(key)
+            if coded is None:
+                arrays = await self.model_arrays(model.model_id)
+                payload = await asyncio.to_thread(encode_model_downlink, arrays, model.manifest, codec)
+                del arrays
+                coded = await asyncio.to_thread(self._held_download, model, payload)
+                _keep(self._downlinks, key, coded)
+                logger.info("model %s encoded in %s for download: %d bytes", model.model_id, key[1], coded.size)
+        return coded
+
+    def _held_download(self, model: CachedModel, payload: bytes) -> CachedModel:
+        sha256 = hashlib.sha256(payload).hexdigest()
+        header = model_header_message(ModelHeaderInfo(model.model_id, model.manifest, sha256, len(payload)))
+        messages = tuple(map(model_data_message, iter_chunks(payload, self._chunk_bytes)))
+        return replace(model, sha256=sha256, size=len(payload), header=header, messages=messages)
+
+    async def received_model(
+        self, model_id: str, downlink: Compression, *, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """The model as a client that downloaded it in ``downlink`` holds it: the base its compressed
+        update is a delta from. Kept per (model, codec) for the round's updates."""
+        key = (model_id, downlink.text())
+        async with self._coding:
+            base = self._bases.get(key)
+            if base is None:
+                base = await self.model_arrays(model_id, deadline=deadline)
+                if not downlink.lossless:
+                    model = await self.get(model_id, deadline=deadline)
+
+                    def decoded() -> dict[str, np.ndarray]:
+                        payload = encode_model_downlink(base, model.manifest, downlink)
+                        return decode_model_downlink(payload, model.manifest, downlink)
+
+                    base = await asyncio.to_thread(decoded)
+                _keep(self._bases, key, base)
+        return base
 
     def _load(self, model_id: str) -> CachedModel:
         """One pass over the stored blob: its header, then the payload kept (small) or only hashed (large)."""

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator
 
 from combiner.async_run import AsyncRun
 from combiner.clients import ClientConnection
+from combiner.compressed import is_raw
 from combiner.eval_round import EvalRound
 from combiner.run import Run, RunContext, failure_text
 from combiner.sync_round import SyncRound
 from fedn.aggregation import make_aggregator
+from fedn.compression import Compression
 from fedn.errors import FailedPrecondition, InvalidArgument
 from fedn.models import stored_result
 from fedn.records import RoundPlan, RoundResult, SessionMode
@@ -62,8 +64,8 @@ class RunRouter:
     def has_client(self, client_id: str) -> bool:
         return self._ctx.clients.has(client_id)
 
-    def connect(self, client_id: str, name: str) -> ClientConnection:
-        conn, replaced = self._ctx.clients.connect(client_id, name)
+    def connect(self, client_id: str, name: str, codecs: frozenset[str] = frozenset()) -> ClientConnection:
+        conn, replaced = self._ctx.clients.connect(client_id, name, codecs)
         if self._run is not None:
             self._run.client_connected(client_id, replaced)
         return conn
@@ -75,6 +77,16 @@ class RunRouter:
     def download_done(self, model_id: str, client_id: str) -> None:
         if self._run is not None:
             self._run.downloaded(model_id, client_id)
+
+    def downlink_codec(self, model_id: str, text: str) -> Compression:
+        """The codec of a download of ``model_id`` in ``text``: raw, or the running sync round's downlink
+        codec for its own model; InvalidArgument for any other (each costs an encoding of the model)."""
+        if is_raw(text):
+            return Compression()
+        run = self._run
+        if not isinstance(run, SyncRound) or run.closed or run.plan.model_id != model_id:
+            raise InvalidArgument(f"model {model_id} is not offered in compression {text[:80]!r} here: ask for it raw")
+        return run.downlink_codec(text)
 
     # -- calls for a run -----------------------------------------------------------
 

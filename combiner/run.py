@@ -198,12 +198,14 @@ async def store_result(
     metrics: MetricsAccumulator,
     client_ids: list[str],
     deadline: float,
+    uplink_bytes: int = 0,
 ) -> RoundResult:
     """Store the aggregate as this combiner's partial of ``round_id`` and describe it.
 
     ``aggregator=None`` (or one with nothing folded) stores nothing: the result has no partial. A store
     error is retried until ``deadline`` (on ``ctx.clock``); past it, the result has no partial and lists
     the clients whose updates were lost with it, so the reducer records them instead of waiting.
+    ``uplink_bytes`` (the payload bytes of the updates folded, as sent) is reported with the partial.
     """
     count = aggregator.count if aggregator is not None else 0
     ctx.metrics.record_result(num_updates=count, rejected=tally.rejected, seconds=time.monotonic() - tally.started_at)
@@ -222,7 +224,9 @@ async def store_result(
         key = partial_key(round_id, ctx.combiner_id)
         # the result goes into the partial's header, so the partial is usable without this reply: by this
         # combiner asked again after a restart, or by a reducer whose combiner did not come back
-        described = _describe(ctx, round_id, key, partial.total_weight, count, num_selected, tally, metrics, client_ids)
+        described = _describe(
+            ctx, round_id, key, partial.total_weight, count, num_selected, tally, metrics, client_ids, uplink_bytes
+        )
         metadata = partial_metadata(described)
         store = ctx.models.store
         try:
@@ -240,7 +244,9 @@ async def store_result(
         else:
             total_weight = partial.total_weight
         del partial
-    return _describe(ctx, round_id, key, total_weight, count, num_selected, tally, metrics, client_ids)
+    return _describe(
+        ctx, round_id, key, total_weight, count, num_selected, tally, metrics, client_ids, uplink_bytes if key else 0
+    )
 
 
 def _not_finite(arrays: Mapping, total_weight: float) -> str:
@@ -265,6 +271,7 @@ def _describe(
     tally: Tally,
     metrics: MetricsAccumulator,
     client_ids: list[str],
+    uplink_bytes: int = 0,
 ) -> RoundResult:
     return RoundResult(
         round_id=round_id,
@@ -280,4 +287,5 @@ def _describe(
         ],
         metrics=metrics.summary() if count else {},
         client_ids=list(client_ids) if count else [],
+        uplink_bytes=uplink_bytes if count else 0,
     )

@@ -81,12 +81,13 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     @map_errors
     async def TaskStream(self, request: pb.TaskStreamRequest, context: grpc.aio.ServicerContext):
         client_id, name = wire.task_stream_request_from_proto(request)
+        codecs = wire.task_stream_codecs_from_proto(request)
         principal = current_principal()
         self._bind(context, client_id)
         if principal is not None and self._rounds.has_client(client_id):
             # one stream per identity: a second one (a stolen token, or a stale reconnect) takes nothing over
             raise Conflict(f"client {client_id} already has a task stream here; retry once it has closed")
-        conn = self._rounds.connect(client_id, name)
+        conn = self._rounds.connect(client_id, name, codecs)
         heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
             yield heartbeat  # tells the client at once that it is connected
@@ -101,7 +102,10 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         model_id, client_id = wire.download_request_from_proto(request)
         if client_id:
             self._bind(context, client_id)
+        codec = self._rounds.downlink_codec(model_id, wire.download_compression_from_proto(request))
         model = await self._models.get(model_id)
+        if not codec.lossless:
+            model = await self._models.downlink(model, codec)
         # Each stream in flight holds a chunk in gRPC's buffers: bound them, or memory grows with clients.
         async with self._models.download_slots(model):
             async for message in self._models.download_messages(model, context):

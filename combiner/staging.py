@@ -4,6 +4,10 @@ An update is received completely and checked (size, sha256, finite values) befor
 folded, so a rejected update never touches a running aggregate. Staged updates are bounded in count
 (``max_concurrent_uploads``) and bytes (``max_staged_bytes``, though one may always be staged); a
 large one is spooled to a temporary file and read back a slice at a time.
+
+A compressed update (fedn.compression) is staged as it arrived, compressed: its size, the slots and
+the spool count compressed bytes, and its tensors are decoded lazily against the model its client
+received, a slice at a time, by the checks and the fold (a spooled one from a memory map of its file).
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import contextlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+from combiner.compressed import is_raw
 from combiner.grants import GrantGate
 from combiner.transfers import TransferLimits
 from fedn import heap
@@ -30,22 +36,38 @@ from fedn.codec import (
     payload_bytes,
     spooled_arrays,
 )
+from fedn.compression import CompressedTensor, Compression, compressed_payload_bytes, decode_update
 from fedn.errors import InvalidArgument, InvalidModel, PayloadTooLarge
 from fedn.metrics import CombinerMetrics
 from fedn.wire import UpdateHeaderInfo
 
-__all__ = ["FOLD_IN_THREAD_BYTES", "UploadStager", "is_big"]
+__all__ = ["FOLD_IN_THREAD_BYTES", "UpdateCodec", "UploadStager", "is_big"]
 
 FOLD_IN_THREAD_BYTES = 4 << 20  # larger updates are checked and folded off the event loop
 _SPOOL_WRITE_BYTES = 1 << 20  # chunks of a spooled upload written per thread hop
 
 
+Staged = Mapping[str, np.ndarray | SpooledTensor | CompressedTensor]
+
+
+@dataclass(frozen=True)
+class UpdateCodec:
+    """How an update is compressed, and the model its client received (what it is a delta from)."""
+
+    compression: Compression
+    base: Mapping[str, np.ndarray]
+
+
 def is_big(header: UpdateHeaderInfo) -> bool:
-    """Whether the update is checked and folded off the event loop, and its memory trimmed afterwards."""
-    return header.model.payload_bytes > FOLD_IN_THREAD_BYTES
+    """Whether the update is checked and folded off the event loop, and its memory trimmed afterwards;
+    a compressed one by the size it decodes to, which is what the checks and the fold read."""
+    size = header.model.payload_bytes
+    if not is_raw(header.compression):
+        size = max(size, payload_bytes(header.model.tensors))
+    return size > FOLD_IN_THREAD_BYTES
 
 
-async def _check_finite_values(arrays: Mapping[str, np.ndarray | SpooledTensor], *, big: bool) -> None:
+async def _check_finite_values(arrays: Staged, *, big: bool) -> None:
     """Every update is checked here, whatever its aggregator checks (a plug-in may check nothing)."""
 
     def check() -> None:
@@ -97,9 +119,13 @@ class UploadStager:
         """Clients waiting for an upload slot, in every run's gate."""
         return sum(gate.waiting for gate in list(self._gates))
 
-    def upload_gate(self, manifest: list[TensorSpec], notify: Callable[[str], None]) -> GrantGate:
-        """Upload slots for updates of ``manifest``: bounded in count and in bytes, but one may always be staged."""
-        slots = min(self._max_uploads, self._max_staged_bytes // max(1, payload_bytes(manifest)))
+    def upload_gate(
+        self, manifest: list[TensorSpec], notify: Callable[[str], None], compression: Compression | None = None
+    ) -> GrantGate:
+        """Upload slots for updates of ``manifest`` (in ``compression``, whose bytes are counted): bounded in
+        count and in bytes, but one may always be staged."""
+        size = payload_bytes(manifest) if compression is None else compressed_payload_bytes(manifest, compression)
+        slots = min(self._max_uploads, self._max_staged_bytes // max(1, size))
         gate = GrantGate(slots, notify, clock=self._clock, grant_timeout_s=self._grant_timeout_s)
         self._gates.add(gate)
         return gate
@@ -108,8 +134,11 @@ class UploadStager:
         if size > self._max_update_bytes:
             raise PayloadTooLarge(f"update of {size} bytes exceeds the combiner's limit of {self._max_update_bytes}")
 
-    def check_header(self, manifest: list[TensorSpec], header: UpdateHeaderInfo) -> None:
-        """Refuse an update from its header alone, before it takes a staging slot."""
+    def check_header(
+        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, compression: Compression | None = None
+    ) -> None:
+        """Refuse an update from its header alone, before it takes a staging slot; ``compression`` is
+        the codec it was found to use (None: raw, and its header must say so)."""
         weight = header.num_examples
         if not (0 < weight <= self._max_num_examples):  # NaN fails too
             raise InvalidArgument(
@@ -119,8 +148,15 @@ class UploadStager:
         size = header.model.payload_bytes
         self.check_size(size)
         check_manifest(manifest, header.model.tensors)
-        if size != payload_bytes(manifest):
-            raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(manifest)}")
+        if compression is None:
+            if not is_raw(header.compression):
+                raise InvalidArgument(f"this run takes uncompressed updates, not {header.compression[:80]!r}")
+            if size != payload_bytes(manifest):
+                raise InvalidModel(f"header announces {size} bytes, the model has {payload_bytes(manifest)}")
+            return
+        expected = compressed_payload_bytes(manifest, compression)
+        if size != expected:
+            raise InvalidModel(f"header announces {size} bytes, the model in {compression.text()} has {expected}")
 
     @contextlib.asynccontextmanager
     async def staged(
@@ -131,11 +167,13 @@ class UploadStager:
         chunks: AsyncIterator[bytes],
         *,
         spool: bool,
-    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        codec: UpdateCodec | None = None,
+    ) -> AsyncIterator[Staged]:
         """Check the header, take an upload slot, stage the update; the slot is held until the block
         ends (the fold), so staged buffers stay within the bound."""
-        self.check_header(manifest, header)
-        async with gate.slot(header.client_id), self.staged_update(manifest, header, chunks, spool=spool) as arrays:
+        self.check_header(manifest, header, None if codec is None else codec.compression)
+        staging = self.staged_update(manifest, header, chunks, spool=spool, codec=codec)
+        async with gate.slot(header.client_id), staging as arrays:
             handed_at = time.perf_counter()  # a measurement, not a deadline: the real clock
             yield arrays
             if self._metrics is not None:
@@ -143,8 +181,14 @@ class UploadStager:
 
     @contextlib.asynccontextmanager
     async def staged_update(
-        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes], *, spool: bool = True
-    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        self,
+        manifest: list[TensorSpec],
+        header: UpdateHeaderInfo,
+        chunks: AsyncIterator[bytes],
+        *,
+        spool: bool = True,
+        codec: UpdateCodec | None = None,
+    ) -> AsyncIterator[Staged]:
         """Receive an update whole and check it (size, sha256, finite values), then lend its tensors.
 
         One up to ``spool_over_bytes``, or any when ``spool`` is false (an aggregator that needs numpy
@@ -166,7 +210,7 @@ class UploadStager:
         try:
             async with (
                 contextlib.aclosing(counted()) as counting,
-                self._staged(manifest, header, counting, spool=spool) as arrays,
+                self._staged(manifest, header, counting, spool=spool, codec=codec) as arrays,
             ):
                 yield arrays
         finally:
@@ -177,8 +221,14 @@ class UploadStager:
 
     @contextlib.asynccontextmanager
     async def _staged(
-        self, manifest: list[TensorSpec], header: UpdateHeaderInfo, chunks: AsyncIterator[bytes], *, spool: bool
-    ) -> AsyncIterator[Mapping[str, np.ndarray | SpooledTensor]]:
+        self,
+        manifest: list[TensorSpec],
+        header: UpdateHeaderInfo,
+        chunks: AsyncIterator[bytes],
+        *,
+        spool: bool,
+        codec: UpdateCodec | None,
+    ) -> AsyncIterator[Staged]:
         size, sha = header.model.payload_bytes, header.model.sha256
         # from here the client holds an upload slot: it must send its update within its transfer deadline
         cutoff = self._transfers.cutoff(self._clock, f"upload of client {header.client_id}'s update", size)
@@ -187,8 +237,16 @@ class UploadStager:
             with cutoff:
                 async for chunk in chunks:
                     assembler.add(chunk)
-            arrays = decode_payload(manifest, assembler.finish())
-            await _check_finite_values(arrays, big=size > FOLD_IN_THREAD_BYTES)
+            payload = assembler.finish()
+            big = is_big(header)
+            if codec is None:
+                arrays: Staged = decode_payload(manifest, payload)
+            elif spool:
+                arrays = decode_update(payload, codec.base, manifest, codec.compression)
+            else:  # an aggregator that needs numpy arrays (it holds every update anyway)
+                arrays = await _densified(payload, codec, manifest, big=big)
+            del payload
+            await _check_finite_values(arrays, big=big)
             yield arrays
             return
         spooler = ChunkSpool(size, sha, self._max_update_bytes, self._spool_dir)
@@ -213,7 +271,11 @@ class UploadStager:
                 await writing
             spooler.add_all(batch)  # less than one batch
             del batch
-            spooled = spooled_arrays(manifest, spooler.finish())
+            if codec is None:
+                spooled: Staged = spooled_arrays(manifest, spooler.finish())
+            else:  # read through a memory map of the file: the page cache, not a copy in this process
+                mapped = np.memmap(spooler.finish(), dtype=np.uint8, mode="r", shape=(size,))
+                spooled = decode_update(mapped, codec.base, manifest, codec.compression)
             await _check_finite_values(spooled, big=True)
             yield spooled
         finally:
@@ -229,3 +291,13 @@ class UploadStager:
         before the next one arrives."""
         if is_big(header):
             await asyncio.to_thread(heap.trim)
+
+
+async def _densified(payload: bytes, codec: UpdateCodec, manifest: list[TensorSpec], *, big: bool) -> Staged:
+    """A compressed update decoded whole (its layout checked first), for aggregators that read numpy arrays."""
+
+    def dense() -> dict[str, np.ndarray]:
+        lazy = decode_update(payload, codec.base, manifest, codec.compression)
+        return {name: tensor.to_numpy() for name, tensor in lazy.items()}
+
+    return await asyncio.to_thread(dense) if big else dense()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
+from combiner.compressed import RAW, is_raw, update_compression
 from combiner.grants import GrantGate
 from combiner.model_cache import CachedModel
 from combiner.run import UPDATE_FAULTS, RoundMetrics, RunContext, store_result, train_task
 from combiner.selected_round import SelectedRound
-from combiner.staging import is_big
+from combiner.staging import UpdateCodec, is_big
 from fedn import heap
 from fedn.aggregation import Aggregator, aggregator_config
+from fedn.compression import Compression, parse_compression
 from fedn.errors import FailedPrecondition, InvalidArgument
 from fedn.records import RoundPlan, RoundResult
 from fedn.wire import TaskInfo, UpdateHeaderInfo
@@ -48,11 +51,20 @@ class SyncRound(SelectedRound):
         self._downloaded: set[str] = set()
         self._uploading: set[str] = set()
         self._lock = asyncio.Lock()  # one fold at a time, and none once the round has closed
-        self._train_task = train_task(plan.round_id, plan, plan.model_id, plan.round_index)
-        self._uploads: GrantGate = ctx.stager.upload_gate(
-            model.manifest, lambda c: ctx.clients.send(c, TaskInfo("upload_grant", plan.round_id, plan.session_id))
+        self._uplink_bytes = 0  # payload bytes of the updates folded, as sent
+        self._train_task = replace(
+            train_task(plan.round_id, plan, plan.model_id, plan.round_index),
+            compression=plan.compression,
+            downlink_compression=plan.downlink_compression,
         )
-        self._tasks: GrantGate = ctx.models.task_gate(model, lambda c: ctx.clients.send(c, self._train_task))
+        self._downlink_of: dict[str, str] = {}  # the downlink codec each client was told
+        compression = None if is_raw(plan.compression) else parse_compression(plan.compression)
+        self._uploads: GrantGate = ctx.stager.upload_gate(
+            model.manifest,
+            lambda c: ctx.clients.send(c, TaskInfo("upload_grant", plan.round_id, plan.session_id)),
+            compression,
+        )
+        self._tasks: GrantGate = ctx.models.task_gate(model, self._send_train_task)
 
     @staticmethod
     def check_plan(plan: RoundPlan) -> None:
@@ -60,6 +72,35 @@ class SyncRound(SelectedRound):
         if plan.timeout_s <= 0:
             raise InvalidArgument("round timeout must be positive")
         aggregator_config(plan.aggregator, plan.aggregator_config)
+        parse_compression(plan.compression)
+        if parse_compression(plan.downlink_compression).codec == "topk":
+            raise InvalidArgument("downlink_compression topk cannot compress a whole model; use it for updates")
+
+    def _send_train_task(self, client_id: str) -> None:
+        sent = self._ctx.clients.send(client_id, self._train_task)
+        if sent is not None:
+            self._downlink_of[client_id] = sent.downlink_compression or RAW
+
+    def downlink_codec(self, text: str) -> Compression:
+        """The codec of a download in ``text``: the round's own (or raw), none other."""
+        if is_raw(text):
+            return Compression()
+        if text != self.plan.downlink_compression:
+            raise InvalidArgument(
+                f"round {self.run_id} sends its model in {self.plan.downlink_compression!r} or uncompressed, "
+                f"not {text[:80]!r}"
+            )
+        return parse_compression(text)
+
+    async def _update_codec(self, header: UpdateHeaderInfo) -> UpdateCodec | None:
+        """None for a raw update; else its codec and the model its client received, to decode it against."""
+        compression = update_compression(header.compression, self.plan)
+        if compression is None:
+            return None
+        downlink = parse_compression(self._downlink_of.get(header.client_id, RAW))
+        deadline = self._started_at + self.plan.timeout_s
+        base = await self._ctx.models.received_model(self.plan.model_id, downlink, deadline=deadline)
+        return UpdateCodec(compression, base)
 
     # -- clients -----------------------------------------------------------------
 
@@ -100,7 +141,9 @@ class SyncRound(SelectedRound):
         stager, aggregator = self._ctx.stager, self._aggregator
         try:
             spool = aggregator.reads_spooled
-            async with stager.staged(self._uploads, self._manifest, header, chunks, spool=spool) as arrays, self._lock:
+            codec = await self._update_codec(header)
+            staging = stager.staged(self._uploads, self._manifest, header, chunks, spool=spool, codec=codec)
+            async with staging as arrays, self._lock:
                 if self._closed:
                     raise FailedPrecondition(f"round {round_id!r} closed while the update was uploading")
                 if is_big(header):
@@ -108,6 +151,7 @@ class SyncRound(SelectedRound):
                 else:
                     aggregator.add(arrays, header.num_examples)
                 self._metrics.add(header.metrics, header.num_examples)
+                self._uplink_bytes += header.model.payload_bytes
                 self._accepted.append(client_id)
                 self._ctx.stragglers.delivered(client_id)
                 self._answer(client_id)
@@ -143,7 +187,7 @@ class SyncRound(SelectedRound):
             if selected:
                 for client_id in selected:
                     if self._tasks.request(client_id):
-                        ctx.clients.send(client_id, self._train_task)
+                        self._send_train_task(client_id)
                 try:
                     remaining = self._started_at + plan.timeout_s - ctx.clock.now()
                     await ctx.clock.wait_for(self._all_answered.wait(), remaining)
@@ -169,6 +213,7 @@ class SyncRound(SelectedRound):
             metrics=self._metrics,
             client_ids=self._accepted,
             deadline=ctx.store_deadline(self._started_at, plan.timeout_s),
+            uplink_bytes=self._uplink_bytes,
         )
         await asyncio.to_thread(heap.trim)  # the round's buffers are gone: return their memory to the OS
         logger.info(

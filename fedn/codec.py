@@ -144,7 +144,11 @@ def spooled_arrays(manifest: list[TensorSpec], file: BinaryIO, offset: int = 0) 
 def flat_slices(array: np.ndarray | SpooledTensor, length: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, elements)`` over the flattened ``array`` in pieces of ``length``: an in-memory
     array is viewed, a spooled one read piece by piece into one buffer (so a piece is valid until the
-    next one is read)."""
+    next one is read). Anything with its own ``flat_slices`` (a compressed update's lazy tensor,
+    fedn.compression.CompressedTensor) is sliced by it, decoding one piece at a time."""
+    if not isinstance(array, np.ndarray) and hasattr(array, "flat_slices"):
+        yield from array.flat_slices(length)
+        return
     if isinstance(array, SpooledTensor):
         buffer = np.empty(min(length, array.size), dtype=array.dtype)
         for start in range(0, array.size, length):

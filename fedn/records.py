@@ -96,6 +96,10 @@ class Session(BaseModel):
     buffer_size: int = 10  # async: updates a combiner folds before it sends a partial
     staleness_exponent: float = 0.5  # async: an update s versions old is scaled by (1+s)^-exponent
     max_staleness: int = 0  # async: updates older than this many versions are dropped; 0 = no limit
+    # codec texts (fedn.compression) of the clients' updates and of the global model sent to them; a
+    # record from before compression existed reads "none"
+    compression: str = "none"
+    downlink_compression: str = "none"
     seed_model_id: str
     model_id: str  # the current global model
     rounds_done: int = 0
@@ -183,6 +187,7 @@ class Round(BaseModel):
     # combiners that did not come back to a restarted reducer, whose partials it merged from the model store
     merged_from_store: list[str] = Field(default_factory=list)
     evaluation: Evaluation | None = None  # of model_out (of model_in in an evaluation session)
+    uplink_bytes: int = 0  # payload bytes of the updates merged, as the clients sent them (compressed or raw)
 
 
 class ModelRecord(BaseModel):
@@ -238,6 +243,8 @@ class RoundPlan(BaseModel):
     staleness_exponent: float = 0.5
     max_staleness: int = 0
     model_sha256: str = ""  # sha256 of model_id's stored blob; the combiner refuses another ("" = unsaid)
+    compression: str = "none"  # codec text of the clients' updates (fedn.compression)
+    downlink_compression: str = "none"  # codec text of the model sent to the clients
 
 
 class RoundResult(BaseModel):
@@ -254,6 +261,7 @@ class RoundResult(BaseModel):
     metrics: dict[str, MetricSummary] = Field(default_factory=dict)
     client_ids: list[str] = Field(default_factory=list)
     evaluations: list[ClientEvaluation] = Field(default_factory=list)  # an evaluation round's, per client
+    uplink_bytes: int = 0  # payload bytes of the updates folded, as sent (compressed or raw)
 
 
 AuditOutcome = Literal["ok", "denied", "failed", "refused"]

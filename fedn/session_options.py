@@ -10,10 +10,11 @@ from collections.abc import Mapping, Set
 
 from fedn.aggregation import aggregator_config
 from fedn.aggregation.server_optimizers import make_server_optimizer
+from fedn.compression import parse_compression
 from fedn.errors import InvalidArgument
 from fedn.records import SessionMode
 
-__all__ = ["ASYNC_OPTIONS", "TRAINING_OPTIONS", "check_session_options"]
+__all__ = ["ASYNC_OPTIONS", "TRAINING_OPTIONS", "check_session_options", "session_compression"]
 
 # options that only mean something in async mode
 ASYNC_OPTIONS = frozenset({"buffer_size", "staleness_exponent", "max_staleness"})
@@ -51,3 +52,26 @@ def check_session_options(
     training = sorted(TRAINING_OPTIONS & set(given))
     if mode == SessionMode.EVALUATE and training:
         raise InvalidArgument(f"{', '.join(training)} do not apply to mode evaluate: nothing is trained")
+
+
+def session_compression(
+    compression: str | None, downlink_compression: str | None, mode: SessionMode | str = SessionMode.SYNC
+) -> tuple[str, str]:
+    """The canonical texts of a session's update and model codecs (fedn.compression), or InvalidArgument.
+
+    Downlink sends a whole model, which top-k cannot stand for. Compression is for training sessions in
+    sync mode: an evaluation session trains nothing, and an async session's updates are deltas from
+    whichever version each client trained on, a base the combiner does not keep."""
+    uplink = parse_compression(compression)
+    downlink = parse_compression(downlink_compression)
+    if downlink.codec == "topk":
+        raise InvalidArgument("downlink_compression topk cannot compress a whole model; use it for updates")
+    mode = SessionMode(mode)
+    if (uplink.lossless and downlink.lossless) or mode == SessionMode.SYNC:
+        return uplink.text(), downlink.text()
+    if mode == SessionMode.EVALUATE:
+        raise InvalidArgument("compression and downlink_compression do not apply to mode evaluate: nothing is trained")
+    raise InvalidArgument(
+        "compression and downlink_compression need mode sync: an async update is a delta from the version its "
+        "client trained on, which the combiner does not keep"
+    )

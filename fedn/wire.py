@@ -13,9 +13,8 @@ from fedn.chunking import DEFAULT_CHUNK_BYTES, iter_chunks
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, sha256_hex
 from fedn.errors import InvalidArgument, validation_problem
 from fedn.ids import check_id, check_text, printable
-from fedn.records import ClientFailureRecord, ConfigScalar, MetricSummary, RoundPlan, RoundResult, SessionMode
+from fedn.records import ConfigScalar, RoundPlan, SessionMode
 from fedn.v1 import fedn_pb2 as pb
-from fedn.wire_eval import client_evaluations_from_proto, client_evaluations_to_proto
 from fedn.wire_limits import (
     MAX_KEY_CHARS,
     MAX_NAME_CHARS,
@@ -23,7 +22,6 @@ from fedn.wire_limits import (
     MAX_TENSOR_DIMS,
     MAX_TENSOR_NAME_CHARS,
     MAX_TIMEOUT_S,
-    check_metric_summaries,
     check_metrics,
     check_model_sha256,
     config_from_proto,
@@ -32,6 +30,7 @@ from fedn.wire_limits import (
 from fedn.wire_limits import check_count as _check_count
 from fedn.wire_limits import check_finite as _check_finite
 from fedn.wire_limits import check_sha256 as _check_sha256
+from fedn.wire_results import round_result_from_proto, round_result_to_proto
 
 __all__ = [
     "Announcement",
@@ -42,6 +41,7 @@ __all__ = [
     "announcement_to_proto",
     "config_from_proto",
     "config_to_proto",
+    "download_compression_from_proto",
     "download_request_from_proto",
     "failure_report_from_proto",
     "model_data_message",
@@ -54,15 +54,18 @@ __all__ = [
     "round_result_from_proto",
     "round_result_to_proto",
     "task_from_proto",
+    "task_stream_codecs_from_proto",
     "task_stream_request_from_proto",
     "task_to_proto",
     "update_header_from_proto",
     "update_header_to_proto",
     "update_messages",
+    "update_payload_messages",
     "upload_request_from_proto",
 ]
 
 # What a peer may send is bounded at decode (fedn.wire_limits): anything past it is refused with InvalidArgument.
+_MAX_CODECS = 16
 _DTYPE_RE = re.compile(r"^[A-Za-z0-9<>|=]{1,16}$")
 
 
@@ -82,6 +85,7 @@ class UpdateHeaderInfo:
     num_examples: float
     metrics: dict[str, float]
     model: ModelHeaderInfo
+    compression: str = ""  # codec text of the payload (fedn.compression); "" or "none": raw tensors
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class TaskInfo:
     round_index: int = 0
     timeout_s: float = 0.0
     config: dict[str, ConfigScalar] | None = None
+    compression: str = ""  # train: codec text for the update ("" or "none": raw)
+    downlink_compression: str = ""  # train: codec text to ask DownloadModel for ("" or "none": raw)
 
 
 _TASK_KINDS = {
@@ -113,6 +119,8 @@ def task_to_proto(task: TaskInfo) -> pb.Task:
         model_id=task.model_id,
         round_index=task.round_index,
         timeout_s=task.timeout_s,
+        compression=task.compression,
+        downlink_compression=task.downlink_compression,
     )
     config_to_proto(task.config or {}, msg.config)
     return msg
@@ -128,6 +136,8 @@ def task_from_proto(msg: pb.Task) -> TaskInfo:
         round_index=int(msg.round_index),
         timeout_s=float(msg.timeout_s),
         config=config_from_proto(msg.config),
+        compression=check_text(msg.compression, "compression", MAX_KEY_CHARS),
+        downlink_compression=check_text(msg.downlink_compression, "downlink_compression", MAX_KEY_CHARS),
     )
 
 
@@ -178,6 +188,7 @@ def update_header_to_proto(info: UpdateHeaderInfo) -> pb.UpdateHeader:
         num_examples=info.num_examples,
         metrics=dict(info.metrics),
         model=model_header_to_proto(info.model),
+        compression=info.compression,
     )
 
 
@@ -190,6 +201,7 @@ def update_header_from_proto(msg: pb.UpdateHeader) -> UpdateHeaderInfo:
         num_examples=float(msg.num_examples),  # bounded by the run, which counts a refusal against the client
         metrics=check_metrics(msg.metrics),
         model=model_header_from_proto(msg.model),
+        compression=check_text(msg.compression, "compression", MAX_KEY_CHARS),
     )
 
 
@@ -209,6 +221,8 @@ def round_plan_to_proto(plan: RoundPlan) -> pb.RoundPlan:
         staleness_exponent=plan.staleness_exponent,
         max_staleness=plan.max_staleness,
         model_sha256=plan.model_sha256,
+        compression=plan.compression,
+        downlink_compression=plan.downlink_compression,
     )
     config_to_proto(plan.config, msg.config)
     config_to_proto(plan.aggregator_config, msg.aggregator_config)
@@ -238,6 +252,8 @@ def round_plan_from_proto(msg: pb.RoundPlan) -> RoundPlan:
             staleness_exponent=_check_finite(msg.staleness_exponent, "staleness_exponent"),
             max_staleness=_check_count(msg.max_staleness, "max_staleness"),
             model_sha256=check_model_sha256(msg.model_sha256),
+            compression=check_text(msg.compression, "compression", MAX_KEY_CHARS) or "none",
+            downlink_compression=check_text(msg.downlink_compression, "downlink_compression", MAX_KEY_CHARS) or "none",
         )
     except ValidationError as exc:
         raise validation_problem(exc, "round plan") from None
@@ -287,6 +303,18 @@ def task_stream_request_from_proto(msg: pb.TaskStreamRequest) -> tuple[str, str]
     return check_id(msg.client_id, "client_id"), check_text(msg.client_name, "client_name", MAX_NAME_CHARS)
 
 
+def task_stream_codecs_from_proto(msg: pb.TaskStreamRequest) -> frozenset[str]:
+    """The codec names a client announced (bounded: a few short names); none: it takes raw tasks only."""
+    if len(msg.codecs) > _MAX_CODECS:
+        raise InvalidArgument(f"at most {_MAX_CODECS} codecs may be announced, got {len(msg.codecs)}")
+    return frozenset(check_text(c, "codec", MAX_KEY_CHARS, empty=False) for c in msg.codecs)
+
+
+def download_compression_from_proto(msg: pb.DownloadModelRequest) -> str:
+    """The downlink codec text a download asks for ("" when it asks for the raw model)."""
+    return check_text(msg.compression, "compression", MAX_KEY_CHARS)
+
+
 def download_request_from_proto(msg: pb.DownloadModelRequest) -> tuple[str, str]:
     """(model id, client id); the client id may be empty (it only marks the client's download done)."""
     return check_id(msg.model_id, "model_id"), check_id(msg.client_id, "client_id", optional=True)
@@ -306,49 +334,6 @@ def failure_report_from_proto(msg: pb.ReportFailureRequest) -> tuple[str, str, s
     return check_id(msg.round_id, "round_id"), check_id(msg.client_id, "client_id"), msg.error
 
 
-def round_result_to_proto(result: RoundResult) -> pb.RoundResult:
-    return pb.RoundResult(
-        round_id=result.round_id,
-        combiner_id=result.combiner_id,
-        partial_key=result.partial_key,
-        total_weight=result.total_weight,
-        num_selected=result.num_selected,
-        num_updates=result.num_updates,
-        num_rejected=result.num_rejected,
-        failures=[pb.ClientFailure(client_id=f.client_id, error=f.error) for f in result.failures],
-        metrics={
-            k: pb.MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count, weight=m.weight)
-            for k, m in result.metrics.items()
-        },
-        client_ids=list(result.client_ids),
-        evaluations=client_evaluations_to_proto(result.evaluations),
-    )
-
-
-def round_result_from_proto(msg: pb.RoundResult) -> RoundResult:
-    """A combiner's result; its metric summaries bounded as an update's metrics are."""
-    return RoundResult(
-        round_id=msg.round_id,
-        combiner_id=msg.combiner_id,
-        partial_key=msg.partial_key,
-        total_weight=msg.total_weight,
-        num_selected=msg.num_selected,
-        num_updates=msg.num_updates,
-        num_rejected=msg.num_rejected,
-        failures=[
-            ClientFailureRecord(client_id=f.client_id, combiner_id=msg.combiner_id, error=f.error) for f in msg.failures
-        ],
-        metrics=check_metric_summaries(
-            {
-                k: MetricSummary(mean=m.mean, min=m.min, max=m.max, count=m.count, weight=m.weight)
-                for k, m in msg.metrics.items()
-            }
-        ),
-        client_ids=list(msg.client_ids),
-        evaluations=client_evaluations_from_proto(msg.evaluations, msg.combiner_id),
-    )
-
-
 def update_messages(
     round_id: str,
     client_id: str,
@@ -360,6 +345,24 @@ def update_messages(
 ) -> Iterator[pb.UpdateChunk]:
     """An UploadUpdate request stream: the header (manifest, sha256, size), then the payload in chunks."""
     manifest, payload = encode_payload(arrays)
+    yield from update_payload_messages(
+        round_id, client_id, base_model_id, num_examples, metrics, manifest, payload, chunk_bytes=chunk_bytes
+    )
+
+
+def update_payload_messages(
+    round_id: str,
+    client_id: str,
+    base_model_id: str,
+    num_examples: float,
+    metrics: Mapping[str, float],
+    manifest: list[TensorSpec],
+    payload: bytes,
+    *,
+    compression: str = "",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[pb.UpdateChunk]:
+    """As :func:`update_messages`, for a payload already encoded (``compression`` names its codec)."""
     header = UpdateHeaderInfo(
         round_id=round_id,
         client_id=client_id,
@@ -367,6 +370,7 @@ def update_messages(
         num_examples=num_examples,
         metrics=dict(metrics),
         model=ModelHeaderInfo("", manifest, sha256_hex(payload), len(payload)),
+        compression=compression,
     )
     yield pb.UpdateChunk(header=update_header_to_proto(header))
     for chunk in iter_chunks(payload, chunk_bytes):

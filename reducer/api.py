@@ -29,7 +29,7 @@ from fedn.errors import (
 from fedn.logs import escape_controls
 from fedn.records import ModelRecord, Round, Session, SessionMode
 from fedn.rest_records import record_to_rest
-from fedn.session_options import check_session_options
+from fedn.session_options import check_session_options, session_compression
 from fedn.store.base import ModelStore, StateStore
 from reducer.auth import ReducerAuth, caller
 from reducer.controller import Controller, check_session_capacity
@@ -286,6 +286,7 @@ def create_api(ctx: ApiContext) -> Blueprint:
             mode=req.mode,
             given=req.model_fields_set,
         )
+        compression, downlink_compression = session_compression(req.compression, req.downlink_compression, req.mode)
         if req.mode == SessionMode.EVALUATE and req.rounds != 1:
             raise InvalidArgument("an evaluation session has exactly one round: rounds must be 1")
         if req.model_id is not None:
@@ -311,6 +312,8 @@ def create_api(ctx: ApiContext) -> Blueprint:
             staleness_exponent=req.staleness_exponent,
             max_staleness=req.max_staleness,
             evaluate_every=req.evaluate_every,
+            compression=compression,
+            downlink_compression=downlink_compression,
             seed_model_id=seed.id,
             model_id=seed.id,
         )

@@ -235,6 +235,7 @@ class AsyncSession:
             num_updates=result.num_updates,
             num_rejected=result.num_rejected,
             total_weight=result.total_weight,
+            uplink_bytes=result.uplink_bytes,
             failures=bound_failures([*self._lost, *result.failures]),
             metrics=result.metrics,
             started_at=now(),

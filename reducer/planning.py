@@ -117,6 +117,8 @@ class Planner:
             timeout_s=session.round_timeout_s,
             sample_seed=sample_seed(session.seed, index),
             model_sha256=self.model_sha256(session),
+            compression=session.compression,
+            downlink_compression=session.downlink_compression,
         )
         if session.mode != SessionMode.ASYNC:
             return plan

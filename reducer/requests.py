@@ -106,6 +106,14 @@ class SessionRequest(_Request):
     max_staleness: int = Field(
         0, ge=0, le=1_000_000_000, description="async: drop updates older than this many versions; 0 = no limit"
     )
+    compression: Line(256) = Field(
+        "none",
+        description="codec of the clients' updates: none, float16, int8[:block=N,stochastic=false], "
+        "topk[:ratio=R] (docs/compression.md); sync mode only",
+    )
+    downlink_compression: Line(256) = Field(
+        "none", description="codec of the global model sent to the clients: none, float16, int8; sync mode only"
+    )
 
 
 class RegisterCombinerRequest(_Request):

@@ -194,6 +194,7 @@ class SyncSession:
                 "num_updates": num_updates,
                 "num_rejected": sum(r.num_rejected for r in results),
                 "total_weight": sum(r.total_weight for r in used),
+                "uplink_bytes": sum(r.uplink_bytes for r in used),
                 "failures": bound_failures(failures),
                 "metrics": bound_metrics(merge_metric_summaries((r.metrics, r.total_weight) for r in used), used),
             }

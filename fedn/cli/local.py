@@ -16,7 +16,9 @@ from types import FrameType
 from fedn.cli.models import parse_client_args
 from fedn.cli.rounds import RoundReporter
 from fedn.cli.sessions import (
+    add_compression_arguments,
     add_mode_arguments,
+    compression_params,
     fraction,
     mode_params,
     non_negative_int,
@@ -78,6 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="makes client sampling reproducible [default 0]")
     add_mode_arguments(p)
+    add_compression_arguments(p)
     p.add_argument("--round-timeout", type=positive_float, default=60.0, help="seconds a round may take [default 60]")
     p.add_argument(
         "--min-clients",
@@ -144,6 +147,7 @@ def run_local(args: argparse.Namespace) -> int:
         mode=args.mode,
         given=set(session_mode) - {"mode", "evaluate_every"},
     )
+    session_mode.update(compression_params(args))
     cls = load_object(args.client)
     client_kwargs = parse_client_args(args.client_arg)
     evaluator = None

@@ -12,11 +12,15 @@ from fedn.api_client import ReducerAPI
 from fedn.cli.connect import add_reducer_arguments, reducer_api
 from fedn.cli.listing import add_list_arguments, list_limit, print_json, report_truncation
 from fedn.cli.rounds import RoundReporter, format_round
+from fedn.compression import parse_compression
 from fedn.errors import InvalidArgument
 from fedn.records import Round, RoundStatus, Session, SessionStatus
+from fedn.session_options import session_compression
 
 __all__ = [
+    "add_compression_arguments",
     "add_mode_arguments",
+    "compression_params",
     "format_round",
     "fraction",
     "mode_params",
@@ -131,6 +135,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--config", default="{}", help="JSON object sent to every client's train, e.g. '{\"epochs\": 2}'"
     )
     add_mode_arguments(start)
+    add_compression_arguments(start)
     start.add_argument(
         "--wait",
         action="store_true",
@@ -214,6 +219,42 @@ def add_mode_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _compression_text(text: str) -> str:
+    try:
+        return parse_compression(text).text()
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
+    """--compression and --downlink-compression, shared by ``fedn session start`` and ``fedn local``."""
+    parser.add_argument(
+        "--compression",
+        type=_compression_text,
+        default="none",
+        metavar="CODEC",
+        help="codec of the clients' updates: none, float16, int8[:block=N,stochastic=false], topk[:ratio=R]; "
+        "sync mode only (docs/compression.md) [default none]",
+    )
+    parser.add_argument(
+        "--downlink-compression",
+        type=_compression_text,
+        default="none",
+        metavar="CODEC",
+        help="codec of the global model sent to the clients: none, float16, int8[:block=N]; sync mode only "
+        "[default none]",
+    )
+
+
+def compression_params(args: argparse.Namespace) -> dict:
+    """The session parameters of :func:`add_compression_arguments`, checked against ``args.mode``; only
+    those that compress are sent, so a reducer from before compression still takes a session without."""
+    uplink, downlink = session_compression(args.compression, args.downlink_compression, args.mode)
+    return {
+        name: text for name, text in (("compression", uplink), ("downlink_compression", downlink)) if text != "none"
+    }
+
+
 def mode_params(args: argparse.Namespace) -> dict:
     """The session parameters of :func:`add_mode_arguments`; async options only where given."""
     params: dict = {"mode": args.mode, "evaluate_every": args.evaluate_every}
@@ -246,6 +287,7 @@ def _start(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "config": parse_json_object(args.config, "--config"),
         **mode_params(args),
+        **compression_params(args),
     }
     if args.model:
         params["model_id"] = args.model

@@ -55,15 +55,17 @@ class ModelHeader(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., sha256: _Optional[str] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
 
 class TaskStreamRequest(_message.Message):
-    __slots__ = ("client_id", "client_name")
+    __slots__ = ("client_id", "client_name", "codecs")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     client_name: str
-    def __init__(self, client_id: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
+    codecs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client_id: _Optional[str] = ..., client_name: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round_id", "session_id", "model_id", "config", "timeout_s", "round_index")
+    __slots__ = ("kind", "round_id", "session_id", "model_id", "config", "timeout_s", "round_index", "compression", "downlink_compression")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,8 @@ class Task(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     round_id: str
     session_id: str
@@ -85,15 +89,19 @@ class Task(_message.Message):
     config: _containers.MessageMap[str, ConfigValue]
     timeout_s: float
     round_index: int
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., round_index: _Optional[int] = ...) -> None: ...
+    compression: str
+    downlink_compression: str
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., model_id: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., round_index: _Optional[int] = ..., compression: _Optional[str] = ..., downlink_compression: _Optional[str] = ...) -> None: ...
 
 class DownloadModelRequest(_message.Message):
-    __slots__ = ("model_id", "client_id")
+    __slots__ = ("model_id", "client_id", "compression")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     client_id: str
-    def __init__(self, model_id: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+    compression: str
+    def __init__(self, model_id: _Optional[str] = ..., client_id: _Optional[str] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -104,7 +112,7 @@ class ModelChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("round_id", "client_id", "base_model_id", "num_examples", "metrics", "model")
+    __slots__ = ("round_id", "client_id", "base_model_id", "num_examples", "metrics", "model", "compression")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,13 +126,15 @@ class UpdateHeader(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     client_id: str
     base_model_id: str
     num_examples: float
     metrics: _containers.ScalarMap[str, float]
     model: ModelHeader
-    def __init__(self, round_id: _Optional[str] = ..., client_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., num_examples: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model: _Optional[_Union[ModelHeader, _Mapping]] = ...) -> None: ...
+    compression: str
+    def __init__(self, round_id: _Optional[str] = ..., client_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., num_examples: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., model: _Optional[_Union[ModelHeader, _Mapping]] = ..., compression: _Optional[str] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -220,7 +230,7 @@ class AbandonRoundResponse(_message.Message):
     def __init__(self, known: bool = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness", "model_sha256")
+    __slots__ = ("round_id", "session_id", "round_index", "model_id", "aggregator", "config", "timeout_s", "max_clients", "sample_seed", "aggregator_config", "mode", "buffer_size", "model_version", "staleness_exponent", "max_staleness", "model_sha256", "compression", "downlink_compression")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +261,8 @@ class RoundPlan(_message.Message):
     STALENESS_EXPONENT_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     session_id: str
     round_index: int
@@ -267,7 +279,9 @@ class RoundPlan(_message.Message):
     staleness_exponent: float
     max_staleness: int
     model_sha256: str
-    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ..., aggregator_config: _Optional[_Mapping[str, ConfigValue]] = ..., mode: _Optional[str] = ..., buffer_size: _Optional[int] = ..., model_version: _Optional[int] = ..., staleness_exponent: _Optional[float] = ..., max_staleness: _Optional[int] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    compression: str
+    downlink_compression: str
+    def __init__(self, round_id: _Optional[str] = ..., session_id: _Optional[str] = ..., round_index: _Optional[int] = ..., model_id: _Optional[str] = ..., aggregator: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., timeout_s: _Optional[float] = ..., max_clients: _Optional[int] = ..., sample_seed: _Optional[int] = ..., aggregator_config: _Optional[_Mapping[str, ConfigValue]] = ..., mode: _Optional[str] = ..., buffer_size: _Optional[int] = ..., model_version: _Optional[int] = ..., staleness_exponent: _Optional[float] = ..., max_staleness: _Optional[int] = ..., model_sha256: _Optional[str] = ..., compression: _Optional[str] = ..., downlink_compression: _Optional[str] = ...) -> None: ...
 
 class ModelAnnouncement(_message.Message):
     __slots__ = ("session_id", "model_id", "model_version", "final", "model_sha256")
@@ -312,7 +326,7 @@ class MetricSummary(_message.Message):
     def __init__(self, mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RoundResult(_message.Message):
-    __slots__ = ("round_id", "combiner_id", "partial_key", "total_weight", "num_selected", "num_updates", "num_rejected", "failures", "metrics", "client_ids", "evaluations")
+    __slots__ = ("round_id", "combiner_id", "partial_key", "total_weight", "num_selected", "num_updates", "num_rejected", "failures", "metrics", "client_ids", "evaluations", "uplink_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +345,7 @@ class RoundResult(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_BYTES_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     combiner_id: str
     partial_key: str
@@ -342,7 +357,8 @@ class RoundResult(_message.Message):
     metrics: _containers.MessageMap[str, MetricSummary]
     client_ids: _containers.RepeatedScalarFieldContainer[str]
     evaluations: _containers.RepeatedCompositeFieldContainer[ClientEvaluation]
-    def __init__(self, round_id: _Optional[str] = ..., combiner_id: _Optional[str] = ..., partial_key: _Optional[str] = ..., total_weight: _Optional[float] = ..., num_selected: _Optional[int] = ..., num_updates: _Optional[int] = ..., num_rejected: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ClientFailure, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, MetricSummary]] = ..., client_ids: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[ClientEvaluation, _Mapping]]] = ...) -> None: ...
+    uplink_bytes: int
+    def __init__(self, round_id: _Optional[str] = ..., combiner_id: _Optional[str] = ..., partial_key: _Optional[str] = ..., total_weight: _Optional[float] = ..., num_selected: _Optional[int] = ..., num_updates: _Optional[int] = ..., num_rejected: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[ClientFailure, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, MetricSummary]] = ..., client_ids: _Optional[_Iterable[str]] = ..., evaluations: _Optional[_Iterable[_Union[ClientEvaluation, _Mapping]]] = ..., uplink_bytes: _Optional[int] = ...) -> None: ...
 
 class ClientEvaluation(_message.Message):
     __slots__ = ("client_id", "loss", "num_examples", "metrics")

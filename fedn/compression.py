@@ -1,0 +1,390 @@
+"""Compressed model updates (uplink) and compressed global models (downlink).
+
+An update travels as the *delta* of the client's trained parameters from the model it received, so
+the lossy codecs spend their precision on what changed. Floating-point tensors (float16, float32,
+float64) are compressed; tensors of other dtypes (counters, masks) are carried raw, whole. The
+payload is one section per tensor, in manifest order, whose size depends only on the tensor's spec and
+the :class:`Compression`, so a receiver checks the length before reading anything. Little endian.
+
+Codec      section of an n-element float tensor         bytes/param   error bound per element
+-------    -----------------------------------------   -----------   --------------------------------
+none       the raw tensor (fedn.codec's payload)        itemsize      exact
+float16    n float16 values of the delta                2             relative <= 2**-11 for
+                                                                      |x| >= 2**-14; absolute <= 2**-25
+                                                                      below (float16 subnormals)
+int8       ceil(n / block) float32 scales, n int8       1 + 4/block   |err| <= scale = max|x|/127 of
+           values; value = q * scale                                  its block (stochastic rounding,
+                                                                      unbiased); <= scale/2 (nearest)
+topk       k = max(1, ceil(ratio * n)) uint32 indices   8 * ratio     exact on the k entries of largest
+           (strictly increasing), then k float32 values               |x|; a dropped entry loses itself
+
+``x`` is the delta plus, with error feedback, what compression lost the time before (the client's
+*residual*), so nothing is lost for good, only delayed. A float16 delta beyond float16's range
+(|x| > 65504) is refused with InvalidArgument naming the tensor rather than clipped: such a delta
+means training diverged, and clipping would hide it. An empty tensor has an empty section.
+
+The global model goes down whole (not as a delta) and deterministically (int8 rounds to nearest), so
+a combiner computes exactly the model each client received and decodes their deltas against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+
+import numpy as np
+
+from fedn.codec import TensorSpec
+from fedn.compression_format import (
+    CODECS,
+    Compression,
+    check_downlink,
+    compressed_payload_bytes,
+    compressible,
+    downlink_payload_bytes,
+    parse_compression,
+    scale_count,
+    section_bytes,
+    topk_count,
+)
+from fedn.errors import InvalidArgument, InvalidModel, NonFiniteValues
+
+__all__ = [
+    "CODECS",
+    "CompressedTensor",
+    "Compression",
+    "compressed_payload_bytes",
+    "decode_model_downlink",
+    "decode_update",
+    "downlink_payload_bytes",
+    "encode_model_downlink",
+    "encode_update",
+    "parse_compression",
+    "section_bytes",
+]
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+_INDEX_LIMIT = 1 << 32  # topk indices are uint32
+_SCALE_MAX = np.float32(np.finfo(np.float32).max / 127)
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def _int8_quantize(
+    name: str, x: np.ndarray, block: int, rng: np.random.Generator | None, feedback: bool
+) -> list[bytes]:
+    """The int8 section of flat float32 ``x`` (stochastic rounding with ``rng``, else nearest); with
+    ``feedback`` ``x`` becomes what the section loses (x - decoded)."""
+    n = x.size
+    if n == 0:
+        return []
+    width = n if block == 0 else block
+    blocks = scale_count(n, block)
+    if blocks * width == n:
+        grid = x.reshape(blocks, width)
+    else:  # a short last block: pad with zeros, which change neither its scale nor the codes kept
+        grid = np.zeros((blocks, width), dtype=np.float32)
+        grid.reshape(-1)[:n] = x
+    scales = np.maximum(grid.max(axis=1), -grid.min(axis=1)) / np.float32(127)  # max|x| without an |x| copy
+    if not np.isfinite(scales).all():
+        raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+    inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
+    q = np.multiply(grid, inverse[:, None])
+    if rng is not None:
+        q += rng.random(q.shape, dtype=np.float32)  # floor(q + u) has mean q: the rounding is unbiased
+        np.floor(q, out=q)
+    else:
+        np.rint(q, out=q)
+    np.clip(q, -127, 127, out=q)
+    codes = q.astype(np.int8)
+    if feedback:
+        np.multiply(codes, scales[:, None], out=q)  # what the receiver decodes
+        x -= q.reshape(-1)[:n]
+    return [scales.astype("<f4").tobytes(), codes.reshape(-1)[:n].tobytes()]
+
+
+def _int8_dequantize(scales: np.ndarray, codes: np.ndarray, block: int, start: int = 0) -> np.ndarray:
+    """float32 values of ``codes`` (elements ``start:start + len(codes)`` of a tensor) given the
+    tensor's ``scales`` (from the one covering ``start`` on)."""
+    n = codes.size
+    if n == 0:
+        return np.empty(0, np.float32)
+    if block == 0:
+        return codes.astype(np.float32) * scales[0]
+    first = start // block
+    per_element = np.repeat(scales[first : -(-(start + n) // block)], block)
+    offset = start - first * block
+    return codes.astype(np.float32) * per_element[offset : offset + n]
+
+
+def _encode_section(
+    name: str, x: np.ndarray, c: Compression, rng: np.random.Generator | None, feedback: bool
+) -> list[bytes]:
+    """The bytes of flat float32 ``x``'s section; with ``feedback`` ``x`` becomes what they lose."""
+    if c.codec == "float16":
+        # max and min propagate NaN, and the comparisons fail on it (cheaper than isfinite on float16)
+        if x.size and not (float(x.max()) <= _FLOAT16_MAX and float(x.min()) >= -_FLOAT16_MAX):
+            if not np.isfinite(x).all():
+                raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+            raise InvalidArgument(
+                f"tensor {name!r} has a value of magnitude {float(np.abs(x).max()):.4g}, beyond float16's "
+                f"range (±{_FLOAT16_MAX:g}); use int8 or no compression"
+            )
+        half = x.astype("<f2")
+        if feedback:
+            x -= half
+        return [half.tobytes()]
+    if c.codec == "int8":
+        return _int8_quantize(name, x, c.block, rng if c.stochastic else None, feedback)
+    # topk: the k entries of largest magnitude, indices ascending (NaN and Inf sort as largest, so
+    # checking the kept values finds them)
+    n = x.size
+    if n >= _INDEX_LIMIT:
+        raise InvalidArgument(f"tensor {name!r} has {n} elements; topk indexes at most {_INDEX_LIMIT - 1}")
+    k = topk_count(n, c.ratio)
+    if k == n:
+        indices = np.arange(n, dtype=np.uint32)
+    else:
+        indices = np.sort(np.argpartition(np.abs(x), n - k)[n - k :]).astype(np.uint32)
+    values = x[indices]
+    if not np.isfinite(values).all():
+        raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+    if feedback:
+        x[indices] = 0  # the kept entries arrive exactly; the rest is the residual
+    return [indices.astype("<u4").tobytes(), values.astype("<f4").tobytes()]
+
+
+def _flat(name: str, arrays: Mapping[str, np.ndarray], spec: TensorSpec, what: str) -> np.ndarray:
+    if name not in arrays:
+        raise InvalidModel(f"{what} has no tensor {name!r}")
+    array = np.asarray(arrays[name])
+    if tuple(array.shape) != spec.shape:
+        raise InvalidModel(f"{what} tensor {name!r} has shape {list(array.shape)}, expected {list(spec.shape)}")
+    return array.reshape(-1)
+
+
+def _raw_bytes(name: str, arrays: Mapping[str, np.ndarray], spec: TensorSpec, what: str) -> bytes:
+    return np.ascontiguousarray(_flat(name, arrays, spec, what), dtype=np.dtype(spec.dtype).newbyteorder("<")).tobytes()
+
+
+def encode_update(
+    params: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
+    manifest: Sequence[TensorSpec],
+    c: Compression,
+    *,
+    rng: np.random.Generator,
+    residual: MutableMapping[str, np.ndarray] | None = None,
+) -> bytes:
+    """The compressed payload of the update ``params`` trained from ``base``.
+
+    With ``residual`` and ``c.error_feedback`` it encodes delta + residual[name] and sets
+    residual[name] = (delta + old residual) - decoded; entries (float32, the tensor's shape) are
+    created as zeros on first use. Without error feedback ``residual`` is left alone.
+    """
+    parts: list[bytes] = []
+    feedback = residual if c.error_feedback else None
+    for spec in manifest:
+        name = spec.name
+        if not compressible(spec, c):
+            parts.append(_raw_bytes(name, params, spec, "update"))
+            continue
+        # the delta in the tensor's precision first (a float64 delta would cancel if cast before subtracting)
+        wide = np.float64 if spec.dtype == "float64" else np.float32
+        x = np.subtract(_flat(name, params, spec, "update"), _flat(name, base, spec, "base model"), dtype=wide)
+        x = x.astype(np.float32, copy=False)
+        if feedback is not None:
+            carried = feedback.get(name)
+            if carried is None:
+                carried = np.zeros(spec.shape, dtype=np.float32)
+            elif tuple(np.shape(carried)) != spec.shape:
+                raise InvalidArgument(f"residual of tensor {name!r} has shape {list(np.shape(carried))}")
+            x += np.asarray(carried, dtype=np.float32).reshape(-1)
+        parts.extend(_encode_section(name, x, c, rng, feedback is not None))
+        if feedback is not None:
+            feedback[name] = x.reshape(spec.shape)
+    return b"".join(parts)
+
+
+def encode_model_downlink(arrays: Mapping[str, np.ndarray], manifest: Sequence[TensorSpec], c: Compression) -> bytes:
+    """The global model compressed whole with ``c`` (none, float16, int8 rounding to nearest)."""
+    check_downlink(c)
+    parts: list[bytes] = []
+    for spec in manifest:
+        if not compressible(spec, c):
+            parts.append(_raw_bytes(spec.name, arrays, spec, "model"))
+            continue
+        x = np.asarray(_flat(spec.name, arrays, spec, "model"), dtype=np.float32)
+        parts.extend(_encode_section(spec.name, x, c, None, False))
+    return b"".join(parts)
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def _buffer(payload: bytes | bytearray | memoryview | np.ndarray) -> bytes | bytearray | memoryview | np.ndarray:
+    """``payload`` itself, once an array (a spool file's memory map) is known to be flat bytes."""
+    if isinstance(payload, np.ndarray) and (
+        payload.dtype != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous
+    ):
+        raise InvalidArgument("a compressed payload array must be flat, contiguous uint8")
+    return payload
+
+
+def _payload_length(payload: bytes | bytearray | memoryview | np.ndarray) -> int:
+    return payload.nbytes if isinstance(payload, (np.ndarray, memoryview)) else len(payload)
+
+
+def _check_length(payload: object, manifest: Sequence[TensorSpec], c: Compression, what: str) -> None:
+    expected = compressed_payload_bytes(manifest, c)
+    got = _payload_length(payload)  # type: ignore[arg-type]
+    if got != expected:
+        raise InvalidModel(f"{what} compressed with {c.text()} should have {expected} bytes, got {got}")
+
+
+def _view(buffer: object, dtype: str, count: int, offset: int) -> np.ndarray:
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)  # type: ignore[call-overload]
+
+
+class CompressedTensor:
+    """Reads like the dense update (base + decoded delta), one slice at a time.
+
+    It holds views of the payload and of the base, never a decoded copy, so a fold reads it with
+    one slice of scratch memory; ``np.asarray`` (or :meth:`to_numpy`) decodes it whole.
+    """
+
+    def __init__(
+        self, spec: TensorSpec, c: Compression, sections: tuple[np.ndarray, ...], base: np.ndarray | None
+    ) -> None:
+        self.dtype = np.dtype(spec.dtype)
+        self.shape = spec.shape
+        self.size = spec.size
+        self.nbytes = spec.nbytes
+        self._codec = c.codec if base is not None else "none"
+        self._block = c.block
+        self._sections = sections
+        self._base = base
+        self._compute = np.float64 if self.dtype == np.float64 else np.float32
+
+    def _delta(self, start: int, stop: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        if self._codec == "float16":
+            return self._sections[0][start:stop]
+        if self._codec == "int8":
+            scales, codes = self._sections
+            return _int8_dequantize(scales, codes[start:stop], self._block, start)
+        indices, values = self._sections
+        lo, hi = np.searchsorted(indices, [start, stop])
+        return indices[lo:hi].astype(np.int64) - start, values[lo:hi]
+
+    def _dense(self, start: int, stop: int) -> np.ndarray:
+        if self._codec == "none":
+            return self._sections[0][start:stop]
+        assert self._base is not None
+        # a sum beyond the dtype's range becomes inf, which the fold's finiteness check refuses
+        with np.errstate(over="ignore"):
+            base = self._base[start:stop]
+            delta = self._delta(start, stop)
+            if isinstance(delta, tuple):
+                out = base.astype(self._compute, copy=True)
+                positions, values = delta
+                out[positions] += values
+            else:
+                out = np.add(base, delta, dtype=self._compute)
+            return out if out.dtype == self.dtype else out.astype(self.dtype)
+
+    def flat_slices(self, n: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(start, stop, values)`` over the flattened dense tensor, in its dtype, at most ``n`` per slice."""
+        if n <= 0:
+            raise InvalidArgument(f"slice length must be positive, got {n}")
+        for start in range(0, self.size, n):
+            stop = min(start + n, self.size)
+            yield start, stop, self._dense(start, stop)
+
+    def to_numpy(self) -> np.ndarray:
+        """The whole dense tensor (a new array)."""
+        return np.array(self._dense(0, self.size), dtype=self.dtype).reshape(self.shape)
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self.to_numpy()
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"CompressedTensor({self._codec}, dtype={self.dtype.name}, shape={list(self.shape)})"
+
+
+def _sections(buffer: object, offset: int, spec: TensorSpec, c: Compression) -> tuple[np.ndarray, ...]:
+    """Views of ``spec``'s section at ``offset``, checked in O(k + blocks) (float16 values: O(n))."""
+    name, n = spec.name, spec.size
+    if not compressible(spec, c):
+        return (_view(buffer, np.dtype(spec.dtype).newbyteorder("<").str, n, offset),)
+    if c.codec == "float16":
+        values = _view(buffer, "<f2", n, offset)
+        if n and int((_view(buffer, "<u2", n, offset) & np.uint16(0x7FFF)).max()) >= 0x7C00:  # exponent all ones
+            raise NonFiniteValues(f"tensor {name!r}: its float16 values contain NaN or Inf")
+        return (values,)
+    if c.codec == "int8":
+        blocks = scale_count(n, c.block)
+        scales = _view(buffer, "<f4", blocks, offset)
+        if not np.isfinite(scales).all():
+            raise NonFiniteValues(f"tensor {name!r}: its int8 scales contain NaN or Inf")
+        if (scales < 0).any():
+            raise InvalidModel(f"tensor {name!r}: an int8 scale is negative")
+        if (scales > _SCALE_MAX).any():  # an encoder's scale is max|x| / 127 of finite float32 values
+            raise InvalidModel(f"tensor {name!r}: an int8 scale is beyond float32's range / 127")
+        return scales, _view(buffer, "<i1", n, offset + 4 * blocks)
+    k = topk_count(n, c.ratio)
+    indices = _view(buffer, "<u4", k, offset)
+    values = _view(buffer, "<f4", k, offset + 4 * k)
+    if k and int(indices[-1]) >= n:
+        raise InvalidModel(f"tensor {name!r}: a topk index is out of range (>= {n})")
+    if k > 1 and not (indices[1:] > indices[:-1]).all():
+        raise InvalidModel(f"tensor {name!r}: topk indices are not strictly increasing")
+    if not np.isfinite(values).all():
+        raise NonFiniteValues(f"tensor {name!r}: its topk values contain NaN or Inf")
+    return indices, values
+
+
+def decode_update(
+    payload: bytes | bytearray | memoryview | np.ndarray,
+    base: Mapping[str, np.ndarray],
+    manifest: Sequence[TensorSpec],
+    c: Compression,
+) -> dict[str, CompressedTensor]:
+    """Lazy tensors of a compressed update trained from ``base``, after checking its layout.
+
+    The checks: total length (InvalidModel naming expected and got), topk indices strictly increasing
+    and in range (InvalidModel), scales and values finite (NonFiniteValues naming the tensor), int8
+    scales not negative. ``payload`` may be a uint8 ``np.memmap`` of a spool file. Nothing is decoded
+    until read.
+    """
+    buffer = _buffer(payload)
+    _check_length(buffer, manifest, c, "update")
+    out: dict[str, CompressedTensor] = {}
+    offset = 0
+    for spec in manifest:
+        sections = _sections(buffer, offset, spec, c)
+        base_flat = _flat(spec.name, base, spec, "base model") if compressible(spec, c) else None
+        out[spec.name] = CompressedTensor(spec, c, sections, base_flat)
+        offset += section_bytes(spec, c)
+    return out
+
+
+def decode_model_downlink(
+    payload: bytes | bytearray | memoryview | np.ndarray, manifest: Sequence[TensorSpec], c: Compression
+) -> dict[str, np.ndarray]:
+    """The global model a client receives: each tensor decoded whole, in its manifest dtype."""
+    check_downlink(c)
+    buffer = _buffer(payload)
+    _check_length(buffer, manifest, c, "model")
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in manifest:
+        sections = _sections(buffer, offset, spec, c)
+        dtype = np.dtype(spec.dtype)
+        if not compressible(spec, c) or c.codec == "float16":
+            value = sections[0].astype(dtype)
+        else:
+            value = _int8_dequantize(sections[0], sections[1], c.block).astype(dtype)
+        out[spec.name] = value.reshape(spec.shape)
+        offset += section_bytes(spec, c)
+    return out
