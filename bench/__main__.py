@@ -17,6 +17,7 @@ BENCHMARKS = (
     "aggregation",
     "sim",
     "sim_ray",
+    "sim_scale",
     "grpc_load",
     "async_compare",
     "flower_compare",
@@ -25,6 +26,7 @@ BENCHMARKS = (
     "dashboard_viewers",
     "evaluation_cost",
     "startup",
+    "compression",
 )
 
 

@@ -7,7 +7,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-__all__ = ["allocate_sample", "sample_seed", "sample_size", "select_clients"]
+import numpy as np
+
+__all__ = ["allocate_sample", "sample_seed", "sample_size", "seeded_uniforms", "select_clients"]
 
 T = TypeVar("T")
 
@@ -45,8 +47,40 @@ def sample_seed(session_seed: int, round_index: int) -> int:
 
 
 def select_clients(candidates: Sequence[T], k: int, seed: int) -> list[T]:
-    """``k`` of ``candidates`` (all if ``k`` is 0 or covers them), sorted; the same for the same seed."""
-    ordered = sorted(candidates)
+    """``k`` of ``candidates`` (all if ``k`` is 0 or covers them), sorted; the same for the same seed.
+
+    An ascending ``range`` is drawn from in place, never listed: ``random.Random.sample`` indexes its
+    population and, for ``k`` small against ``len(candidates)``, keeps only a set of the ``k`` picks,
+    so 1000 of a million cost O(k) memory and give what the same ids in a list give.
+    """
+    ordered: Sequence = candidates if _ascending_range(candidates) else sorted(candidates)
     if k <= 0 or len(ordered) <= k:
-        return ordered
+        return list(ordered)
     return sorted(random.Random(seed).sample(ordered, k))
+
+
+def _ascending_range(candidates: Sequence) -> bool:
+    return isinstance(candidates, range) and candidates.step > 0
+
+
+def seeded_uniforms(seed: Sequence[int], positions: Sequence[int], total: int) -> np.ndarray:
+    """``np.random.default_rng(seed).random(total)[positions]`` without drawing ``total`` numbers.
+
+    ``positions`` must ascend and lie in ``range(total)``. Each uniform takes one 64-bit output of
+    PCG64, so the generator is advanced past the gaps (O(log gap) each) when the positions are sparse;
+    a dense set is drawn whole. Either way the numbers are the same: a draw per client of a million
+    costs what the sampled clients cost.
+    """
+    picks = np.asarray(positions, dtype=np.int64)
+    if len(picks) and (picks[0] < 0 or picks[-1] >= total or np.any(np.diff(picks) <= 0)):
+        raise ValueError(f"positions must ascend strictly within 0..{total - 1}")
+    rng = np.random.default_rng(list(seed))
+    if len(picks) * 16 >= total:
+        return rng.random(total)[picks]
+    out = np.empty(len(picks))
+    generator, bits, at = rng, rng.bit_generator, 0
+    for i, position in enumerate(picks.tolist()):
+        bits.advance(position - at)
+        out[i] = generator.random()
+        at = position + 1
+    return out

@@ -49,6 +49,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregator", default="fedavg", help="rule in each combiner group [default fedavg]")
     p.add_argument("--aggregator-config", default="{}", help="JSON object of the aggregator's parameters")
     add_mode_arguments(p)
+    p.add_argument(
+        "--compression",
+        default="none",
+        metavar="CODEC",
+        help="update compression, as a session's option: none, float16, int8[:block=256,stochastic=true], "
+        "topk[:ratio=0.01,error_feedback=true] (docs/compression.md) [default none]",
+    )
+    p.add_argument(
+        "--downlink-compression",
+        default="none",
+        metavar="CODEC",
+        help="global model compression: none, float16 or int8[:block=256] [default none]",
+    )
     het = p.add_argument_group("heterogeneity (modelled time, reproducible)")
     het.add_argument("--dropout", type=float, default=0.0, help="chance a flaky client misses a round [default 0]")
     het.add_argument("--dropout-share", type=float, default=1.0, help="share of clients that are flaky [default 1]")
@@ -178,6 +191,8 @@ def run_simulate(args: argparse.Namespace) -> int:
             "task_time_s": args.task_time,
         },
         eval_every=max(every, 1),
+        compression=args.compression,
+        downlink_compression=args.downlink_compression,
         **session_mode,
     )
     out = Path(args.out or Path("sim-runs") / time.strftime("%Y%m%d-%H%M%S"))

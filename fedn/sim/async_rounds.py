@@ -73,20 +73,26 @@ class _Done:
 
 
 class _Schedule:
-    """Who trains when, on which version: the clock, the in-flight tasks and the clients waiting a turn."""
+    """Who trains when, on which version: the clock, the in-flight tasks and the clients waiting a turn.
+
+    The clients waiting a turn are those never started, in order, then those that finished, in the
+    order they finished; the first kind is a cursor over the ids, not a list, so declaring a million
+    clients costs only the ones that have run.
+    """
 
     def __init__(self, ctx: RunContext) -> None:
         spec = ctx.spec
         self.ctx = ctx
         self.task_s = spec.heterogeneity.task_time_s or 1.0
-        everyone = list(range(spec.clients))
         cap = sample_size(spec.clients, spec.fraction, spec.min_clients) if spec.fraction < 1 else spec.clients
-        first = select_clients(everyone, cap, sample_seed(spec.seed, 0))
+        first = select_clients(range(spec.clients), cap, sample_seed(spec.seed, 0))
         chosen = set(first)
-        self.waiting = deque(c for c in everyone if c not in chosen)  # take turns, in order
+        self._never_started = (c for c in range(spec.clients) if c not in chosen)  # take turns, in order
+        self._never_started_left = spec.clients - len(first)
+        self._finished: deque[int] = deque()
         self.heap: list[_InFlight] = []
         self.seq = 0
-        self.tasks_of = np.zeros(spec.clients, dtype=np.int64)
+        self.tasks_of: dict[int, int] = {}  # tasks finished per client, for its dropout draws
         self.now = 0.0
         for client in first:
             self.start(client, 0)
@@ -97,10 +103,10 @@ class _Schedule:
         heapq.heappush(self.heap, _InFlight(self.now + duration, self.seq, client, version))
 
     def drops_out(self, client: int) -> bool:
-        n = int(self.tasks_of[client])
-        self.tasks_of[client] += 1
         if self.ctx.dropout[client] <= 0:
             return False
+        n = self.tasks_of.get(client, 0)
+        self.tasks_of[client] = n + 1
         draw = np.random.default_rng([self.ctx.spec.seed, client, n, 3]).random()
         return bool(draw < self.ctx.dropout[client])
 
@@ -109,9 +115,13 @@ class _Schedule:
         task = heapq.heappop(self.heap)
         self.now = task.finish
         dropped = self.drops_out(task.client)
-        if self.waiting:
-            self.waiting.append(task.client)
-            self.start(self.waiting.popleft(), version)
+        if self._never_started_left:
+            self._finished.append(task.client)
+            self._never_started_left -= 1
+            self.start(next(self._never_started), version)
+        elif self._finished:
+            self._finished.append(task.client)
+            self.start(self._finished.popleft(), version)
         else:
             self.start(task.client, version)
         return task, dropped

@@ -7,14 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
 from fedn.aggregation.server_optimizers import ServerOptimizer
 from fedn.codec import NamedArrays
 from fedn.records import ConfigScalar
 from fedn.sim.pool import EvalBatch, TrainBatch
 from fedn.sim.results import ResultLog
-from fedn.sim.spec import SimulationSpec
+from fedn.sim.spec import ProfileColumn, SimulationSpec
 from fedn.sim.worker import Task
 
 __all__ = ["Pool", "RunContext"]
@@ -48,8 +46,8 @@ class RunContext:
     spec: SimulationSpec
     pool: Pool
     optimizer: ServerOptimizer
-    slowdown: np.ndarray
-    dropout: np.ndarray
+    slowdown: ProfileColumn
+    dropout: ProfileColumn
     log: ResultLog
     on_progress: Callable[[int, int], None] | None = None
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,11 @@ from fedn.session_options import check_session_options
 from fedn.sim.async_rounds import run_async
 from fedn.sim.context import Pool, RunContext
 from fedn.sim.memory import RssSampler
-from fedn.sim.pool import WorkerPool
+from fedn.sim.pool import EvalBatch, TrainBatch, WorkerPool
 from fedn.sim.results import ResultLog, RoundMetrics, SimulationResult
 from fedn.sim.spec import ClientFactory, SimulationSpec, client_profiles
 from fedn.sim.sync_rounds import run_sync_rounds
+from fedn.sim.worker import Task
 
 __all__ = ["Simulation"]
 
@@ -86,7 +88,7 @@ class Simulation:
                 rss.watch(pool.pids())
                 ctx = RunContext(
                     spec=spec,
-                    pool=pool,
+                    pool=_MeteredPool(pool, log),
                     optimizer=self.optimizer,
                     slowdown=slowdown,
                     dropout=dropout,
@@ -102,6 +104,7 @@ class Simulation:
                 peak_rss_mb=rss.peak_mb(),
                 failures=log.failures,
                 evaluations=log.evaluations,
+                traffic=log.traffic(),
             )
 
     def _central_evaluator(self) -> object:
@@ -114,6 +117,33 @@ class Simulation:
                 f"the central evaluating client {self.spec.client}({kwargs}) could not be built: "
                 f"{type(exc).__name__}: {exc} (see --eval-client-arg)"
             ) from None
+
+
+class _MeteredPool:
+    """The run's pool, counting each training batch's bytes into the result log's next row."""
+
+    def __init__(self, pool: Pool, log: ResultLog) -> None:
+        self._pool, self._log = pool, log
+
+    def __enter__(self) -> _MeteredPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def pids(self) -> list[int]:
+        return self._pool.pids()
+
+    def publish(self, arrays: NamedArrays) -> None:
+        self._pool.publish(arrays)
+
+    def train(self, tasks: list[Task], **kwargs: Any) -> TrainBatch:
+        batch = self._pool.train(tasks, **kwargs)
+        self._log.count_traffic(batch.uplink_bytes, batch.uploads, batch.downlink_bytes)
+        return batch
+
+    def evaluate(self, tasks: list[Task], **kwargs: Any) -> EvalBatch:
+        return self._pool.evaluate(tasks, **kwargs)
 
 
 def _shm_dir() -> str | None:

@@ -31,6 +31,7 @@ def write_outputs(spec: SimulationSpec, result: SimulationResult, out_dir: Path)
         "rounds_done": sum(1 for r in result.rounds if r.get("status") == "done"),
         "final": result.rounds[-1] if result.rounds else None,
         "first_failures": [{"round": r, "client": c, "error": e} for r, c, e in result.failures],
+        **result.traffic,
     }
     machine = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.machine()}
     paths["json"].write_text(

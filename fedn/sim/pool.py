@@ -51,6 +51,10 @@ class TrainBatch:
     failures: list[tuple[int, str]] = field(default_factory=list)
     stragglers: int = 0
     slowest_s: float = 0.0  # the modelled time of the slowest update that made the deadline
+    # traffic: bytes of the updates sent (compressed, or raw), how many, and of the models received
+    uplink_bytes: int = 0
+    uploads: int = 0
+    downlink_bytes: int = 0
 
 
 @dataclass
@@ -83,6 +87,9 @@ def collect_train_batch(
     batch = TrainBatch(
         stragglers=sum(rep["stragglers"] for rep in replies),
         slowest_s=max((rep["slowest_s"] for rep in replies), default=0.0),
+        uplink_bytes=sum(rep.get("uplink_bytes", 0) for rep in replies),
+        uploads=sum(rep.get("uploads", 0) for rep in replies),
+        downlink_bytes=sum(rep.get("downlink_bytes", 0) for rep in replies),
     )
     for rep in replies:
         batch.failures.extend((cid, err) for cid, err in rep["failures"])

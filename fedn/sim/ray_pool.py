@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedn.codec import NamedArrays, TensorSpec, encode_payload
+from fedn.compression import parse_compression
 from fedn.errors import FailedPrecondition, FednError, InvalidArgument
 from fedn.sim.pool import EvalBatch, TrainBatch, collect_eval_batch, collect_train_batch, deal_tasks
 from fedn.sim.spec import SimulationSpec
@@ -118,6 +119,12 @@ class RayPool:
         mergeable: bool,
         options: RayOptions,
     ) -> None:
+        uplink = parse_compression(spec.compression)
+        if not uplink.lossless and uplink.error_feedback:
+            raise InvalidArgument(
+                f"--backend ray cannot keep error feedback for compression {uplink.text()}: the residuals live in "
+                "a per-client memory-mapped file on one machine; add error_feedback=false or use --backend local"
+            )
         self.spec, self.manifest, self.workers, self.mergeable = spec, manifest, workers, mergeable
         self.options = options
         self._ray: Any = None

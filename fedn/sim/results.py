@@ -33,6 +33,10 @@ class SimulationResult:
     # the clients' own figures in the last federated evaluation (client_id is the client's index)
     evaluations: list[ClientEvaluation] = field(default_factory=list)
 
+    # bytes over the whole run: updates sent (``uplink_bytes``, per update ``uplink_bytes_per_client``)
+    # and models received (``downlink_bytes``); compressed sizes with compression, raw ones without
+    traffic: dict[str, float] = field(default_factory=dict)
+
 
 class ResultLog:
     """Collects the rows and the first failures of a run, evaluating the global model centrally on the way.
@@ -57,6 +61,22 @@ class ResultLog:
         self.rows: list[RoundMetrics] = []
         self.failures: list[tuple[int, int, str]] = []
         self.evaluations: list[ClientEvaluation] = []
+        self._traffic: dict[str, int] | None = None  # bytes since the last row, once a batch was counted
+        self._total = {"uplink_bytes": 0, "uploads": 0, "downlink_bytes": 0}
+
+    def count_traffic(self, uplink_bytes: int, uploads: int, downlink_bytes: int) -> None:
+        """Add a training batch's bytes (the updates sent, compressed or raw, and the models received) to
+        the next row's ``uplink_bytes``, ``uplink_bytes_per_client`` and ``downlink_bytes``."""
+        traffic = self._traffic or {"uplink_bytes": 0, "uploads": 0, "downlink_bytes": 0}
+        for counts in (traffic, self._total):
+            counts["uplink_bytes"] += uplink_bytes
+            counts["uploads"] += uploads
+            counts["downlink_bytes"] += downlink_bytes
+        self._traffic = traffic
+
+    def traffic(self) -> dict[str, float]:
+        """The run's bytes so far, in the rows' three columns."""
+        return _traffic_columns(self._total)
 
     def keep_evaluations(self, evaluations: list[ClientEvaluation]) -> None:
         """Keep the clients' own figures of the newest federated evaluation, in place of the previous ones."""
@@ -77,6 +97,9 @@ class ResultLog:
         index = row["round"]
         if self.evaluator is not None and self.evaluation_due(index):
             row.update(self.evaluate(model, index))
+        if self._traffic is not None:
+            row.update(_traffic_columns(self._traffic))
+            self._traffic = None
         row["wall_s"] = time.perf_counter() - started
         row["rss_mb"] = self.rss.current_mb()
         self.rows.append(row)
@@ -91,3 +114,11 @@ class ResultLog:
         out = {"loss": float(loss)}
         out.update({str(k): float(v) for k, v in metrics.items()})
         return out
+
+
+def _traffic_columns(counts: dict[str, int]) -> dict[str, float]:
+    return {
+        "uplink_bytes": counts["uplink_bytes"],
+        "uplink_bytes_per_client": counts["uplink_bytes"] / max(counts["uploads"], 1),
+        "downlink_bytes": counts["downlink_bytes"],
+    }

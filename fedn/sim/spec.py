@@ -7,16 +7,18 @@ import os
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fedn.compression import downlink_payload_bytes, parse_compression
 from fedn.errors import InvalidArgument, validation_problem
-from fedn.partition import PARTITIONERS
+from fedn.partition import MAX_DIRICHLET_PARTITIONS, PARTITIONERS
 from fedn.records import ConfigScalar, SessionMode
 from fedn.sampling import allocate_sample, sample_seed, sample_size, select_clients
 
 __all__ = [
     "ClientFactory",
     "Heterogeneity",
+    "ProfileColumn",
     "SimulationSpec",
     "auto_workers",
     "client_profiles",
@@ -93,6 +95,21 @@ class SimulationSpec(BaseModel):
         description="evaluate every this many rounds (and the last); the central evaluation also every this "
         "many async versions, the federated one only the final version (as a deployment)",
     )
+    compression: str = Field(
+        "none", description="update (uplink) compression, as fedn.compression spells it: none, float16, int8, topk"
+    )
+    downlink_compression: str = Field("none", description="global model (downlink) compression: none, float16, int8")
+
+    @field_validator("compression", "downlink_compression", mode="before")
+    @classmethod
+    def _known_compression(cls, value: object, info: ValidationInfo) -> str:
+        try:
+            c = parse_compression(value)  # type: ignore[arg-type]
+            if info.field_name == "downlink_compression":
+                downlink_payload_bytes([], c)  # refuses topk
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return c.text()
 
     @field_validator("partition")
     @classmethod
@@ -107,6 +124,11 @@ class SimulationSpec(BaseModel):
             raise ValueError(f"{self.combiners} combiners need at least as many clients, not {self.clients}")
         if self.min_clients > self.clients:
             raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        if self.partition == "dirichlet" and self.clients > MAX_DIRICHLET_PARTITIONS:
+            raise ValueError(
+                f"--partition dirichlet draws all partitions at once, at most {MAX_DIRICHLET_PARTITIONS}, "
+                f"not {self.clients}; use shard or quantity, which build a client's partition when it is sampled"
+            )
         if self.mode == SessionMode.ASYNC and self.heterogeneity.deadline_s is not None:
             raise ValueError("async mode has no rounds to put a deadline on; use max_staleness")
         return self
@@ -171,22 +193,57 @@ class ClientFactory:
         return self.cls(**self.kwargs(index))
 
 
-def client_profiles(spec: SimulationSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``(slowdown, dropout probability)`` per client, drawn once from the seed."""
+class ProfileColumn:
+    """One heterogeneity profile over all clients, one bit each: ``value`` for the clients drawn into the
+    share, ``default`` for the others. Indexing gives client ``i``'s float; a million clients take 125 KB."""
+
+    def __init__(self, chosen: np.ndarray | None, clients: int, value: float, default: float) -> None:
+        self.clients, self.value, self.default = clients, float(value), float(default)
+        self._bits: np.ndarray | None = None
+        if chosen is not None and len(chosen) and value != default:
+            mask = np.zeros(clients, dtype=bool)
+            mask[chosen] = True
+            self._bits = np.packbits(mask)
+
+    def __len__(self) -> int:
+        return self.clients
+
+    def __getitem__(self, client: int) -> float:
+        if not 0 <= client < self.clients:
+            raise IndexError(f"client {client} is outside 0..{self.clients - 1}")
+        if self._bits is not None and self._bits[client >> 3] & (0x80 >> (client & 7)):
+            return self.value
+        return self.default
+
+    def any(self) -> bool:
+        """Does some client have ``value`` (a flaky or slow client exists)?"""
+        return self._bits is not None
+
+
+def client_profiles(spec: SimulationSpec) -> tuple[ProfileColumn, ProfileColumn]:
+    """``(slowdown, dropout probability)`` per client, drawn once from the seed.
+
+    The draws are a seeded permutation of the clients per profile (transient: 8 bytes a client, once),
+    kept as one bit a client; a profile nobody has skips its draw, except the first, which later
+    draws follow in the seed's stream.
+    """
     h, n = spec.heterogeneity, spec.clients
     rng = np.random.default_rng([spec.seed, 0x51, 1])
-    slowdown = np.ones(n)
-    slowdown[rng.permutation(n)[: round(h.slow_share * n)]] = h.slowdown
-    dropout = np.zeros(n)
-    dropout[rng.permutation(n)[: round(h.dropout_share * n)]] = h.dropout
-    return slowdown, dropout
+    slow_count, flaky_count = round(h.slow_share * n), round(h.dropout_share * n)
+    flaky_matter = flaky_count > 0 and h.dropout > 0
+    slow_matter = slow_count > 0 and h.slowdown != 1.0
+    slow = rng.permutation(n)[:slow_count] if slow_matter or flaky_matter else None
+    slowdown = ProfileColumn(slow, n, h.slowdown, 1.0)
+    del slow
+    flaky = rng.permutation(n)[:flaky_count] if flaky_matter else None
+    return slowdown, ProfileColumn(flaky, n, h.dropout, 0.0)
 
 
 def round_sample(spec: SimulationSpec, round_index: int) -> list[list[int]]:
     """The clients each combiner group asks in round ``round_index``, as a deployment picks them: the
     reducer splits ``fraction`` of the clients over the groups, each group draws its share with the
     round's seed. Client ``i`` belongs to group ``i mod combiners``."""
-    members = [list(range(g, spec.clients, spec.combiners)) for g in range(spec.combiners)]
+    members = [range(g, spec.clients, spec.combiners) for g in range(spec.combiners)]  # never listed
     shares = {g: len(m) for g, m in enumerate(members)}
     if spec.fraction < 1.0:
         shares = allocate_sample(shares, sample_size(spec.clients, spec.fraction, spec.min_clients))

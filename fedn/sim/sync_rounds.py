@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from fedn.aggregation import cast_like, merge_metric_summaries, merge_partials
 from fedn.codec import NamedArrays
 from fedn.errors import FednError
+from fedn.sampling import seeded_uniforms
 from fedn.sim.context import RunContext
 from fedn.sim.evaluation import evaluate_on_clients
 from fedn.sim.pool import TrainBatch
@@ -70,16 +69,25 @@ def run_sync_rounds(ctx: RunContext, model: NamedArrays) -> NamedArrays:
 
 
 def _show_up(ctx: RunContext, round_index: int, selected: list[list[int]]) -> tuple[list[Task], int]:
-    """The tasks of the selected clients that show up, and how many did not."""
-    draw = np.random.default_rng([ctx.spec.seed, round_index, 2]).random(ctx.spec.clients)
+    """The tasks of the selected clients that show up, and how many did not.
+
+    Client ``c``'s draw is the ``c``-th uniform of the round's stream (:func:`seeded_uniforms`), drawn
+    only for the selected clients and only when some client is flaky: O(sampled), not O(declared).
+    """
+    spec, dropout, slowdown = ctx.spec, ctx.dropout, ctx.slowdown
+    draws: dict[int, float] = {}
+    if dropout.any():
+        everyone = sorted(cid for ids in selected for cid in ids)
+        uniforms = seeded_uniforms([spec.seed, round_index, 2], everyone, spec.clients)
+        draws = dict(zip(everyone, uniforms.tolist(), strict=True))
     tasks: list[Task] = []
     dropped = 0
     for group, ids in enumerate(selected):
         for cid in ids:
-            if draw[cid] < ctx.dropout[cid]:
+            if draws and draws[cid] < dropout[cid]:
                 dropped += 1
             else:
-                tasks.append((cid, group, float(ctx.slowdown[cid])))
+                tasks.append((cid, group, slowdown[cid]))
     return tasks, dropped
 
 

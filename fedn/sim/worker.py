@@ -19,9 +19,18 @@ from typing import Any
 import numpy as np
 
 from fedn.aggregation import MetricsAccumulator, make_aggregator
-from fedn.codec import TensorSpec, decode_payload, payload_bytes
-from fedn.errors import FednError
+from fedn.codec import NamedArrays, TensorSpec, decode_payload, payload_bytes
+from fedn.compression import (
+    decode_model_downlink,
+    decode_update,
+    downlink_payload_bytes,
+    encode_model_downlink,
+    encode_update,
+    parse_compression,
+)
+from fedn.errors import FednError, InvalidArgument
 from fedn.loading import load_object
+from fedn.sim.client_state import ClientStateStore
 from fedn.sim.spec import ClientFactory, SimulationSpec
 from fedn.train_result import check_evaluate_result, check_train_result
 
@@ -48,6 +57,11 @@ def flat_size(manifest: list[TensorSpec]) -> int:
 
 def progress_path(workdir: Path) -> Path:
     return workdir / "progress.bin"
+
+
+def client_state_dir(workdir: Path) -> Path:
+    """Where the per-client state (error-feedback residuals) of a run lives: every worker opens it."""
+    return workdir / "client-state"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,13 +110,19 @@ def _open_worker(index: int, workdir: Path, spec: SimulationSpec, manifest: list
         results=np.memmap(
             result_path(workdir, index), dtype=np.float64, mode="r+", shape=(spec.combiners, flat_size(manifest))
         ),
+        state_dir=client_state_dir(workdir),
     )
 
 
 class Worker:
     """One worker's share of each batch. ``model`` is the published payload, ``progress`` one counter per
     worker, ``results`` a (combiners, flat size) float64 row per group: the driver's memory maps in a
-    worker process, plain arrays in a Ray actor (:mod:`fedn.sim.ray_pool`)."""
+    worker process, plain arrays in a Ray actor (:mod:`fedn.sim.ray_pool`).
+
+    With compression, each client trains from the global model as it arrives (downlink-decoded), and its
+    update is encoded and folded from its decoded payload by fedn.compression, as in a deployment.
+    Error-feedback residuals live in a :class:`ClientStateStore` in ``state_dir``, shared by all workers.
+    """
 
     def __init__(
         self,
@@ -113,15 +133,53 @@ class Worker:
         model: np.ndarray,
         progress: np.ndarray,
         results: np.ndarray,
+        state_dir: Path | None = None,
     ) -> None:
         self.index, self.spec, self.manifest = index, spec, manifest
         self.make_client = ClientFactory(load_object(spec.client), spec)
         self.model, self.progress, self.results = model, progress, results
+        self.uplink = parse_compression(spec.compression)
+        self.downlink = parse_compression(spec.downlink_compression)
+        self.residuals: ClientStateStore | None = None
+        self._residual_names = [s.name for s in manifest if np.dtype(s.dtype).kind == "f"]
+        if not self.uplink.lossless and self.uplink.error_feedback and self._residual_names:
+            if state_dir is None:
+                raise InvalidArgument(
+                    f"compression {self.uplink.text()} keeps error feedback per client, which needs a state directory"
+                )
+            layout = {s.name: s.shape for s in manifest if s.name in self._residual_names}
+            self.residuals = ClientStateStore(state_dir, spec.clients, layout)
+
+    def received_model(self, global_arrays: NamedArrays) -> NamedArrays:
+        """The global model as a client receives it: through the downlink codec (deterministic)."""
+        if self.downlink.lossless:
+            return global_arrays
+        payload = encode_model_downlink(global_arrays, self.manifest, self.downlink)
+        return decode_model_downlink(payload, self.manifest, self.downlink)
+
+    def _upload(self, cid: int, round_index: int, arrays: NamedArrays, received: NamedArrays) -> tuple[Any, int]:
+        """What the combiner folds of client ``cid``'s update, and the bytes the client sent."""
+        if self.uplink.lossless:
+            return arrays, payload_bytes(self.manifest)
+        residual: dict[str, np.ndarray] | None = None
+        if self.residuals is not None:
+            residual = {}
+            for name in self._residual_names:
+                kept = self.residuals.get(cid, name)
+                if kept is not None:
+                    residual[name] = kept
+        rng = np.random.default_rng([self.spec.seed, round_index, cid, 0xC0DEC])  # stochastic rounding
+        payload = encode_update(arrays, received, self.manifest, self.uplink, rng=rng, residual=residual)
+        if self.residuals is not None and residual is not None:
+            for name, value in residual.items():
+                self.residuals.put(cid, name, value)
+        return decode_update(payload, received, self.manifest, self.uplink), len(payload)
 
     def run_round(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
         spec, h = self.spec, self.spec.heterogeneity
-        global_arrays = decode_payload(self.manifest, self.model)
+        global_arrays = self.received_model(decode_payload(self.manifest, self.model))
         epochs = float(config.get("epochs", 1) or 1)
+        uplink_bytes, uploads = 0, 0
         groups: dict[int, Any] = {}
         metrics: dict[int, MetricsAccumulator] = {}
         failures: list[tuple[int, str]] = []
@@ -136,6 +194,8 @@ class Worker:
                     client.train(params, {**config, "round": round_index}), self.manifest
                 )
                 del client, params
+                arrays, sent = self._upload(cid, round_index, arrays, global_arrays)
+                uplink_bytes, uploads = uplink_bytes + sent, uploads + 1
                 modelled = (h.task_time_s or h.example_time_s * weight * epochs) * slowdown
                 if h.deadline_s is not None and modelled > h.deadline_s:
                     stragglers += 1
@@ -169,13 +229,22 @@ class Worker:
                 "count": partial.count,
                 "metrics": {k: v.model_dump() for k, v in metrics[group].summary().items()},
             }
-        return {"ok": True, "groups": out, "failures": failures, "stragglers": stragglers, "slowest_s": slowest}
+        return {
+            "ok": True,
+            "groups": out,
+            "failures": failures,
+            "stragglers": stragglers,
+            "slowest_s": slowest,
+            "uplink_bytes": uplink_bytes,
+            "uploads": uploads,
+            "downlink_bytes": len(tasks) * downlink_payload_bytes(self.manifest, self.downlink),
+        }
 
     def run_evaluation(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
         """Each task's client evaluates the published model; the answer lists each client's checked figures
         (the driver folds them as a combiner does). A client that raises, or returns what
         :func:`check_evaluate_result` refuses, is a failure, as the client runtime reports it."""
-        global_arrays = decode_payload(self.manifest, self.model)
+        global_arrays = self.received_model(decode_payload(self.manifest, self.model))
         evaluations: list[tuple[int, int, float, float, dict[str, float]]] = []
         failures: list[tuple[int, str]] = []
         for done, (cid, group, *_) in enumerate(tasks, start=1):
