@@ -1,14 +1,19 @@
 """The code blocks of README.md and docs/*.md, and the scheme that says which of them claim to run.
 
 - A block fenced ```python is executed (tests/integration/test_doc_blocks_run.py; compiled in unit tests).
-- A block fenced ```sh, ```bash, ```console or ```shell claims to run: every command in it is checked
-  by its class (see ``command_class``); a command of no known class fails the test.
+- A block fenced ```sh, ```bash, ```console or ```shell claims to run, and runs: its commands are executed
+  in document order against a real federation (tests/integration/test_doc_shell_blocks.py, which says
+  how placeholders such as ``MODEL_ID`` are filled in and which sizes shrink), and each must exit 0. They
+  are also checked by class, without running (see ``command_class``; tests/unit/test_doc_blocks.py): a
+  command of no known class fails.
 - Any other fence (none, ```text, ```json, ```yaml, ```toml, ```js) illustrates: output, a diagram, a
   config excerpt. It must not hide a command line: a line that reads as one (``fedn session start ...``,
   ``make demo``, ``python -m ...``) fails the test unless the block is fenced as a shell block.
-- ``<!-- not run: why -->`` on the line before a shell or python block exempts it from running (commands
-  for other tools, e.g. MinIO's ``mc``; a python fragment that needs a model and data around it); the
-  reason is required, and a python fragment must still compile.
+- ``<!-- not run: why -->`` on the line before a shell or python block exempts it from running: commands
+  for other tools (Docker, MinIO's ``mc``, ``make demo`` itself), a service for another host (its
+  ``/etc`` files, its address), a python fragment that needs a model and data around it. The reason is
+  required and names the test that covers the block's substance where one does; the ``fedn`` commands of
+  such a block are still parsed, and a python fragment must still compile.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ _LOOKS_LIKE_COMMAND = re.compile(
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _SEPARATORS = {"&&", "||", ";", "|"}
 _REDIRECTS = {">", ">>", "<", "2>"}
-# shell plumbing that prepares files or the environment around a fedn command: parsed, not run
+# shell plumbing that prepares files or the environment around a fedn command; the shell-block test
+# runs export, mkdir, umask and cd, and asks for a not-run mark for the rest (they read or expand input)
 PLUMBING = {"umask", "mkdir", "echo", "export", "read", "unset", "printf", "cd", "cat"}
 
 
@@ -83,32 +89,53 @@ def hidden_commands(block: Block) -> list[str]:
     return [line for line in block.body.splitlines() if _LOOKS_LIKE_COMMAND.match(line)]
 
 
-def commands(block: Block) -> list[list[str]]:
-    """Each simple command of a shell block as argv: continuations joined, comments, env prefixes,
-    redirections and ``&&``/``;``/``|`` separators taken out."""
+@dataclass(frozen=True)
+class Command:
+    """One simple command of a shell block: its ``VAR=value`` prefixes, its argv, and the file a ``>``
+    sends its output to (``>>`` appends)."""
+
+    env: dict[str, str]
+    argv: list[str]
+    stdout_to: str | None = None
+    append: bool = False
+
+
+def shell_commands(block: Block) -> list[Command]:
+    """Each simple command of a shell block: continuations joined, comments taken out, split at
+    ``&&``/``||``/``;``/``|``."""
     text = re.sub(r"\\\n", " ", block.body)
-    out = []
+    out: list[Command] = []
     for line in text.splitlines():
         lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
         lexer.whitespace_split = True
         lexer.commenters = "#"
-        argv: list[str] = []
         tokens = list(lexer)
+        env: dict[str, str] = {}
+        argv: list[str] = []
+        stdout_to, append = None, False
         k = 0
         while k < len(tokens):
             tok = tokens[k]
             if tok in _SEPARATORS:
-                out.append(argv)
-                argv = []
+                out.append(Command(env, argv, stdout_to, append))
+                env, argv, stdout_to, append = {}, [], None, False
             elif tok in _REDIRECTS:
+                if tok in (">", ">>") and k + 1 < len(tokens):
+                    stdout_to, append = tokens[k + 1], tok == ">>"
                 k += 1  # and its target
             elif not argv and _ENV.match(tok):
-                pass
+                name, _, value = tok.partition("=")
+                env[name] = value
             else:
                 argv.append(tok)
             k += 1
-        out.append(argv)
-    return [a for a in out if a]
+        out.append(Command(env, argv, stdout_to, append))
+    return [c for c in out if c.argv]
+
+
+def commands(block: Block) -> list[list[str]]:
+    """Each simple command of a shell block as argv: env prefixes and redirections taken out."""
+    return [c.argv for c in shell_commands(block)]
 
 
 def command_class(argv: list[str]) -> str:

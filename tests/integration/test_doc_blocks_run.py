@@ -2,7 +2,10 @@
 
 Python blocks are executed as written, in a fresh module in a temporary directory, with one change to
 keep ``make test`` short: a simulation spec built by a block is shrunk to 4 clients and 2 rounds (the
-full sizes run in tests/e2e/test_convergence.py and ``make bench``).
+full sizes run in tests/e2e/test_convergence.py and ``make bench``), unless its client is the benchmarks'
+synthetic one (``bench.workloads``, a trivial train step): that runs at its size in seconds, and a
+block on it is usually about the size.
+Shell blocks run in tests/integration/test_doc_shell_blocks.py, against a federation it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ PYTHON_BLOCKS = [b for b in all_blocks() if b.lang == "python" and b.not_run is 
 
 def _small_spec(real):
     def parse_spec(**kwargs):
+        if str(kwargs.get("client", "")).startswith("bench.workloads:"):
+            return real(**kwargs)
         kwargs.update(clients=min(kwargs.get("clients", 4), 4), rounds=min(kwargs.get("rounds", 2), 2))
         kwargs.update(workers=1)
         return real(**kwargs)

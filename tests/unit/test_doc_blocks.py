@@ -2,12 +2,14 @@
 
 What each class of command gets here, with no sockets and no processes:
 - ``fedn ...``: parsed by the real CLI parser (``fedn.cli.build_parser``), so the command, every flag,
-  its type and its choices must exist; ``fedn partition`` is also run (it needs no federation).
-  Commands that need a running federation are not run here: tests/e2e covers what they do.
+  its type and its choices must exist; ``fedn partition`` is also run (it needs no federation). The
+  ``fedn`` commands of a block marked not run are parsed too: not running a block is no licence for a
+  flag that does not exist. tests/integration/test_doc_shell_blocks.py runs them all against a federation.
 - ``make X``: the Makefile has the target. ``python -m M``: the module exists. ``python -c CODE``: compiles.
 - ``docker compose ...``: docker-compose.yaml has the services named (``docker compose config -q`` runs
   in tests/integration/test_doc_blocks_run.py when docker is installed).
-- shell plumbing (``umask``, ``mkdir``, ``echo``, ``export``, ...): parsed into commands, not run.
+- shell plumbing (``umask``, ``mkdir``, ``echo``, ``export``, ...): parsed into commands; run in
+  tests/integration/test_doc_shell_blocks.py.
 - ``python`` blocks compile here and run in tests/integration/test_doc_blocks_run.py.
 """
 
@@ -21,11 +23,28 @@ import pytest
 import yaml
 
 from fedn.cli import build_parser, main
-from tests.doc_blocks import ROOT, Block, all_blocks, command_class, commands, fedn_argv, hidden_commands
+from tests.doc_blocks import (
+    ROOT,
+    Block,
+    Command,
+    all_blocks,
+    command_class,
+    commands,
+    fedn_argv,
+    hidden_commands,
+    shell_commands,
+)
 
 BLOCKS = all_blocks()
 SHELL_BLOCKS = [b for b in BLOCKS if b.is_shell and b.not_run is None]
 COMMANDS = [(b, argv) for b in SHELL_BLOCKS for argv in commands(b)]
+NOT_RUN_FEDN = [
+    (b, argv)
+    for b in BLOCKS
+    if b.is_shell and b.not_run is not None
+    for argv in commands(b)
+    if command_class(argv) in ("fedn", "docker-compose")
+]
 
 
 def _id(item) -> str:
@@ -85,6 +104,15 @@ def test_every_command_is_covered(item):
         _check_compose(block, argv)
 
 
+@pytest.mark.parametrize("item", NOT_RUN_FEDN, ids=_id)
+def test_fedn_commands_of_blocks_not_run_parse(item):
+    block, argv = item
+    if command_class(argv) == "fedn":
+        _check_fedn(block, argv)
+    else:
+        _check_compose(block, argv)
+
+
 def _check_fedn(block: Block, argv: list[str]) -> None:
     args = fedn_argv(argv)
     try:
@@ -131,3 +159,17 @@ def test_an_output_block_that_hides_a_command_is_caught():
     output = Block(ROOT / "x.md", 1, "", "fedn simulate: 4 clients in 1 combiner groups, 2 rounds", None)
     assert hidden_commands(hidden) == ["$ fedn session start --rounds 2"]
     assert hidden_commands(output) == []
+
+
+def test_shell_commands_keep_env_prefixes_and_output_files():
+    body = (
+        "FEDN_CLIENT_TOKEN_FILE=t.token fedn client start \\\n  --ca-file ca.pem   # a comment\n"
+        "python3 -c 'print(1)' > out.txt && echo more >> out.txt; umask 077"
+    )
+    found = shell_commands(Block(ROOT / "x.md", 1, "sh", body, None))
+    assert found == [
+        Command({"FEDN_CLIENT_TOKEN_FILE": "t.token"}, ["fedn", "client", "start", "--ca-file", "ca.pem"]),
+        Command({}, ["python3", "-c", "print(1)"], "out.txt", False),
+        Command({}, ["echo", "more"], "out.txt", True),
+        Command({}, ["umask", "077"]),
+    ]
