@@ -49,8 +49,9 @@ class FederationSpec:
     secure: bool = True  # TLS and tokens, from a throw-away CA and key in the work directory
     combiner_metrics: bool = True  # each combiner serves /metrics on a free port (see combiner_metrics_urls)
     # Fork the processes from one interpreter that imported their modules once (fedn.forkserver): a
-    # start costs a fork, not an interpreter's imports. Processes placed with a command prefix start as usual.
-    prefork: bool = False
+    # start costs a fork, not an interpreter's imports (the e2e tests' federations start in about 2/3 of
+    # the time). Processes placed with a command prefix, and non-fedn commands, start as new interpreters.
+    prefork: bool = True
     # Where each process runs, by name ("reducer", "combiner-0", "client-3"): a command prefix (e.g.
     # ["ip", "netns", "exec", "host-b"]) and the address it binds. Default: this host, ``host``.
     placement: Callable[[str], tuple[list[str], str]] | None = None
