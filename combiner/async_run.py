@@ -73,7 +73,7 @@ class AsyncRun:
         self._buffer = _FlushBuffer(WeightedMean(self._manifest))  # the open one
         self._sealed: deque[_FlushBuffer] = deque()  # full buffers of exactly K, oldest first
         self._bases: OrderedDict[str, NamedArrays] = OrderedDict()  # decoded base versions
-        self._tally = Tally()
+        self._tally = Tally(metrics=ctx.metrics)
         self._num_stale = 0
         self._uploading: set[str] = set()
         self._closed = False
@@ -201,6 +201,7 @@ class AsyncRun:
                     metrics = {"staleness": staleness, **header.metrics} | {"staleness": staleness}
                     buffer.metrics.add(metrics, header.num_examples)
                     buffer.accepted.append(client_id)
+                    self._tally.accept()
                     count = buffer.mean.count
                     if count >= max(1, self.plan.buffer_size) and len(self._sealed) < _MAX_SEALED:
                         self._seal()

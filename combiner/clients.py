@@ -148,6 +148,10 @@ class ClientHub:
     def connected_client_ids(self) -> list[str]:
         return sorted(c.client_id for c in self._clients.values() if not c.shed)
 
+    def all_announce(self, client_ids: list[str], codec: str) -> bool:
+        """Whether every one of these clients that is connected announced ``codec`` (and so uploads in it)."""
+        return all(codec in conn.codecs for c in client_ids if (conn := self._clients.get(c)) is not None)
+
     def __len__(self) -> int:
         return sum(not c.shed for c in self._clients.values())
 

@@ -165,25 +165,35 @@ class RoundMetrics(MetricsAccumulator):
 @dataclass(eq=False)
 class Tally:
     """Clients that failed (and why) and updates refused (and the fixed reason of each), until the next
-    result takes them; ``started_at`` (the real clock, a measurement) is when the run or flush began."""
+    result takes them; ``started_at`` (the real clock, a measurement) is when the run or flush began.
+    With ``metrics`` (a training run's), each update folded or refused is counted there as it happens."""
 
     failures: dict[str, str] = field(default_factory=dict)
     num_rejected: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     started_at: float = field(default_factory=time.monotonic)
+    metrics: CombinerMetrics | None = None
+
+    def accept(self) -> None:
+        """An update was folded."""
+        if self.metrics is not None:
+            self.metrics.updates_accepted.inc()
 
     def fail(self, client_id: str, error: str) -> None:
         self.failures[client_id] = error
 
     def reject(self, client_id: str, exc: FednError) -> None:
         """Count an update refused by its own fault (one of ``UPDATE_FAULTS``) against its client."""
+        reason = reject_reason(exc)
         self.num_rejected += 1
-        self.rejected[reject_reason(exc)] += 1
+        self.rejected[reason] += 1
         self.failures[client_id] = f"update rejected: {exc.message}"
+        if self.metrics is not None:
+            self.metrics.updates_rejected.labels(reason).inc()
 
     def take(self) -> Tally:
         """This tally, leaving an empty one (started now) in its place."""
-        taken = Tally(self.failures, self.num_rejected, self.rejected, self.started_at)
+        taken = Tally(self.failures, self.num_rejected, self.rejected, self.started_at, self.metrics)
         self.failures, self.num_rejected, self.rejected, self.started_at = {}, 0, Counter(), time.monotonic()
         return taken
 
@@ -208,7 +218,7 @@ async def store_result(
     ``uplink_bytes`` (the payload bytes of the updates folded, as sent) is reported with the partial.
     """
     count = aggregator.count if aggregator is not None else 0
-    ctx.metrics.record_result(num_updates=count, rejected=tally.rejected, seconds=time.monotonic() - tally.started_at)
+    ctx.metrics.round_seconds.observe(max(0.0, time.monotonic() - tally.started_at))
     key, total_weight = "", 0.0
     if count:
         # the round is over: a mean computed in place of the running sums saves a model copy

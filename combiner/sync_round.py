@@ -44,6 +44,7 @@ class SyncRound(SelectedRound):
         started_at: float | None = None,
     ) -> None:
         super().__init__(ctx, plan, selected, started_at)
+        self._tally.metrics = ctx.metrics  # a training round's updates are counted as they fold or are refused
         self._manifest = model.manifest
         self._aggregator = aggregator
         self._metrics = RoundMetrics()
@@ -59,6 +60,8 @@ class SyncRound(SelectedRound):
         )
         self._downlink_of: dict[str, str] = {}  # the downlink codec each client was told
         compression = None if is_raw(plan.compression) else parse_compression(plan.compression)
+        if compression is not None and not ctx.clients.all_announce(selected, compression.codec):
+            compression = None  # some upload raw: slots are sized for raw updates, so staging keeps its bound
         self._uploads: GrantGate = ctx.stager.upload_gate(
             model.manifest,
             lambda c: ctx.clients.send(c, TaskInfo("upload_grant", plan.round_id, plan.session_id)),
@@ -153,6 +156,7 @@ class SyncRound(SelectedRound):
                 self._metrics.add(header.metrics, header.num_examples)
                 self._uplink_bytes += header.model.payload_bytes
                 self._accepted.append(client_id)
+                self._tally.accept()
                 self._ctx.stragglers.delivered(client_id)
                 self._answer(client_id)
                 count = aggregator.count

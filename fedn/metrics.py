@@ -9,7 +9,6 @@ A combiner is given its :class:`CombinerMetrics` by its server; the reducer's pi
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -72,7 +71,7 @@ class CombinerMetrics:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.updates_accepted = Counter(
             "fedn_combiner_updates_accepted",
-            "Updates folded into an aggregate (counted at the run's result)",
+            "Updates folded into an aggregate (counted as each is folded)",
             registry=r,
         )
         self.updates_rejected = Counter(
@@ -116,13 +115,6 @@ class CombinerMetrics:
             "fedn_combiner_model_cache_models", "Global models known to the download cache", registry=r
         )
         self.rpcs = RpcMetrics(r, "fedn_combiner", _combiner_methods())
-
-    def record_result(self, *, num_updates: int, rejected: Mapping[str, int], seconds: float) -> None:
-        """A run's result: its folded updates, its rejections by reason, and how long it took."""
-        self.updates_accepted.inc(num_updates)
-        for reason, count in rejected.items():
-            self.updates_rejected.labels(reason if reason in REJECT_REASONS else "other").inc(count)
-        self.round_seconds.observe(max(0.0, seconds))
 
 
 class ReducerMetrics:

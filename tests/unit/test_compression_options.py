@@ -144,3 +144,24 @@ def test_cli_refuses_a_bad_compression_option_with_exit_2_before_calling_the_red
 def test_fedn_local_refuses_a_bad_compression_option_before_any_process_starts(capsys, argv, message):
     assert main(["local", "--client", "nowhere.module:Client", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_upload_slots_count_raw_bytes_when_a_selected_client_uploads_raw():
+    """A client that announced no codec uploads raw: sizing the round's slots by compressed updates would
+    let staged bytes pass --max-staged-bytes, so the slots are then sized for raw updates."""
+    from combiner.clients import ClientHub
+    from combiner.staging import UploadStager
+    from fedn.codec import TensorSpec
+    from fedn.compression import parse_compression
+
+    clock = ManualClock()
+    hub = ClientHub(clock)
+    hub.connect("a", "a", frozenset({"int8"}))
+    hub.connect("b", "b", frozenset())
+    assert hub.all_announce(["a"], "int8") and not hub.all_announce(["a", "b"], "int8")
+    assert hub.all_announce(["a", "gone"], "int8")  # a client no longer connected uploads nothing
+
+    manifest = [TensorSpec("w", "float32", (1_000_000,))]  # 4 MB raw, about 1 MB in int8
+    stager = UploadStager(clock, max_concurrent_uploads=8, max_staged_bytes=8 << 20)
+    assert stager.upload_gate(manifest, lambda c: None, parse_compression("int8")).capacity == 8
+    assert stager.upload_gate(manifest, lambda c: None, None).capacity == 2

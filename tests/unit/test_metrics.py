@@ -48,13 +48,18 @@ def test_both_registries_parse_and_start_with_every_label_at_zero():
     assert reducer[("fedn_reducer_rounds_total", (("mode", "async"), ("outcome", "failed")))] == 0
 
 
-def test_a_result_counts_its_folded_and_its_rejected_updates_by_reason(clock):
+def test_updates_are_counted_as_they_fold_or_are_refused_not_at_the_result(clock):
     metrics = CombinerMetrics()
     ctx = RunContext("c", None, None, None, clock, metrics=metrics)  # nothing folded: no store, no clients used
-    tally = Tally()
+    tally = Tally(metrics=metrics)
     tally.reject("a", NonFiniteValues("w has NaN"))
     tally.reject("b", NonFiniteValues("w has NaN"))
     tally.reject("c", PayloadTooLarge("too big"))
+    tally.accept()
+    samples = _samples(metrics.registry)  # while the round still runs
+    assert samples[("fedn_combiner_updates_rejected_total", (("reason", "non_finite"),))] == 2
+    assert samples[("fedn_combiner_updates_rejected_total", (("reason", "too_large"),))] == 1
+    assert samples[("fedn_combiner_updates_accepted_total", ())] == 1
 
     result = asyncio.run(
         store_result(ctx, "r1", None, num_selected=3, tally=tally, metrics=_NoMetrics(), client_ids=[], deadline=0.0)
@@ -62,18 +67,26 @@ def test_a_result_counts_its_folded_and_its_rejected_updates_by_reason(clock):
 
     samples = _samples(metrics.registry)
     assert result.num_rejected == 3
-    assert samples[("fedn_combiner_updates_rejected_total", (("reason", "non_finite"),))] == 2
-    assert samples[("fedn_combiner_updates_rejected_total", (("reason", "too_large"),))] == 1
-    assert samples[("fedn_combiner_updates_accepted_total", ())] == 0
+    assert samples[("fedn_combiner_updates_rejected_total", (("reason", "non_finite"),))] == 2  # not again
+    assert samples[("fedn_combiner_updates_accepted_total", ())] == 1
     assert samples[("fedn_combiner_round_seconds_count", ())] == 1
 
 
+def test_a_tally_without_metrics_counts_nowhere():
+    """An evaluation round's refused reports are not updates: its tally has no metrics."""
+    metrics = CombinerMetrics()
+    Tally().reject("a", InvalidArgument("bad"))
+    assert _samples(metrics.registry)[("fedn_combiner_updates_rejected_total", (("reason", "invalid_argument"),))] == 0
+
+
 def test_taking_a_tally_carries_its_reasons_and_leaves_an_empty_one():
-    tally = Tally()
+    metrics = CombinerMetrics()
+    tally = Tally(metrics=metrics)
     tally.reject("a", InvalidModel("bad shape"))
     taken = tally.take()
     assert taken.rejected == {"invalid_model": 1} and taken.num_rejected == 1
     assert not tally.rejected and tally.num_rejected == 0
+    assert tally.metrics is metrics and taken.metrics is metrics
 
 
 def test_reducer_rounds_are_labelled_only_from_fixed_sets():
