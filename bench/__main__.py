@@ -19,6 +19,7 @@ BENCHMARKS = (
     "sim_ray",
     "sim_scale",
     "grpc_load",
+    "grpc_scale",
     "async_compare",
     "flower_compare",
     "store_writes",

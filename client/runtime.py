@@ -254,8 +254,9 @@ class ClientRuntime:
         base = self._model_cache[2]
         residual = None
         if uplink.error_feedback:
-            if self._residual_for != (task.session_id, task.compression):
-                self._residual, self._residual_for = {}, (task.session_id, task.compression)
+            # per session and codec; a top-k warm-up changes the share kept from round to round, not the residual
+            if self._residual_for != (task.session_id, uplink.codec):
+                self._residual, self._residual_for = {}, (task.session_id, uplink.codec)
             residual = self._residual
         return encode_update(arrays, base, manifest, uplink, rng=self._np_rng, residual=residual)
 

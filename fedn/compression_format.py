@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedn.codec import TensorSpec
 from fedn.errors import InvalidArgument, validation_problem
@@ -41,12 +41,33 @@ class Compression(BaseModel):
     stochastic: bool = Field(True, description="int8 uplink: unbiased stochastic rounding; False = nearest")
     ratio: float = Field(0.01, gt=0.0, le=1.0, description="topk: share of each tensor's entries kept")
     error_feedback: bool = Field(True, description="the client adds what compression lost to its next delta")
+    warmup: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="topk: the first rounds keep more, 25%, 6.25%, ... of each tensor (4x less each round, never "
+        "below ratio), as Deep Gradient Compression warms up; 0 = ratio from the first round",
+    )
+
+    @model_validator(mode="after")
+    def _warmup_is_topk(self) -> Compression:
+        if self.warmup and self.codec != "topk":
+            raise ValueError(f"warmup applies to topk only, not {self.codec}")
+        return self
+
+    def for_round(self, index: int) -> Compression:
+        """The codec of round ``index`` (from 1): with a warm-up, top-k of that round's share, else itself.
+        The round's codec is what the plan names, the client encodes with and the combiner checks."""
+        if not self.warmup:
+            return self
+        share = self.ratio if index > self.warmup else min(1.0, max(self.ratio, 0.25 ** max(1, index)))
+        return self.model_copy(update={"ratio": share, "warmup": 0})
 
     def text(self) -> str:
         """Canonical spelling: the codec, its main parameter, and every other non-default parameter."""
         always = {"int8": ("block",), "topk": ("ratio",)}.get(self.codec, ())
         parts = []
-        for name in ("block", "stochastic", "ratio", "error_feedback"):
+        for name in ("block", "stochastic", "ratio", "error_feedback", "warmup"):
             value = getattr(self, name)
             if name in always or value != type(self).model_fields[name].default:
                 parts.append(f"{name}={str(value).lower() if isinstance(value, bool) else repr(value)}")

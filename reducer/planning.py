@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fedn.aggregation.server_optimizers import ServerOptimizer
+from fedn.compression import parse_compression
 from fedn.records import CombinerRecord, RoundPlan, Session, SessionMode
 from fedn.sampling import allocate_sample, sample_seed, sample_size
 from fedn.store.base import StateStore
@@ -117,7 +118,7 @@ class Planner:
             timeout_s=session.round_timeout_s,
             sample_seed=sample_seed(session.seed, index),
             model_sha256=self.model_sha256(session),
-            compression=session.compression,
+            compression=parse_compression(session.compression).for_round(index).text(),  # a top-k warm-up's share
             downlink_compression=session.downlink_compression,
         )
         if session.mode != SessionMode.ASYNC:

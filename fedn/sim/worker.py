@@ -161,6 +161,7 @@ class Worker:
         """What the combiner folds of client ``cid``'s update, and the bytes the client sent."""
         if self.uplink.lossless:
             return arrays, payload_bytes(self.manifest)
+        uplink = self.uplink.for_round(round_index)  # a top-k warm-up's share of this round
         residual: dict[str, np.ndarray] | None = None
         if self.residuals is not None:
             residual = {}
@@ -169,11 +170,11 @@ class Worker:
                 if kept is not None:
                     residual[name] = kept
         rng = np.random.default_rng([self.spec.seed, round_index, cid, 0xC0DEC])  # stochastic rounding
-        payload = encode_update(arrays, received, self.manifest, self.uplink, rng=rng, residual=residual)
+        payload = encode_update(arrays, received, self.manifest, uplink, rng=rng, residual=residual)
         if self.residuals is not None and residual is not None:
             for name, value in residual.items():
                 self.residuals.put(cid, name, value)
-        return decode_update(payload, received, self.manifest, self.uplink), len(payload)
+        return decode_update(payload, received, self.manifest, uplink), len(payload)
 
     def run_round(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
         spec, h = self.spec, self.spec.heterogeneity

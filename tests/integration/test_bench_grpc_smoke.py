@@ -56,3 +56,13 @@ def test_fedn_bench_load_command():
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (row["clients"], row["combiners"], row["rounds"]) == (5, 2, 1)
+
+
+def test_grpc_scale_bench_smoke(capsys):
+    from bench import grpc_scale
+
+    grpc_scale.main(["--clients", "6", "--combiners", "3", "--params", "500", "--rounds", "1"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["bench"] == "grpc_scale" and row["clients"] == 6 and row["combiners"] == 3 and row["tls"]
+    assert len(row["combiner_rss_mb_peak"]) == 3 and row["client_errors"] == 0
+    assert set(row["met"]) == {"s_per_round", "combiner_rss"}

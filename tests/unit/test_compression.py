@@ -448,3 +448,33 @@ def test_random_payload_bytes_decode_or_fail_cleanly(codec: str, data) -> None:
     except (InvalidModel, NonFiniteValues):
         return
     assert np.isfinite(lazy["w"].to_numpy()).all()
+
+
+def test_a_topk_warmup_keeps_more_in_its_first_rounds_and_is_spelled_out():
+    c = parse_compression("topk:ratio=0.01,warmup=3")
+    assert parse_compression(c.text()) == c and "warmup=3" in c.text()
+    assert [c.for_round(i).ratio for i in range(1, 6)] == [0.25, 0.0625, 0.015625, 0.01, 0.01]
+    assert all(c.for_round(i).warmup == 0 for i in range(1, 6))  # a round's codec is concrete
+    assert parse_compression("topk:ratio=0.5,warmup=4").for_round(2).ratio == 0.5  # never below ratio
+    assert parse_compression("int8").for_round(1) == parse_compression("int8")
+    with pytest.raises(InvalidArgument, match="warmup applies to topk only"):
+        parse_compression("int8:warmup=2")
+
+
+def test_error_feedback_carries_the_residual_across_a_warmup():
+    """The share kept changes from round to round; the residual does not restart, so what every round
+    sent plus what is left still adds up to every round's delta."""
+    rng = np.random.default_rng(5)
+    manifest = [TensorSpec("w", "float32", (400,))]
+    c = parse_compression("topk:ratio=0.01,warmup=3")
+    base = {"w": np.zeros(400, np.float32)}
+    residual: dict[str, np.ndarray] = {}
+    sent, true = np.zeros(400), np.zeros(400)
+    for index in range(1, 6):
+        delta = rng.normal(size=400).astype(np.float32)
+        true += delta
+        codec = c.for_round(index)
+        payload = encode_update({"w": delta}, base, manifest, codec, rng=rng, residual=residual)
+        assert len(payload) == compressed_payload_bytes(manifest, codec)
+        sent += decode_update(payload, base, manifest, codec)["w"].to_numpy()
+    np.testing.assert_allclose(sent + residual["w"], true, rtol=1e-4, atol=1e-4)

@@ -165,3 +165,18 @@ def test_upload_slots_count_raw_bytes_when_a_selected_client_uploads_raw():
     stager = UploadStager(clock, max_concurrent_uploads=8, max_staged_bytes=8 << 20)
     assert stager.upload_gate(manifest, lambda c: None, parse_compression("int8")).capacity == 8
     assert stager.upload_gate(manifest, lambda c: None, None).capacity == 2
+
+
+def test_each_rounds_plan_names_that_rounds_share_of_a_topk_warmup(stores):
+    import threading
+
+    from fedn.aggregation.server_optimizers import make_server_optimizer
+    from reducer.planning import Planner
+
+    registry = CombinerRegistry(stores[0], combiner_timeout_s=5.0, clock=ManualClock())
+    planner = Planner(registry, threading.Event(), rpc_grace_s=1.0)
+    uplink, _ = session_compression("topk:warmup=2", None)
+    session = Session(rounds=5, seed_model_id="m", model_id="m", compression=uplink)
+    optimizer = make_server_optimizer("fedavg", {})
+    texts = [planner.plan(session, optimizer, round_id=f"r{i}", index=i).compression for i in (1, 2, 3)]
+    assert texts == ["topk:ratio=0.25", "topk:ratio=0.0625", "topk:ratio=0.01"]
