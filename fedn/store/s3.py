@@ -81,14 +81,28 @@ class S3ModelStore(ModelStore):
         )
         self._client = Minio(self._endpoint, access_key=access, secret_key=secret, secure=secure, http_client=http)
         try:
-            if not self._client.bucket_exists(self.bucket):
-                self._client.make_bucket(self.bucket)
-                logger.info("created bucket %s at %s", self.bucket, self._endpoint)
+            self._ensure_bucket()
         except S3Error as exc:
             raise StoreError(f"cannot use S3 bucket {where}: {exc.code}: {exc.message}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise StoreError(f"cannot reach S3 at {where}: {str(exc).splitlines()[0][:200]}") from exc
         logger.info("model store: S3 %s", where)
+
+    def _ensure_bucket(self) -> None:
+        """Create the bucket unless it exists. The reducer and the combiners start together and each may
+        try: a bucket another of them created in the meantime is this federation's, not an error."""
+        if self._client.bucket_exists(self.bucket):
+            return
+        try:
+            self._client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+            if not self._client.bucket_exists(self.bucket):  # someone else's bucket of that name
+                raise
+            logger.info("bucket %s at %s was created by another process meanwhile", self.bucket, self._endpoint)
+            return
+        logger.info("created bucket %s at %s", self.bucket, self._endpoint)
 
     def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
         detail = f"{exc.code}: {exc.message}" if isinstance(exc, S3Error) else str(exc).splitlines()[0][:200]

@@ -52,6 +52,25 @@ def test_s3_streams_a_large_blob_in_parts(s3_url):
     store.close()
 
 
+def test_a_bucket_created_by_another_process_meanwhile_is_used(s3_url, monkeypatch):
+    """The reducer and the combiners start together and each may create the bucket: the one that
+    loses the race (told BucketAlreadyOwnedByYou) uses the bucket, it does not fail to start."""
+    from minio import Minio
+
+    open_model_store(s3_url).close()  # the winner made the bucket
+    seen = []
+    real = Minio.bucket_exists
+
+    def not_yet(self, bucket):  # the loser checked just before the winner made it
+        seen.append(bucket)
+        return False if len(seen) == 1 else real(self, bucket)
+
+    monkeypatch.setattr(Minio, "bucket_exists", not_yet)
+    store = open_model_store(s3_url)
+    assert store.put("models/x", iter([b"abc"])) == 3 and len(seen) == 2
+    store.close()
+
+
 def test_wrong_s3_secret_fails_at_start_without_leaking_it(s3_endpoint):
     endpoint, access, _ = s3_endpoint
     with pytest.raises(StoreError) as exc:
