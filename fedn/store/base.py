@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from fedn.errors import NotFound
 from fedn.records import AuditEvent, ClientRecord, CombinerRecord, ModelRecord, Round, Session, TokenRecord
 
 __all__ = ["ModelStore", "PageKey", "StateStore", "StoredObject", "page_key"]
@@ -96,6 +97,22 @@ class StateStore(ABC):
     def put_client(self, client: ClientRecord) -> None: ...
     @abstractmethod
     def get_client(self, client_id: str) -> ClientRecord: ...
+
+    def put_clients(self, clients: Iterable[ClientRecord]) -> None:
+        """Several clients in one write where the backend can (a heartbeat brings thousands)."""
+        for client in clients:
+            self.put_client(client)
+
+    def get_clients(self, client_ids: Iterable[str]) -> dict[str, ClientRecord]:
+        """The clients of ``client_ids`` that exist, by id, in as few reads as the backend can."""
+        found = {}
+        for client_id in client_ids:
+            try:
+                found[client_id] = self.get_client(client_id)
+            except NotFound:
+                continue
+        return found
+
     @abstractmethod
     def list_clients(
         self, *, limit: int = 1000, offset: int = 0, after: PageKey | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TypeVar
 
 import pymongo
@@ -190,6 +191,36 @@ class MongoStateStore(StateStore):
 
     def put_client(self, client: ClientRecord) -> None:
         self._put("clients", client)
+
+    def put_clients(self, clients: Iterable[ClientRecord]) -> None:
+        """One bulk write, however many clients."""
+        ops = []
+        for client in clients:
+            self._reader.storable(client)
+            doc = client.model_dump(mode="json")
+            doc["_id"] = doc["id"]
+            ops.append(pymongo.ReplaceOne({"_id": doc["_id"]}, doc, upsert=True))
+        if not ops:
+            return
+        try:
+            self._db["clients"].bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB write to clients failed: {_first_line(exc)}") from exc
+        except (InvalidDocument, OverflowError) as exc:
+            raise InvalidArgument(f"cannot store clients: {_first_line(exc)}") from exc
+
+    def get_clients(self, client_ids: Iterable[str]) -> dict[str, ClientRecord]:
+        ids = list(dict.fromkeys(client_ids))
+        found: dict[str, ClientRecord] = {}
+        for start in range(0, len(ids), 1000):
+            try:
+                docs = list(self._db["clients"].find({"_id": {"$in": ids[start : start + 1000]}}))
+            except PyMongoError as exc:
+                raise StoreError(f"MongoDB read from clients failed: {_first_line(exc)}") from exc
+            for doc in docs:
+                record_id = doc.pop("_id")
+                found[record_id] = self._reader.one(ClientRecord, "client", record_id, doc)
+        return found
 
     def get_client(self, client_id: str) -> ClientRecord:
         return self._get("clients", client_id, ClientRecord, "client")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,7 @@ __all__ = ["SYNCHRONOUS_LEVELS", "SQLiteStateStore"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
+_IN_BATCH = 500  # ids per SELECT ... IN (...): under SQLite's limit of bound parameters
 
 _TABLES = ("sessions", "rounds", "models", "clients", "combiners")
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")  # PRAGMA synchronous = 0, 1, 2, 3
@@ -188,6 +190,36 @@ class SQLiteStateStore(StateStore):
 
     def get_client(self, client_id: str) -> ClientRecord:
         return self._get("clients", client_id, ClientRecord, "client")
+
+    def put_clients(self, clients: Iterable[ClientRecord]) -> None:
+        """One transaction, one sync, however many clients."""
+        rows = []
+        for client in clients:
+            self._reader.storable(client)
+            rows.append((client.id, client.combiner_id, client.assigned_at, client.model_dump_json()))
+        if not rows:
+            return
+        try:
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO clients (id, parent, sort, doc) VALUES (?, ?, ?, ?)", rows)
+                self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write to clients failed: {exc}") from exc
+
+    def get_clients(self, client_ids: Iterable[str]) -> dict[str, ClientRecord]:
+        ids = list(dict.fromkeys(client_ids))
+        found: dict[str, ClientRecord] = {}
+        for start in range(0, len(ids), _IN_BATCH):
+            batch = ids[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            try:
+                with self._lock:
+                    rows = self._db.execute(f"SELECT id, doc FROM clients WHERE id IN ({marks})", batch).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite read from clients failed: {exc}") from exc
+            for record in self._reader.many(ClientRecord, "client", rows):
+                found[record.id] = record
+        return found
 
     def list_clients(self, *, limit: int = 1000, offset: int = 0, after: PageKey | None = None) -> list[ClientRecord]:
         return self._list("clients", ClientRecord, "client", limit=limit, offset=offset, after=after)

@@ -429,3 +429,21 @@ def test_audit_and_tokens_same_from_every_backend(request):
     assert results[0] == results[1]
     for store in backends:
         store.close()
+
+
+def test_clients_are_written_and_read_in_batches(state: StateStore):
+    """A heartbeat brings thousands of clients at once: one write and one read for all of them, with the
+    same records as one at a time."""
+    clients = [
+        ClientRecord(id=f"c{i:04d}", name=f"c{i}", combiner_id="comb-a", assigned_at=float(i)) for i in range(1200)
+    ]
+    state.put_clients(clients)
+    state.put_clients([])
+    assert state.count_clients() == 1200
+    found = state.get_clients([c.id for c in clients[:1100]] + ["missing", "c0001"])
+    assert len(found) == 1100 and "missing" not in found
+    assert found["c0007"] == state.get_client("c0007") == clients[7]
+    moved = clients[3].model_copy(update={"combiner_id": "comb-b", "name": "renamed"})
+    state.put_clients([moved])  # replaces, as put_client does
+    assert state.get_client("c0003") == moved and state.count_clients() == 1200
+    assert state.get_clients([]) == {}
