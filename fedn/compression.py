@@ -37,6 +37,7 @@ from fedn.codec import TensorSpec
 from fedn.compression_format import (
     CODECS,
     Compression,
+    block_width,
     check_downlink,
     compressed_payload_bytes,
     compressible,
@@ -78,6 +79,7 @@ def _int8_quantize(
     n = x.size
     if n == 0:
         return []
+    block = block_width(n, block)
     width = n if block == 0 else block
     blocks = scale_count(n, block)
     if blocks * width == n:
@@ -261,7 +263,7 @@ class CompressedTensor:
         self.size = spec.size
         self.nbytes = spec.nbytes
         self._codec = c.codec if base is not None else "none"
-        self._block = c.block
+        self._block = block_width(spec.size, c.block)
         self._sections = sections
         self._base = base
         self._compute = np.float64 if self.dtype == np.float64 else np.float32
@@ -384,7 +386,7 @@ def decode_model_downlink(
         if not compressible(spec, c) or c.codec == "float16":
             value = sections[0].astype(dtype)
         else:
-            value = _int8_dequantize(sections[0], sections[1], c.block).astype(dtype)
+            value = _int8_dequantize(sections[0], sections[1], block_width(spec.size, c.block)).astype(dtype)
         out[spec.name] = value.reshape(spec.shape)
         offset += section_bytes(spec, c)
     return out

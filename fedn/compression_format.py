@@ -18,6 +18,7 @@ from fedn.errors import InvalidArgument, validation_problem
 __all__ = [
     "CODECS",
     "Compression",
+    "block_width",
     "check_downlink",
     "compressed_payload_bytes",
     "compressible",
@@ -128,6 +129,12 @@ def scale_count(n: int, block: int) -> int:
     if n == 0:
         return 0
     return 1 if block == 0 else -(-n // block)
+
+
+def block_width(n: int, block: int) -> int:
+    """The int8 block a tensor of ``n`` values is cut into; 0 (one scale for the whole tensor) when
+    ``block`` is 0 or covers it all, so a huge ``block`` never sizes a buffer."""
+    return 0 if block == 0 or block >= n else block
 
 
 def topk_count(n: int, ratio: float) -> int:

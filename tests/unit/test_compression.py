@@ -478,3 +478,18 @@ def test_error_feedback_carries_the_residual_across_a_warmup():
         assert len(payload) == compressed_payload_bytes(manifest, codec)
         sent += decode_update(payload, base, manifest, codec)["w"].to_numpy()
     np.testing.assert_allclose(sent + residual["w"], true, rtol=1e-4, atol=1e-4)
+
+
+def test_an_int8_block_larger_than_the_tensor_is_one_scale_and_sizes_no_buffer():
+    """A session's block comes from its options: block=2**40 on a small tensor must not allocate 2**40
+    values at the client (encode) or the combiner (fold); it is one scale per tensor, as block=0."""
+    rng = np.random.default_rng(3)
+    manifest = [TensorSpec("w", "float32", (300,))]
+    base = {"w": np.zeros(300, np.float32)}
+    params = {"w": rng.normal(size=300).astype(np.float32)}
+    huge, whole = parse_compression("int8:block=1099511627776,stochastic=false"), parse_compression("int8:block=0")
+    payload = encode_update(params, base, manifest, huge, rng=rng)
+    assert payload == encode_update(params, base, manifest, whole.model_copy(update={"stochastic": False}), rng=rng)
+    lazy = decode_update(payload, base, manifest, huge)["w"]
+    assert [part.size for _, _, part in lazy.flat_slices(128)] == [128, 128, 44]
+    np.testing.assert_allclose(lazy.to_numpy(), params["w"], atol=float(np.abs(params["w"]).max()) / 127)
