@@ -75,6 +75,7 @@ class LocalFederation:
         self.secrets: LocalSecrets | None = None
         self.combiner_metrics_urls: dict[str, str] = {}  # combiner name -> its /metrics URL
         self.forkserver: ForkServer | None = None
+        self._ports: set[int] = set()  # handed out to this federation's processes
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -143,6 +144,17 @@ class LocalFederation:
         tiers = ["fedn.api_client", "reducer.cli", "reducer.server", "combiner.cli", "combiner.server"]
         return [*tiers, "client.cli", "client.runtime", self.spec.client.partition(":")[0]]
 
+    def _free_port(self) -> int:
+        """A free port not yet handed to another process of this federation. The processes start
+        together, so one may not have bound its port when the next asks the OS for a free one; and
+        gRPC binds with SO_REUSEPORT, so two could share it silently."""
+        for _ in range(100):
+            port = free_port()
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+        raise RuntimeError("no free port that this federation has not handed out already")
+
     def _process(self, name: str, argv: list[str], log_path: Path) -> ManagedProcess:
         return ManagedProcess(name, argv, log_path, forkserver=self.forkserver)
 
@@ -160,7 +172,7 @@ class LocalFederation:
 
     def _spawn_reducer(self) -> None:
         _, host = self.spec.place("reducer")
-        port = free_port()
+        port = self._free_port()
         self.reducer_url = f"{'https' if self.secrets else 'http'}://{host}:{port}"
         self.reducer = self._process(
             "reducer",
@@ -197,10 +209,10 @@ class LocalFederation:
     def start_combiner(self, index: int) -> ManagedProcess:
         name = f"combiner-{index}"
         _, host = self.spec.place(name)
-        port = free_port()
+        port = self._free_port()
         metrics_args: list[str] = []
         if self.spec.combiner_metrics:
-            metrics_port = free_port()
+            metrics_port = self._free_port()
             metrics_args = ["--metrics-port", str(metrics_port)]
             scheme = "https" if self.secrets else "http"
             self.combiner_metrics_urls[name] = f"{scheme}://{host}:{metrics_port}/metrics"
