@@ -45,9 +45,15 @@ def _check_spool_dir(directory: str | None) -> None:
 
 
 def server_options(settings: CombinerSettings) -> list[tuple[str, int]]:
-    """The gRPC server's channel options: message sizes, keepalive, and when connections are closed."""
+    """The gRPC server's channel options: message sizes, keepalive, the backlog of calls not yet handled,
+    and when connections are closed."""
     s = settings
     message_limit = max(2 * s.chunk_bytes, 4 << 20)
+    # Calls that arrive faster than the server takes them wait in gRPC core's backlog; past 1000 of them
+    # core drops new ones at random, and past 3000 all of them (the client sees CANCELLED). When
+    # thousands of clients (re)connect at once, a burst bigger than that is normal: let the backlog
+    # hold every call the server would accept anyway (max_concurrent_rpcs bounds memory).
+    backlog = max_concurrent_rpcs(s)
     options = [
         ("grpc.max_receive_message_length", message_limit),
         ("grpc.max_send_message_length", message_limit),
@@ -55,7 +61,8 @@ def server_options(settings: CombinerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.max_pending_requests", 20_000),
+        ("grpc.server.max_pending_requests", backlog),
+        ("grpc.server.max_pending_requests_hard_limit", backlog),
         ("grpc.so_reuseport", 0),
         ("grpc.http2.bdp_probe", int(s.http2_bdp_probe)),
     ]

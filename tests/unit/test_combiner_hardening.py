@@ -239,6 +239,9 @@ def test_the_grpc_server_closes_idle_connections_bounds_calls_and_leaves_connect
     assert options["grpc.max_connection_idle_ms"] == 300_000
     assert "grpc.max_connection_age_ms" not in options  # it would cut long-lived task streams
     assert max_concurrent_rpcs(defaults) == 2 * 10_000 + 64
+    # a burst of every client connecting at once waits in core's backlog instead of being dropped
+    assert options["grpc.server.max_pending_requests"] == max_concurrent_rpcs(defaults)
+    assert options["grpc.server.max_pending_requests_hard_limit"] == max_concurrent_rpcs(defaults)
     aged = dict(server_options(CombinerSettings(max_connection_age_s=3600, transfer_grace_s=10)))
     assert (aged["grpc.max_connection_age_ms"], aged["grpc.max_connection_age_grace_ms"]) == (3_600_000, 10_000)
     assert max_concurrent_rpcs(CombinerSettings(max_clients=10, max_concurrent_rpcs=7)) == 7
