@@ -1,8 +1,10 @@
 """Real gRPC at scale: 10,000 emulated clients over 4 combiners, a 100k-parameter model, TLS and tokens.
 
-Targets (issue 17): at most 30 s a round, at most 400 MiB peak RSS per combiner, and no client errors
-(every round folds every client's update: ``fedn.loadtest.run_load`` fails the run otherwise). Prints one
-JSON line: the ``grpc_load`` row of the run plus the targets and whether each held.
+Targets (issue 17): at most 30 s a round, at most 400 MiB peak RSS per combiner, and no client errors:
+every round folds every client's update (``fedn.loadtest.run_load`` fails the run otherwise), and no
+call of an emulated client fails, apart from idle task streams a combiner ends to rebalance (counted in
+``rebalanced_streams``; the client asks the reducer again, as real ones do). Prints one JSON line: the
+``grpc_load`` row of the run plus the targets and whether each held.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     row = run_load(args.clients, args.combiners, args.params, args.rounds, secure=not args.insecure).row()
     row["bench"] = "grpc_scale"
-    row["client_errors"] = 0  # run_load raises unless every round folded every client's update
     row["target_s_per_round"] = TARGET_S_PER_ROUND
     row["target_combiner_rss_mb"] = TARGET_COMBINER_RSS_MB
     row["met"] = {
         "s_per_round": row["s_per_round_steady"] <= TARGET_S_PER_ROUND,
         "combiner_rss": max(row["combiner_rss_mb_peak"]) <= TARGET_COMBINER_RSS_MB,
+        "no_client_errors": row["client_errors"] == 0,
     }
     print(json.dumps(row), flush=True)
     return 0

@@ -16,16 +16,13 @@ from combiner.compressed import negotiate
 from fedn.clock import Clock
 from fedn.errors import InvalidArgument, ResourceExhausted, Unavailable
 from fedn.metrics import CombinerMetrics
-from fedn.wire import TaskInfo
+from fedn.wire import SHED_MESSAGE, TaskInfo
 
 __all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT = TaskInfo("heartbeat")
-
-SHED_MESSAGE = "rebalanced: ask the reducer for a combiner"
-
 
 @dataclass(frozen=True)
 class _Shed:

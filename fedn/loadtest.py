@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import sys
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,13 +30,14 @@ from fedn.auth.rpc import open_aio_channel
 from fedn.auth.tokens import Role, TokenIssuer, load_private_key
 from fedn.chunking import ChunkAssembler
 from fedn.codec import decode_payload, encode_model
-from fedn.errors import InvalidArgument, Unavailable
+from fedn.errors import FednError, InvalidArgument, Unavailable
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import RoundStatus, SessionStatus
 from fedn.sim.memory import cpu_s, peak_rss_mb, rss_mb
 from fedn.tls import TLSFiles
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
+from fedn.wire import SHED_MESSAGE
 from fedn.wire_eval import EvaluationReportInfo, evaluation_report_to_proto
 
 __all__ = ["LoadResult", "run_load"]
@@ -55,6 +58,16 @@ class LoadResult:
     combiner_rss_peak_mb: list[float]
     reducer_rss_peak_mb: float
     cpu_s: dict[str, float]  # CPU seconds per round during the session: combiners, reducer, emulated clients
+    # how the emulated clients' task streams ended ("<call> <STATUS>: <details>" -> count), each followed by
+    # asking the reducer again, and the reducer's refusals of those requests
+    stream_endings: dict[str, int] = field(default_factory=dict)
+    assign_failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def client_errors(self) -> int:
+        """Failed calls, other than idle task streams ended to rebalance the combiners (see :func:`is_client_error`)."""
+        errors = sum(n for ending, n in self.stream_endings.items() if is_client_error(ending))
+        return errors + sum(self.assign_failures.values())
 
     def row(self) -> dict:
         steady = self.round_s[1:] or self.round_s
@@ -73,6 +86,10 @@ class LoadResult:
             "combiner_rss_mb_peak": [round(x, 1) for x in self.combiner_rss_peak_mb],
             "reducer_rss_mb_peak": round(self.reducer_rss_peak_mb, 1),
             "cpu_s_per_round": {k: round(v, 3) for k, v in self.cpu_s.items()},
+            "rebalanced_streams": self.stream_endings.get(f"TaskStream UNAVAILABLE: {SHED_MESSAGE}", 0),
+            "client_errors": self.client_errors,
+            "client_error_kinds": {k: n for k, n in self.stream_endings.items() if is_client_error(k)}
+            | self.assign_failures,
         }
 
 
@@ -90,22 +107,29 @@ def _train_and_encode(
     return list(wire.update_messages(task.round_id, client_id, task.model_id, 10.0, {"train_loss": 1.0}, update))
 
 
-async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: str = "") -> None:
+async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: str = "") -> tuple[str, str]:
+    """Serve one task stream until it ends; returns how it ended: the failed call and the status."""
     # each emulated client's own token on each call: they share channels, so it cannot be the channel's
     md = (("authorization", f"Bearer {token}"),) if token else None
     call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id), metadata=md)
     waiting: tuple[str, list[pb.UpdateChunk]] | None = None  # an update waiting for its upload grant
+    what = "TaskStream"
     try:
         async for msg in call:
             task = wire.task_from_proto(msg)
             if task.kind == "upload_grant" and waiting is not None and waiting[0] == task.round_id:
+                what = "UploadUpdate"
                 await stub.UploadUpdate(iter(waiting[1]), metadata=md)
                 waiting = None
             if task.kind == "evaluate":  # the figures of a client that evaluates instantly
+                what = "evaluate"
                 await _evaluate(stub, task, client_id, md)
+                what = "TaskStream"
                 continue
             if task.kind != "train":
+                what = "TaskStream"
                 continue
+            what = "DownloadModel"
             request = pb.DownloadModelRequest(model_id=task.model_id, client_id=client_id)
             stream = stub.DownloadModel(request, metadata=md)
             header, chunks = None, []
@@ -119,15 +143,19 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: st
             messages = await asyncio.to_thread(_train_and_encode, task, client_id, header, chunks)
             del chunks
             size = messages[0].header.model.payload_bytes
+            what = "RequestUpload"
             grant = await stub.RequestUpload(
                 pb.UploadRequest(round_id=task.round_id, client_id=client_id, payload_bytes=size), metadata=md
             )
             if grant.granted:  # as the client runtime does: upload now, or when the grant comes down the stream
+                what = "UploadUpdate"
                 await stub.UploadUpdate(iter(messages), metadata=md)
             else:
                 waiting = (task.round_id, messages)
-    except grpc.aio.AioRpcError:
-        pass
+            what = "TaskStream"
+        return what, "closed by the combiner"
+    except grpc.aio.AioRpcError as exc:
+        return what, f"{exc.code().name}: {exc.details()}"
     finally:
         call.cancel()
 
@@ -141,39 +169,106 @@ async def _evaluate(stub: pb_grpc.CombinerStub, task: wire.TaskInfo, client_id: 
     await stub.ReportEvaluation(evaluation_report_to_proto(report), metadata=md)
 
 
-async def _serve_clients(assignments: list[tuple[str, str, str]], ca_file: str | None) -> None:
-    """Run every emulated client, a few channels per combiner, until SIGTERM or SIGINT."""
-    by_address: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for client_id, address, token in assignments:
-        by_address[address].append((client_id, token))
+def is_client_error(ending: str) -> bool:
+    """Whether a way a task stream ended (``"<call> <STATUS>: <details>"``, as tallied by
+    :class:`_Emulator`) is a client error: anything but the combiner sending an idle client on to
+    another combiner (rebalancing), which a client answers by asking the reducer again."""
+    return ending != f"TaskStream UNAVAILABLE: {SHED_MESSAGE}"
+
+
+class _Emulator:
+    """Emulated clients that behave as the client runtime does (:class:`client.runtime.ClientRuntime`):
+    each asks the reducer for a combiner, serves its task stream, and when the stream ends asks the
+    reducer again after a short random pause. They share a few channels per combiner."""
+
+    def __init__(self, reducer_url: str, ca_file: str | None) -> None:
+        self._reducer_url = reducer_url
+        self._tls = TLSFiles(ca_file=ca_file)
+        self._local = threading.local()  # each worker thread's reducer API and the token it sends now
+        self._apis: list[ReducerAPI] = []
+        self._apis_lock = threading.Lock()
+        self._channels: dict[str, list[list]] = defaultdict(list)  # address -> [[channel, clients on it]]
+        self.endings: Counter[str] = Counter()  # how task streams ended, "<call> <STATUS>: <details>"
+        self.assign_failures: Counter[str] = Counter()
+
+    def _assign(self, client_id: str, token: str) -> str:
+        api = getattr(self._local, "api", None)
+        if api is None:
+            tls = self._tls if self._tls.ca_file else None
+            api = ReducerAPI(self._reducer_url, timeout_s=30.0, token=lambda: self._local.token, tls=tls)
+            self._local.api = api
+            with self._apis_lock:
+                self._apis.append(api)
+        self._local.token = token
+        return api.assign_client(client_id)["combiner_address"]
+
+    def _channel(self, address: str) -> list:
+        group = self._channels[address]
+        slot = next((s for s in group if s[1] < CLIENTS_PER_CHANNEL), None)
+        if slot is None:
+            tls = self._tls if self._tls.ca_file else None
+            slot = [open_aio_channel(address, tls=tls), 0]
+            group.append(slot)
+        slot[1] += 1
+        return slot
+
+    async def client(self, client_id: str, token: str) -> None:
+        rng = random.Random(client_id)
+        failures = 0
+        while True:
+            try:
+                address = await asyncio.to_thread(self._assign, client_id, token)
+            except FednError as exc:
+                self.assign_failures[f"{type(exc).__name__}: {exc.message}"[:200]] += 1
+                failures += 1
+                await asyncio.sleep(rng.uniform(0, min(10.0, 0.5 * 2 ** min(failures, 10))))
+                continue
+            failures = 0
+            slot = self._channel(address)
+            try:
+                what, how = await _emulated_client(pb_grpc.CombinerStub(slot[0]), client_id, token)
+            finally:
+                slot[1] -= 1
+            self.endings[f"{what} {how}"[:200]] += 1
+            await asyncio.sleep(rng.uniform(0, 0.5))  # as the runtime does before it asks again
+
+    async def close(self) -> None:
+        for group in self._channels.values():
+            for channel, _ in group:
+                await channel.close()
+        for api in self._apis:
+            api.close()
+
+    def tally(self) -> dict:
+        return {"stream_endings": dict(self.endings), "assign_failures": dict(self.assign_failures)}
+
+
+async def _serve_clients(
+    reducer_url: str, clients: list[tuple[str, str]], ca_file: str | None, tally_path: Path
+) -> None:
+    """Run every emulated client until SIGTERM or SIGINT, then write how their streams ended to ``tally_path``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    channels: list[grpc.aio.Channel] = []
-    tasks: list[asyncio.Task] = []
+    emulator = _Emulator(reducer_url, ca_file)
+    tasks = [asyncio.ensure_future(emulator.client(client_id, token)) for client_id, token in clients]
     try:
-        for address, ids in by_address.items():
-            tls = TLSFiles(ca_file=ca_file)
-            group = [open_aio_channel(address, tls=tls) for _ in range(max(1, len(ids) // CLIENTS_PER_CHANNEL))]
-            channels.extend(group)
-            for i, (client_id, token) in enumerate(ids):
-                stub = pb_grpc.CombinerStub(group[i % len(group)])
-                tasks.append(asyncio.ensure_future(_emulated_client(stub, client_id, token)))
         await stop.wait()
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for c in channels:
-            await c.close()
+        await emulator.close()
+        tally_path.write_text(json.dumps(emulator.tally()))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fedn.loadtest ASSIGNMENTS_JSON [CA_FILE]``: the emulated clients, in a process of their own.
+    """``python -m fedn.loadtest SPEC_JSON``: the emulated clients, in a process of their own.
 
-    ASSIGNMENTS_JSON lists ``[client_id, combiner_address, token]``; with CA_FILE the combiners are
-    dialled over TLS.
+    SPEC_JSON holds ``reducer_url``, ``ca_file`` (null: plaintext), ``clients`` (``[client_id, token]``
+    pairs; an empty token without tokens) and ``tally`` (a path: on SIGTERM, how the clients' task
+    streams ended is written there as JSON).
 
     Real clients run on machines of their own; here they share the cores with the servers, so what
     they cost is kept low: their allocator reuses freed buffers (:func:`fedn.heap.keep_freed_memory`)
@@ -182,25 +277,17 @@ def main(argv: list[str] | None = None) -> None:
     """
     heap.keep_freed_memory()
     args = sys.argv[1:] if argv is None else argv
-    path, ca_file = args[0], (args[1] if len(args) > 1 else None)
-    assignments = [(client_id, address, token) for client_id, address, token in json.loads(Path(path).read_text())]
-    asyncio.run(_serve_clients(assignments, ca_file))
+    spec = json.loads(Path(args[0]).read_text())
+    clients = [(client_id, token) for client_id, token in spec["clients"]]
+    asyncio.run(_serve_clients(spec["reducer_url"], clients, spec["ca_file"], Path(spec["tally"])))
 
 
-def _assign(fed: LocalFederation, clients: int) -> list[tuple[str, str, str]]:
-    """Ask the reducer for a combiner for each emulated client, each with a token of its own when the
-    federation is secure (a client is assigned, and served, only as its token's subject)."""
+def _tokens(fed: LocalFederation, clients: int) -> list[tuple[str, str]]:
+    """Each emulated client's id and, when the federation is secure, a token of its own (a client is
+    assigned, and served, only as its token's subject)."""
     issuer = TokenIssuer(load_private_key(fed.secrets.signing_key)) if fed.secrets else None
-    current = [""]
-    api = ReducerAPI(fed.reducer_url, timeout_s=30.0, token=(lambda: current[0]) if issuer else None, tls=fed.api_tls())
-    assignments = []
-    with api:
-        for i in range(clients):
-            client_id = f"load-{i}"
-            current[0] = issuer.issue(Role.CLIENT, client_id, 86400.0).token if issuer else ""
-            a = api.assign_client(client_id)
-            assignments.append((a["client_id"], a["combiner_address"], current[0]))
-    return assignments
+    ids = [f"load-{i}" for i in range(clients)]
+    return [(i, issuer.issue(Role.CLIENT, i, 86400.0).token if issuer else "") for i in ids]
 
 
 def run_load(
@@ -228,12 +315,19 @@ def run_load(
         reducer_peak = rss_mb(fed.reducer.pid) if fed.reducer and fed.reducer.pid else 0.0
         with fed.api() as api:
             seed = api.upload_model(encode_model({"w": np.zeros(params, dtype=np.float32)}))
-        assignments = _assign(fed, clients)
-        assignments_path = fed.workdir / "emulated-clients.json"
-        assignments_path.touch(0o600)
-        assignments_path.write_text(json.dumps(assignments))
-        ca = [str(fed.secrets.ca_file)] if fed.secrets else []
-        emulated = fed.start_client_process("emulated-clients", ["-m", "fedn.loadtest", str(assignments_path), *ca])
+        spec_path, tally_path = fed.workdir / "emulated-clients.json", fed.workdir / "emulated-clients-tally.json"
+        spec_path.touch(0o600)
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "reducer_url": fed.reducer_url,
+                    "ca_file": str(fed.secrets.ca_file) if fed.secrets else None,
+                    "clients": _tokens(fed, clients),
+                    "tally": str(tally_path),
+                }
+            )
+        )
+        emulated = fed.start_client_process("emulated-clients", ["-m", "fedn.loadtest", str(spec_path)])
         try:
             try:
                 fed.wait_for_clients(clients, timeout_s=max(60.0, clients * 0.2))
@@ -272,6 +366,7 @@ def run_load(
                 reducer_peak = max(reducer_peak, peak_rss_mb(fed.reducer.pid))
         finally:
             emulated.stop()
+            tally = json.loads(tally_path.read_text()) if tally_path.exists() else {}
     if len(done) != rounds or any(r.num_updates != clients for r in done):
         raise Unavailable(f"expected {rounds} rounds of {clients} updates, got {[r.num_updates for r in done]}")
     return LoadResult(
@@ -285,6 +380,8 @@ def run_load(
         combiner_rss_peak_mb=peaks,
         reducer_rss_peak_mb=reducer_peak,
         cpu_s={name: used / rounds for name, used in cpu_used.items()},
+        stream_endings=tally.get("stream_endings", {}),
+        assign_failures=tally.get("assign_failures", {}),
     )
 
 

@@ -33,6 +33,7 @@ from fedn.wire_limits import check_sha256 as _check_sha256
 from fedn.wire_results import round_result_from_proto, round_result_to_proto
 
 __all__ = [
+    "SHED_MESSAGE",
     "Announcement",
     "ModelHeaderInfo",
     "TaskInfo",
@@ -63,6 +64,10 @@ __all__ = [
     "update_payload_messages",
     "upload_request_from_proto",
 ]
+
+# The status details of a task stream a combiner ends to rebalance (UNAVAILABLE): the client asks the
+# reducer for a combiner again. Load generators tell this ending from failures by it.
+SHED_MESSAGE = "rebalanced: ask the reducer for a combiner"
 
 # What a peer may send is bounded at decode (fedn.wire_limits): anything past it is refused with InvalidArgument.
 _MAX_CODECS = 16

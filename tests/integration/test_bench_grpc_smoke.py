@@ -65,4 +65,5 @@ def test_grpc_scale_bench_smoke(capsys):
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["bench"] == "grpc_scale" and row["clients"] == 6 and row["combiners"] == 3 and row["tls"]
     assert len(row["combiner_rss_mb_peak"]) == 3 and row["client_errors"] == 0
-    assert set(row["met"]) == {"s_per_round", "combiner_rss"}
+    assert set(row["met"]) == {"s_per_round", "combiner_rss", "no_client_errors"} and row["met"]["no_client_errors"]
+    assert row["client_error_kinds"] == {} and row["rebalanced_streams"] >= 0
