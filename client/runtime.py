@@ -47,6 +47,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+# A combiner silent for this many of its heartbeat intervals (each heartbeat tells the interval) is
+# taken for gone, unless heartbeat_timeout_s is longer.
+SILENT_HEARTBEATS = 3.0
 
 
 class AssignsClients(Protocol):
@@ -89,6 +92,7 @@ class ClientRuntime:
         self.combiner_id: str | None = None
         self._reducer = reducer
         self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._silence_s = heartbeat_timeout_s  # how long a silence means the combiner is gone (see _heard)
         self._backoff_max_s = backoff_max_s
         self._chunk_bytes = chunk_bytes
         self._max_model_bytes = max_model_bytes
@@ -160,18 +164,19 @@ class ClientRuntime:
         reader = threading.Thread(target=self._read_stream, args=(call, inbox), name="task-stream", daemon=True)
         reader.start()
         connected = False
+        self._silence_s = self._heartbeat_timeout_s  # until this combiner tells its heartbeat interval
         try:
             while not self._stop.is_set():
                 try:
-                    item = inbox.get(timeout=self._heartbeat_timeout_s)
+                    item = inbox.get(timeout=self._silence_s)
                 except queue.Empty:
-                    return f"no message for {self._heartbeat_timeout_s:g}s"
+                    return f"no message for {self._silence_s:g}s"
                 if isinstance(item, _StreamEnded):
                     return item.reason
                 if not connected:
                     connected = self._connected = True
                     logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
-                task = wire.task_from_proto(item)
+                task = self._heard(wire.task_from_proto(item))
                 if task.kind == "train":
                     ended = self._run_train_task(stub, task, inbox)
                     if ended is not None:
@@ -185,6 +190,14 @@ class ClientRuntime:
             call.cancel()
             channel.close()
             reader.join(timeout=5)
+
+    def _heard(self, task: wire.TaskInfo) -> wire.TaskInfo:
+        """A heartbeat tells the combiner's interval (``timeout_s``): with many clients it sends them
+        further apart, so the silence that means it is gone is the longer of ``heartbeat_timeout_s`` and
+        :data:`SILENT_HEARTBEATS` intervals."""
+        if task.kind == "heartbeat" and task.timeout_s > 0:
+            self._silence_s = max(self._heartbeat_timeout_s, SILENT_HEARTBEATS * task.timeout_s)
+        return task
 
     @staticmethod
     def _read_stream(call: Iterator, inbox: queue.Queue) -> None:
@@ -311,15 +324,15 @@ class ClientRuntime:
         logger.debug("round %s: waiting for an upload slot (%d ahead)", task.round_id, reply.queued_before)
         while not self._stop.is_set():
             try:
-                item = inbox.get(timeout=min(self._heartbeat_timeout_s, max(0.1, deadline - time.monotonic())))
+                item = inbox.get(timeout=min(self._silence_s, max(0.1, deadline - time.monotonic())))
             except queue.Empty:
                 if time.monotonic() >= deadline:
                     logger.warning("round %s: no upload slot before the deadline", task.round_id)
                     return False
-                return _StreamEnded(f"no message for {self._heartbeat_timeout_s:g}s")
+                return _StreamEnded(f"no message for {self._silence_s:g}s")
             if isinstance(item, _StreamEnded):
                 return item
-            waiting = wire.task_from_proto(item)
+            waiting = self._heard(wire.task_from_proto(item))
             if waiting.kind == "upload_grant" and waiting.round_id == task.round_id:
                 return True
             if waiting.kind == "train":  # the round moved on without us; serve the new task next

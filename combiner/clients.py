@@ -22,7 +22,11 @@ __all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQu
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = TaskInfo("heartbeat")
+HEARTBEAT = TaskInfo("heartbeat")  # kind only; the ones sent carry the interval (ClientHub.heartbeat)
+# Heartbeats go out in this many passes per interval, each to the streams that have heard nothing for
+# about an interval: spread over time rather than one burst to every stream.
+_HEARTBEAT_PASSES = 8
+
 
 @dataclass(frozen=True)
 class _Shed:
@@ -51,6 +55,7 @@ class ClientConnection:
     tasks: TaskQueue = field(default_factory=TaskQueue)
     held_by: str = ""
     shed: bool = False
+    last_sent: float = 0.0  # on the hub's clock: when a task or heartbeat was last queued for it
 
 
 class ClientHub:
@@ -58,10 +63,22 @@ class ClientHub:
     At most ``max_clients`` streams are held (shed ones until they close included): each costs memory
     and a heartbeat, and a sync round selects among them."""
 
-    def __init__(self, clock: Clock, *, max_clients: int = 10_000, metrics: CombinerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_clients: int = 10_000,
+        metrics: CombinerMetrics | None = None,
+        heartbeat_interval_s: float = 2.0,
+        max_heartbeats_per_s: float = 500.0,
+    ) -> None:
+        if heartbeat_interval_s <= 0 or max_heartbeats_per_s <= 0:
+            raise InvalidArgument("heartbeat_interval_s and max_heartbeats_per_s must be positive")
         self._clock = clock
         self._max_clients = max_clients
         self._clients: dict[str, ClientConnection] = {}
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._max_heartbeats_per_s = max_heartbeats_per_s
         if metrics is not None:  # read when scraped, on the event loop that changes it
             metrics.clients_connected.set_function(self.__len__)
 
@@ -75,7 +92,7 @@ class ClientHub:
                 f"combiner is full: it serves at most {self._max_clients} clients (--max-clients); "
                 "ask the reducer for another combiner later"
             )
-        conn = ClientConnection(client_id, name or client_id, codecs)
+        conn = ClientConnection(client_id, name or client_id, codecs, last_sent=self._clock.now())
         self._clients[client_id] = conn
         logger.info(
             "client %s (%s) connected%s; %d connected",
@@ -107,6 +124,7 @@ class ClientHub:
         if task.kind == "train":
             conn.held_by = task.round_id
         conn.tasks.put_nowait(task)
+        conn.last_sent = self._clock.now()
         return task
 
     def hold(self, run_id: str, client_ids: list[str]) -> None:
@@ -152,12 +170,28 @@ class ClientHub:
     def __len__(self) -> int:
         return sum(not c.shed for c in self._clients.values())
 
-    async def send_heartbeats(self, interval_s: float) -> None:
-        """Every ``interval_s``, a heartbeat to each stream with nothing queued, so clients can tell a
-        quiet combiner from a dead one. One loop for all streams: a timer per stream costs memory and
-        CPU per client."""
+    def heartbeat_interval_s(self) -> float:
+        """Seconds between heartbeats to a stream that gets nothing else: ``heartbeat_interval_s``, or more
+        when that would send more than ``max_heartbeats_per_s`` in all. Each heartbeat costs a message
+        on both ends; at a fixed interval their cost would grow with the number of clients, and so would
+        the time a round takes, so the cost of a round would grow with its square."""
+        return max(self._heartbeat_interval_s, len(self._clients) / self._max_heartbeats_per_s)
+
+    def heartbeat(self) -> TaskInfo:
+        """A heartbeat: ``timeout_s`` tells the client the interval, so it knows how long a silence means
+        a dead combiner (:class:`client.runtime.ClientRuntime`)."""
+        return TaskInfo("heartbeat", timeout_s=self.heartbeat_interval_s())
+
+    async def send_heartbeats(self) -> None:
+        """A heartbeat to each stream that got nothing for about an interval, so clients can tell a quiet
+        combiner from a dead one. One loop for all streams (a timer per stream costs memory and CPU per
+        client), in passes through the interval, so they do not all go in one burst."""
         while True:
-            await self._clock.sleep(interval_s)
+            every = self.heartbeat_interval_s()
+            step = every / _HEARTBEAT_PASSES
+            await self._clock.sleep(step)
+            now, beat = self._clock.now(), self.heartbeat()
             for conn in list(self._clients.values()):
-                if conn.tasks.empty() and not conn.shed:
-                    conn.tasks.put_nowait(HEARTBEAT)
+                if not conn.shed and conn.tasks.empty() and now - conn.last_sent >= every - step / 2:
+                    conn.tasks.put_nowait(beat)
+                    conn.last_sent = now

@@ -24,7 +24,7 @@ from fedn.errors import FailedPrecondition, InvalidArgument
 from fedn.models import stored_result
 from fedn.records import RoundPlan, RoundResult, SessionMode
 from fedn.retry import retry
-from fedn.wire import Announcement, UpdateHeaderInfo
+from fedn.wire import Announcement, TaskInfo, UpdateHeaderInfo
 from fedn.wire_eval import EvaluationReportInfo
 
 __all__ = ["RunRouter"]
@@ -69,6 +69,9 @@ class RunRouter:
         if self._run is not None:
             self._run.client_connected(client_id, replaced)
         return conn
+
+    def heartbeat(self) -> TaskInfo:
+        return self._ctx.clients.heartbeat()
 
     def disconnect(self, conn: ClientConnection) -> None:
         if self._ctx.clients.disconnect(conn) and self._run is not None:

@@ -87,7 +87,13 @@ def run_context(
     metrics = metrics if metrics is not None else CombinerMetrics()
     return RunContext(
         combiner_id=s.name,
-        clients=ClientHub(clock, max_clients=s.max_clients, metrics=metrics),
+        clients=ClientHub(
+            clock,
+            max_clients=s.max_clients,
+            metrics=metrics,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            max_heartbeats_per_s=s.max_heartbeats_per_s,
+        ),
         models=ModelCache(
             models,
             clock,
@@ -197,7 +203,7 @@ class CombinerServer:
             "tokens required" if self.verifier else "no tokens",
         )
         self._stopping = asyncio.Event()
-        self._heartbeats = asyncio.create_task(ctx.clients.send_heartbeats(s.heartbeat_interval_s))
+        self._heartbeats = asyncio.create_task(ctx.clients.send_heartbeats())
         if self._reducer is not None:
             self._link = asyncio.create_task(self._reducer_link())
 

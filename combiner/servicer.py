@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from combiner.clients import HEARTBEAT
 from combiner.grpc_errors import decoded, map_errors, tolerant
 from combiner.model_cache import ModelCache
 from combiner.router import RunRouter
@@ -43,6 +42,13 @@ class CombinerServicer(pb_grpc.CombinerServicer):
         self._rounds = rounds
         self._models = models
         self._audit = audit
+        self._beat: tuple[wire.TaskInfo, pb.Task] | None = None  # the last heartbeat, serialized once
+
+    def _heartbeat_proto(self, task: wire.TaskInfo) -> pb.Task:
+        """One pass of heartbeats queues one TaskInfo to every stream: build its message once."""
+        if self._beat is None or self._beat[0] != task:
+            self._beat = (task, wire.task_to_proto(task))
+        return self._beat[1]
 
     def _bind(self, context, client_id: str) -> None:
         """A client acts only as itself (:func:`require_subject`); a refusal is audited."""
@@ -88,12 +94,11 @@ class CombinerServicer(pb_grpc.CombinerServicer):
             # one stream per identity: a second one (a stolen token, or a stale reconnect) takes nothing over
             raise Conflict(f"client {client_id} already has a task stream here; retry once it has closed")
         conn = self._rounds.connect(client_id, name, codecs)
-        heartbeat = wire.task_to_proto(HEARTBEAT)
         try:
-            yield heartbeat  # tells the client at once that it is connected
+            yield self._heartbeat_proto(self._rounds.heartbeat())  # "connected", and how often heartbeats come
             while True:  # heartbeats arrive in the queue too (ClientHub.send_heartbeats): no timer per stream
                 task = await conn.tasks.get()
-                yield heartbeat if task is HEARTBEAT else wire.task_to_proto(task)
+                yield self._heartbeat_proto(task) if task.kind == "heartbeat" else wire.task_to_proto(task)
         finally:
             self._rounds.disconnect(conn)
 

@@ -25,6 +25,12 @@ class CombinerSettings(BaseSettings):
         json_schema_extra={"secret": True},
     )
     heartbeat_interval_s: float = Field(2.0, gt=0, description="seconds between heartbeats (reducer and clients)")
+    max_heartbeats_per_s: float = Field(
+        500.0,
+        gt=0,
+        description="heartbeats to clients a second at most: with more than --heartbeat-interval-s times this "
+        "many clients, each gets them further apart, and each heartbeat tells the client the interval",
+    )
     max_update_bytes: int = Field(1 << 30, gt=0, description="largest update payload accepted, in bytes")
     max_concurrent_uploads: int = Field(8, ge=1, description="uploads staged at once; bounds memory")
     max_concurrent_downloads: int = Field(16, ge=1, description="model downloads streamed at once; bounds memory")

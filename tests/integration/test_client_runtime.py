@@ -136,6 +136,24 @@ def test_moves_to_another_combiner_when_its_combiner_dies(
         loop_thread.run(second.stop(0.1))
 
 
+def test_waits_as_long_as_the_combiner_says_its_heartbeats_are_apart(loop_thread, model_store, runtime_factory):
+    # one heartbeat every 2 s (one client, at most half a heartbeat a second), against a client that would
+    # give up after 0.5 s of silence: it takes the announced interval, and stays on its stream
+    slow = CombinerServer(
+        CombinerSettings(name="combiner-s", port=0, heartbeat_interval_s=0.2, max_heartbeats_per_s=0.5), model_store
+    )
+    loop_thread.run(slow.start())
+    try:
+        reducer = FakeReducer([("combiner-s", f"127.0.0.1:{slow.port}")])
+        runtime = runtime_factory(Client(), reducer, heartbeat_timeout_s=0.5)
+        _wait(lambda: slow.rounds.connected_client_ids() == ["client-1"], "the client to connect")
+        assert slow.rounds.heartbeat().timeout_s == 2.0
+        time.sleep(4.5)  # two intervals: with 0.5 s it would have left and asked again 8 times
+        assert reducer.calls == [None] and runtime.combiner_id == "combiner-s"
+    finally:
+        loop_thread.run(slow.stop(0.1))
+
+
 def test_keeps_asking_while_the_reducer_has_no_combiner(runtime_factory):
     from fedn.errors import Unavailable
 

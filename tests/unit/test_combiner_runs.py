@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from combiner.async_run import AsyncRun, async_run_id
-from combiner.clients import HEARTBEAT, ClientConnection, ClientHub
+from combiner.clients import ClientConnection, ClientHub
 from combiner.model_cache import ModelCache
 from combiner.run import Run, RunContext, failure_text
 from combiner.staging import UploadStager
@@ -264,18 +264,50 @@ def test_an_async_run_ends_once_no_flush_was_asked_for_during_its_lease(tmp_path
     asyncio.run(scenario())
 
 
-def test_heartbeats_go_to_idle_streams_once_per_interval(tmp_path):
+def test_heartbeats_go_to_idle_streams_once_per_interval_and_carry_it(tmp_path):
     async def scenario() -> None:
         fed = Federation(tmp_path)
-        fed.connect("idle", "busy")
-        beats = asyncio.ensure_future(fed.ctx.clients.send_heartbeats(2.0))
+        fed.connect("idle", "busy", "fed")
+        assert fed.ctx.clients.heartbeat() == TaskInfo("heartbeat", timeout_s=2.0)  # a stream's first message
+        beats = asyncio.ensure_future(fed.ctx.clients.send_heartbeats())
         await _settle()
-        fed.ctx.clients.send("busy", TaskInfo("train", "r1"))
-        for _ in range(3):
-            fed.clock.advance(2.0)
+        fed.ctx.clients.send("busy", TaskInfo("train", "r1"))  # left queued: a stream with work waiting gets none
+        got: dict[str, list[float]] = {"idle": [], "fed": []}
+        for step in range(1, 33):  # 8 s in quarter seconds (a pass of the loop)
+            if step == 16:  # "fed" gets a task at 3.75 s: its next heartbeat is due about an interval after that
+                fed.ctx.clients.send("fed", TaskInfo("train", "r2"))
+                assert [t.round_id for t in fed.tasks("fed")] == ["r2"]
+            fed.clock.advance(0.25)
             await _settle()
-            assert fed.conns["idle"].tasks.get_nowait() is HEARTBEAT and fed.conns["idle"].tasks.empty()
+            for c, times in got.items():
+                beats_now = fed.tasks(c, "heartbeat")
+                assert all(t.timeout_s == 2.0 for t in beats_now)  # each tells the interval
+                times.extend(fed.clock.now() for _ in beats_now)
+        assert got == {"idle": [2.0, 4.0, 6.0, 8.0], "fed": [2.0, 5.75, 7.75]}
         assert fed.tasks("busy", "heartbeat") == []  # its queue was never empty
+        beats.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_heartbeats_come_further_apart_when_there_are_more_clients_than_the_rate_allows():
+    async def scenario() -> None:
+        clock = ManualClock()
+        hub = ClientHub(clock, heartbeat_interval_s=1.0, max_heartbeats_per_s=4.0)
+        conns = [hub.connect(f"c{i}", f"c{i}")[0] for i in range(20)]  # 20 clients at 4 a second: every 5 s
+        assert hub.heartbeat_interval_s() == 5.0 and hub.heartbeat().timeout_s == 5.0
+        beats = asyncio.ensure_future(hub.send_heartbeats())
+        await _settle()
+        sent = 0
+        for _ in range(32):  # 20 s of the clock, in eighths of the interval
+            clock.advance(5.0 / 8)
+            await _settle()
+            for c in conns:
+                while not c.tasks.empty():
+                    beat = c.tasks.get_nowait()
+                    assert beat.kind == "heartbeat" and beat.timeout_s == 5.0
+                    sent += 1
+        assert sent == 20 * 4  # each client once per 5 s: 4 a second in all, not 20
         beats.cancel()
 
     asyncio.run(scenario())
