@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
+from bench.workloads import digits_spec
 from fedn.aggregation.weighted_mean import WeightedMean
 from fedn.codec import manifest_of
 from fedn.compression import decode_update, encode_update, parse_compression
-from fedn.sim import Simulation, auto_workers, parse_spec
+from fedn.sim import Simulation, auto_workers
 
 __all__ = ["codec_speed", "digits_run", "main"]
 
@@ -33,17 +34,7 @@ TARGETS = {"int8:block=256": (3.9, 0.5), "topk:ratio=0.01": (20.0, 2.0), "topk:r
 
 def digits_run(compression: str, *, clients: int, rounds: int, workers: int, alpha: float = 0.3) -> dict:
     """One digits simulation with ``compression`` on the updates; its bytes, accuracy and time."""
-    spec = parse_spec(
-        client="examples.digits:DigitsClient",
-        clients=clients,
-        combiners=2,
-        rounds=rounds,
-        partition="dirichlet",
-        alpha=alpha,
-        seed=7,
-        workers=workers,
-        compression=compression,
-    )
+    spec = digits_spec(clients, rounds, alpha, workers, compression=compression)
     result = Simulation(spec).run()
     last = result.rounds[-1]
     return {

@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 
+from bench.workloads import digits_spec, synthetic_spec
 from fedn.sim import Simulation, auto_workers, parse_spec
 
 
@@ -26,16 +27,7 @@ def steady(rounds: list[dict]) -> float:
 
 
 def trivial(clients: int, params: int = 100_000, rounds: int = 4, workers: int | None = None) -> dict:
-    spec = parse_spec(
-        client="bench.workloads:SyntheticClient",
-        client_args={"params": params},
-        eval_args=None,
-        federated_eval=False,  # this measures training rounds
-        clients=clients,
-        combiners=2,
-        rounds=rounds,
-        workers=workers or auto_workers(),
-    )
+    spec = synthetic_spec(clients, params, rounds, workers)
     result = Simulation(spec).run()
     return {
         "bench": "sim_trivial",
@@ -51,18 +43,7 @@ def trivial(clients: int, params: int = 100_000, rounds: int = 4, workers: int |
 
 
 def digits(clients: int = 100, rounds: int = 30, alpha: float = 0.3, strategy: str = "fedavg", **extra) -> dict:
-    spec = parse_spec(
-        client="examples.digits:DigitsClient",
-        clients=clients,
-        combiners=2,
-        rounds=rounds,
-        partition="dirichlet",
-        alpha=alpha,
-        seed=7,
-        workers=auto_workers(),
-        strategy=strategy,
-        **extra,
-    )
+    spec = digits_spec(clients, rounds, alpha, strategy=strategy, **extra)
     result = Simulation(spec).run()
     curve = [round(r["accuracy"], 4) for r in result.rounds]
     reached = next((r["round"] for r in result.rounds if r["accuracy"] >= 0.85), None)

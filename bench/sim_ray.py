@@ -13,7 +13,8 @@ import json
 import os
 
 from bench.sim import steady
-from fedn.sim import Simulation, parse_spec
+from bench.workloads import synthetic_spec
+from fedn.sim import Simulation
 from fedn.sim.ray_pool import RayOptions, ray_backend
 
 
@@ -22,16 +23,7 @@ def compare(clients: int = 1000, params: int = 100_000, rounds: int = 5) -> dict
     import ray
     from ray.cluster_utils import Cluster
 
-    spec = parse_spec(
-        client="bench.workloads:SyntheticClient",
-        client_args={"params": params},
-        eval_args=None,
-        federated_eval=False,  # this measures training rounds
-        clients=clients,
-        combiners=2,
-        rounds=rounds,
-        workers=2,
-    )
+    spec = synthetic_spec(clients, params, rounds, workers=2)
     local = Simulation(spec).run()
     node = {"num_cpus": 1, "object_store_memory": 200 * 2**20}
     cluster = Cluster(initialize_head=True, head_node_args=node)

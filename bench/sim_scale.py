@@ -21,7 +21,8 @@ import os
 import statistics
 from pathlib import Path
 
-from fedn.sim import Simulation, auto_workers, parse_spec
+from bench.workloads import synthetic_spec
+from fedn.sim import Simulation
 from fedn.sim.memory import cpu_s, peak_rss_mb, rss_mb
 
 
@@ -36,17 +37,7 @@ def _tree_cpu_s() -> float:
 
 
 def scale(name: str, clients: int, fraction: float, rounds: int, params: int = 100_000) -> dict:
-    spec = parse_spec(
-        client="bench.workloads:SyntheticClient",
-        client_args={"params": params},
-        eval_args=None,
-        federated_eval=False,  # this measures training rounds
-        clients=clients,
-        fraction=fraction,
-        combiners=2,
-        rounds=rounds,
-        workers=auto_workers(),
-    )
+    spec = synthetic_spec(clients, params, rounds, fraction=fraction)
     driver_mb: list[float] = []
     cpu = [_tree_cpu_s()]
 

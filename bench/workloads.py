@@ -9,7 +9,41 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SyntheticClient"]
+from fedn.sim import SimulationSpec, auto_workers, parse_spec
+
+__all__ = ["SyntheticClient", "digits_spec", "synthetic_spec"]
+
+
+def synthetic_spec(clients: int, params: int, rounds: int, workers: int | None = None, **extra) -> SimulationSpec:
+    """Training rounds of :class:`SyntheticClient` over two combiner groups (no evaluation: these
+    benchmarks measure training)."""
+    return parse_spec(
+        client="bench.workloads:SyntheticClient",
+        client_args={"params": params},
+        eval_args=None,
+        federated_eval=False,
+        clients=clients,
+        combiners=2,
+        rounds=rounds,
+        workers=workers or auto_workers(),
+        **extra,
+    )
+
+
+def digits_spec(clients: int, rounds: int, alpha: float = 0.3, workers: int | None = None, **extra) -> SimulationSpec:
+    """The digits example over two combiner groups, label-skewed by Dirichlet(``alpha``), seed 7: the
+    accuracy benchmarks' common run."""
+    return parse_spec(
+        client="examples.digits:DigitsClient",
+        clients=clients,
+        combiners=2,
+        rounds=rounds,
+        partition="dirichlet",
+        alpha=alpha,
+        seed=7,
+        workers=workers or auto_workers(),
+        **extra,
+    )
 
 
 class SyntheticClient:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedn.codec import decode_model
-from fedn.launcher import FederationSpec, LocalFederation
+from fedn.launcher import FederationSpec
+from tests.federations import serving
 
 CLIENT = "examples.digits:DigitsClient"
 
@@ -25,13 +26,6 @@ def federation(request, tmp_path: Path):
     urls = {}
     if request.param == "mongo+minio":
         urls = {"state_url": request.getfixturevalue("mongo_url"), "models_url": request.getfixturevalue("s3_url")}
-    fed = LocalFederation(
-        FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed", **urls)
-    )
-    fed.start()
-    try:
-        fed.start_clients()
+    spec = FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed", **urls)
+    with serving(spec) as fed:
         yield fed
-    finally:
-        fed.stop()
-        assert all(not p.is_running() for p in fed.processes)

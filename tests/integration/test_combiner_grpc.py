@@ -18,13 +18,14 @@ from fedn.v1 import fedn_pb2 as pb
 
 
 class FakeClient:
-    """A client speaking the protocol by hand: opens a task stream and collects its tasks."""
+    """A client speaking the protocol by hand: opens a task stream (announcing ``codecs``) and collects its tasks."""
 
-    def __init__(self, stub, client_id: str) -> None:
+    def __init__(self, stub, client_id: str, codecs: tuple[str, ...] = ()) -> None:
         self.stub, self.client_id = stub, client_id
         self.tasks: list[wire.TaskInfo] = []
         self.train_task = threading.Event()
-        self._call = stub.TaskStream(pb.TaskStreamRequest(client_id=client_id, client_name=client_id))
+        request = pb.TaskStreamRequest(client_id=client_id, client_name=client_id, codecs=list(codecs))
+        self._call = stub.TaskStream(request)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 

@@ -22,35 +22,16 @@ from fedn.compression import (
 from fedn.models import save_model
 from fedn.records import RoundPlan
 from fedn.v1 import fedn_pb2 as pb
+from tests.integration.test_combiner_grpc import FakeClient
 
 ALL_CODECS = ("float16", "int8", "topk")
 
 
-class CodecClient:
+class CodecClient(FakeClient):
     """A client speaking the protocol by hand, announcing ``codecs`` on its task stream."""
 
     def __init__(self, stub, client_id: str, codecs=ALL_CODECS) -> None:
-        self.stub, self.client_id = stub, client_id
-        self.tasks: list[wire.TaskInfo] = []
-        self.train_task = threading.Event()
-        request = pb.TaskStreamRequest(client_id=client_id, client_name=client_id, codecs=list(codecs))
-        self._call = stub.TaskStream(request)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for msg in self._call:
-                task = wire.task_from_proto(msg)
-                self.tasks.append(task)
-                if task.kind == "train":
-                    self.train_task.set()
-        except grpc.RpcError:
-            pass
-
-    def wait_task(self) -> wire.TaskInfo:
-        assert self.train_task.wait(20), f"{self.client_id} got no train task"
-        return next(t for t in self.tasks if t.kind == "train")
+        super().__init__(stub, client_id, tuple(codecs))
 
     def download(self, task: wire.TaskInfo) -> tuple[list, dict[str, np.ndarray], int]:
         """(manifest, the model as received, payload bytes received)."""

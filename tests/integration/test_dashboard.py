@@ -17,6 +17,7 @@ from fedn.auth.tokens import Role
 from fedn.codec import encode_model
 from fedn.launcher import FederationSpec, LocalFederation
 from fedn.records import SessionStatus
+from tests.federations import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -59,16 +60,11 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[LocalFederation]:
-    fed = LocalFederation(
-        FederationSpec(client="examples.digits:DigitsClient", num_combiners=1, num_clients=2, workdir=tmp_path / "fed")
+    spec = FederationSpec(
+        client="examples.digits:DigitsClient", num_combiners=1, num_clients=2, workdir=tmp_path / "fed"
     )
-    fed.start()
-    try:
-        fed.start_clients()
+    with serving(spec) as fed:
         yield fed
-    finally:
-        fed.stop()
-        assert all(not p.is_running() for p in fed.processes)
 
 
 class _Page:

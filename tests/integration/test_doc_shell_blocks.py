@@ -59,6 +59,7 @@ from fedn.cli import main
 from fedn.errors import FednError
 from fedn.launcher import FederationSpec, LocalFederation, free_port
 from tests.doc_blocks import ROOT, Block, Command, all_blocks, command_class, fedn_argv, shell_commands
+from tests.federations import serving
 
 DIGITS = "examples.digits:DigitsClient"
 SHELL_BLOCKS = [b for b in all_blocks() if b.is_shell and b.not_run is None]
@@ -73,16 +74,9 @@ _LOCAL_ONLY_SWITCHES = {"--insecure", "--central-eval", "--no-eval"}
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    fed = LocalFederation(
-        FederationSpec(client=DIGITS, num_combiners=1, num_clients=2, workdir=tmp_path_factory.mktemp("doc-fed"))
-    )
-    fed.start()
-    try:
-        fed.start_clients()
+    spec = FederationSpec(client=DIGITS, num_combiners=1, num_clients=2, workdir=tmp_path_factory.mktemp("doc-fed"))
+    with serving(spec) as fed:
         yield fed
-    finally:
-        fed.stop()
-        assert all(not p.is_running() for p in fed.processes)
 
 
 @dataclass
