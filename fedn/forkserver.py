@@ -24,6 +24,7 @@ import logging
 import os
 import runpy
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -177,6 +178,13 @@ class ForkedProcess:
 # -- the server --------------------------------------------------------------------------------------
 
 
+def _retitle(args: list[str]) -> None:
+    """Show the child as the command it runs (``ps``, ``top``, ``pgrep -f``), not as the fork server."""
+    import setproctitle
+
+    setproctitle.setproctitle(shlex.join([sys.executable, "-m", "fedn", *args]))
+
+
 def _child(args: list[str], env: dict[str, str], log: str, keep: Sequence[int]) -> None:
     """In the forked child: become ``python -m fedn ARGS`` with ``env``, output to ``log``. Never returns."""
     code = 1
@@ -199,6 +207,7 @@ def _child(args: list[str], env: dict[str, str], log: str, keep: Sequence[int]) 
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own stdio, open for its life
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        _retitle(args)  # before the environment is replaced: setproctitle needs it where the kernel put it
         os.environ.clear()
         os.environ.update(env)
         sys.argv = ["fedn", *args]

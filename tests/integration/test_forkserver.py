@@ -67,8 +67,11 @@ def test_a_forked_server_stops_on_sigterm_and_the_fork_server_stops_what_is_left
                 time.sleep(0.2)
         raise AssertionError(f"{name} did not answer: {proc.log_tail()}")
 
-    first, _ = reducer("first")
+    first, port = reducer("first")
     assert first.is_running() and os.getpgid(first.pid) == first.pid  # a session of its own
+    # ps and pgrep -f show the command it runs, not the fork server's
+    cmdline = Path(f"/proc/{first.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    assert cmdline == f"{sys.executable} -m fedn reducer start --host 127.0.0.1 --port {port}"
     assert first.stop(30) == 0  # SIGTERM: a clean stop
 
     second, _ = reducer("second")
