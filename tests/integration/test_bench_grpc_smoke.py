@@ -66,4 +66,4 @@ def test_grpc_scale_bench_smoke(capsys):
     assert row["bench"] == "grpc_scale" and row["clients"] == 6 and row["combiners"] == 3 and row["tls"]
     assert len(row["combiner_rss_mb_peak"]) == 3 and row["client_errors"] == 0
     assert set(row["met"]) == {"s_per_round", "combiner_rss", "no_client_errors"} and row["met"]["no_client_errors"]
-    assert row["client_error_kinds"] == {} and row["rebalanced_streams"] >= 0
+    assert row["client_error_kinds"] == {} and "rebalanced_streams" in row
