@@ -31,6 +31,7 @@ __all__ = [
     "ALLOWED_DTYPES",
     "NamedArrays",
     "SpooledTensor",
+    "StagedTensor",
     "TensorSpec",
     "check_finite",
     "check_manifest",
@@ -98,7 +99,13 @@ def _dtype_of(array: object) -> np.dtype:
     return dtype if isinstance(dtype, np.dtype) else np.asarray(array).dtype
 
 
-class SpooledTensor:
+class StagedTensor:
+    """A tensor of a staged update that is read in slices (a file, a compressed payload), never changed."""
+
+    finite: bool = False  # every value was found finite (check_finite)
+
+
+class SpooledTensor(StagedTensor):
     """A tensor that stays in a file and is read a slice at a time.
 
     A large update is staged in a temporary file rather than memory; the checks and folds that walk
@@ -362,12 +369,18 @@ _FINITE_SLICE = 1 << 18  # elements checked at a time: the temporary stays small
 
 
 def check_finite(name: str, array: np.ndarray | SpooledTensor) -> None:
-    """Raise NonFiniteValues if a float ``array`` holds NaN or Inf."""
-    if _dtype_of(array).kind != "f":
+    """Raise NonFiniteValues if a float ``array`` holds NaN or Inf.
+
+    A staged tensor (spooled, or decoded from a compressed payload) cannot change once staged, and
+    reading it means reading a file or decoding it: one that passed keeps ``finite`` set, so the
+    aggregator's own check after the combiner's does not read it again."""
+    if _dtype_of(array).kind != "f" or getattr(array, "finite", False):
         return
     for _, _, part in flat_slices(array, _FINITE_SLICE):
         if not np.isfinite(part).all():
             raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+    if isinstance(array, StagedTensor):
+        array.finite = True
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from fedn.codec import TensorSpec
+from fedn.codec import StagedTensor, TensorSpec
 from fedn.compression_format import (
     CODECS,
     Compression,
@@ -248,7 +248,7 @@ def _view(buffer: object, dtype: str, count: int, offset: int) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)  # type: ignore[call-overload]
 
 
-class CompressedTensor:
+class CompressedTensor(StagedTensor):
     """Reads like the dense update (base + decoded delta), one slice at a time.
 
     It holds views of the payload and of the base, never a decoded copy, so a fold reads it with

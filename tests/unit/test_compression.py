@@ -493,3 +493,23 @@ def test_an_int8_block_larger_than_the_tensor_is_one_scale_and_sizes_no_buffer()
     lazy = decode_update(payload, base, manifest, huge)["w"]
     assert [part.size for _, _, part in lazy.flat_slices(128)] == [128, 128, 44]
     np.testing.assert_allclose(lazy.to_numpy(), params["w"], atol=float(np.abs(params["w"]).max()) / 127)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_compressed_update_found_finite_is_not_decoded_again(codec: str, monkeypatch) -> None:
+    # the combiner's check and the aggregator's both read the update: the second must not decode it again
+    payload, base, manifest, c = _payload(codec)
+    lazy = decode_update(bytes(payload), base, manifest, c)
+    decodes: list[tuple[int, int]] = []
+    original = CompressedTensor._dense
+
+    def counted(self, start: int, stop: int) -> np.ndarray:
+        decodes.append((start, stop))
+        return original(self, start, stop)
+
+    monkeypatch.setattr(CompressedTensor, "_dense", counted)
+    check_finite("w", lazy["w"])
+    assert decodes == [(0, 1000)] and lazy["w"].finite
+    agg = WeightedMean(manifest)
+    agg.add(lazy, 1.0)  # validate (skipped for "w") and the fold (which decodes it)
+    assert decodes == [(0, 1000), (0, 1000)]

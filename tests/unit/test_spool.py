@@ -126,3 +126,30 @@ def test_a_robust_rule_reads_spooled_updates_whole(spool):
 def test_peak_rss_is_at_least_the_current_rss():
     assert peak_rss_mb(os.getpid()) >= rss_mb(os.getpid()) > 0
     assert peak_rss_mb(2**22 + 12345) == 0.0  # no such process
+
+
+def test_a_staged_tensor_found_finite_is_not_read_again(spool, monkeypatch):
+    # the combiner checks every staged update, then the aggregator checks it again: the second check
+    # of a spooled (or compressed) tensor would read the file (or decode the payload) once more
+    reads: list[SpooledTensor] = []
+    original = SpooledTensor.read
+
+    def counted(self, start, stop, out=None):
+        reads.append(self)
+        return original(self, start, stop, out)
+
+    monkeypatch.setattr(SpooledTensor, "read", counted)
+    staged = spool(_model())  # "w" and "b" are one slice each
+    check_finite("w", staged["w"])
+    assert reads == [staged["w"]] and staged["w"].finite
+    check_finite("w", staged["w"])
+    WeightedMean(manifest_of(_model())).validate(staged, 1.0)  # the aggregator's own check
+    assert reads == [staged["w"], staged["b"]]  # "w" was not read again; "b" had not been checked
+
+    bad = _model()
+    bad["w"][-1, -1] = np.nan
+    tainted = spool(bad)
+    for _ in range(2):  # a tensor that failed is not marked: checked again, it fails again
+        with pytest.raises(NonFiniteValues):
+            check_finite("w", tainted["w"])
+        assert not tainted["w"].finite
