@@ -48,8 +48,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 # A combiner silent for this many of its heartbeat intervals (each heartbeat tells the interval) is
-# taken for gone, unless heartbeat_timeout_s is longer.
+# taken for gone, unless heartbeat_timeout_s is longer; but never after more than MAX_SILENCE_S.
 SILENT_HEARTBEATS = 3.0
+MAX_SILENCE_S = 600.0
 
 
 class AssignsClients(Protocol):
@@ -176,7 +177,10 @@ class ClientRuntime:
                 if not connected:
                     connected = self._connected = True
                     logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
-                task = self._heard(wire.task_from_proto(item))
+                try:
+                    task = self._heard(wire.task_from_proto(item))
+                except FednError as exc:
+                    return self._malformed(exc)
                 if task.kind == "train":
                     ended = self._run_train_task(stub, task, inbox)
                     if ended is not None:
@@ -191,12 +195,18 @@ class ClientRuntime:
             channel.close()
             reader.join(timeout=5)
 
+    def _malformed(self, exc: FednError) -> str:
+        """A task no combiner of ours would send: leave the stream and ask the reducer again."""
+        logger.error("combiner %s sent a task this client cannot take: %s", self.combiner_id, exc.message)
+        return f"malformed task: {exc.message}"
+
     def _heard(self, task: wire.TaskInfo) -> wire.TaskInfo:
         """A heartbeat tells the combiner's interval (``timeout_s``): with many clients it sends them
         further apart, so the silence that means it is gone is the longer of ``heartbeat_timeout_s`` and
         :data:`SILENT_HEARTBEATS` intervals."""
         if task.kind == "heartbeat" and task.timeout_s > 0:
-            self._silence_s = max(self._heartbeat_timeout_s, SILENT_HEARTBEATS * task.timeout_s)
+            announced = min(SILENT_HEARTBEATS * task.timeout_s, MAX_SILENCE_S)
+            self._silence_s = max(self._heartbeat_timeout_s, announced)
         return task
 
     @staticmethod
@@ -332,7 +342,10 @@ class ClientRuntime:
                 return _StreamEnded(f"no message for {self._silence_s:g}s")
             if isinstance(item, _StreamEnded):
                 return item
-            waiting = self._heard(wire.task_from_proto(item))
+            try:
+                waiting = self._heard(wire.task_from_proto(item))
+            except FednError as exc:
+                return _StreamEnded(self._malformed(exc))
             if waiting.kind == "upload_grant" and waiting.round_id == task.round_id:
                 return True
             if waiting.kind == "train":  # the round moved on without us; serve the new task next

@@ -132,14 +132,18 @@ def task_to_proto(task: TaskInfo) -> pb.Task:
 
 
 def task_from_proto(msg: pb.Task) -> TaskInfo:
+    """A task as a client receives it; InvalidArgument for one no combiner of ours would send."""
     kind = {v: k for k, v in _TASK_KINDS.items()}.get(msg.kind, "unknown")
+    timeout_s = float(msg.timeout_s)
+    if not (math.isfinite(timeout_s) and 0 <= timeout_s <= MAX_TIMEOUT_S):
+        raise InvalidArgument(f"task timeout_s must be a number of seconds in [0, {MAX_TIMEOUT_S:g}], got {timeout_s}")
     return TaskInfo(
         kind=kind,
         round_id=msg.round_id,
         session_id=msg.session_id,
         model_id=msg.model_id,
         round_index=int(msg.round_index),
-        timeout_s=float(msg.timeout_s),
+        timeout_s=timeout_s,
         config=config_from_proto(msg.config),
         compression=check_text(msg.compression, "compression", MAX_KEY_CHARS),
         downlink_compression=check_text(msg.downlink_compression, "downlink_compression", MAX_KEY_CHARS),

@@ -154,6 +154,45 @@ def test_waits_as_long_as_the_combiner_says_its_heartbeats_are_apart(loop_thread
         loop_thread.run(slow.stop(0.1))
 
 
+def test_an_announced_interval_stretches_the_silence_a_client_waits_but_only_so_far():
+    from client.runtime import MAX_SILENCE_S
+
+    runtime = ClientRuntime(Client(), FakeReducer([]), name="site-a", heartbeat_timeout_s=10.0)
+    seen = []
+    for interval in (0.0, 1.0, 5.0, 1e7):
+        runtime._heard(wire.TaskInfo("heartbeat", timeout_s=interval))
+        seen.append(runtime._silence_s)
+    assert seen == [10.0, 10.0, 15.0, MAX_SILENCE_S]  # its own timeout, 3 intervals, at most 10 minutes
+
+
+def test_leaves_a_combiner_that_sends_a_task_it_cannot_take(runtime_factory, caplog):
+    # a heartbeat whose interval is NaN (a broken or hostile combiner): the client logs it, leaves the
+    # stream and asks the reducer again; it does not wait forever or crash
+    from concurrent import futures
+
+    import grpc
+
+    from fedn.v1 import fedn_pb2 as pb
+    from fedn.v1 import fedn_pb2_grpc as pb_grpc
+
+    class Broken(pb_grpc.CombinerServicer):
+        def TaskStream(self, request, context):
+            yield pb.Task(kind=pb.TASK_KIND_HEARTBEAT, timeout_s=float("nan"))
+            time.sleep(30)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_CombinerServicer_to_server(Broken(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        reducer = FakeReducer([("broken", f"127.0.0.1:{port}")])
+        runtime_factory(Client(), reducer, heartbeat_timeout_s=60.0, backoff_max_s=0.05)
+        _wait(lambda: len(reducer.calls) >= 2, "the client to ask the reducer again")
+        assert "combiner broken sent a task this client cannot take: task timeout_s must be" in caplog.text
+    finally:
+        server.stop(0)
+
+
 def test_keeps_asking_while_the_reducer_has_no_combiner(runtime_factory):
     from fedn.errors import Unavailable
 

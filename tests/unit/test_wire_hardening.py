@@ -61,3 +61,19 @@ def test_a_malformed_digest_is_refused():
     announcement = wire.pb.ModelAnnouncement(session_id="s1", model_id="m2", model_version=1, model_sha256="AB" * 32)
     with pytest.raises(InvalidArgument, match="model_sha256"):
         wire.announcement_from_proto(announcement)
+
+
+@pytest.mark.parametrize("timeout_s", [float("nan"), float("inf"), -1.0, 2.0**63, 1e308])
+def test_a_task_with_a_timeout_no_combiner_sends_is_refused(timeout_s: float):
+    # a client waits on a heartbeat's interval and a train task's deadline: NaN or 2**63 there would
+    # make it wait forever or fail inside the standard library's timers
+    msg = wire.task_to_proto(wire.TaskInfo("heartbeat", timeout_s=0.0))
+    msg.timeout_s = timeout_s
+    with pytest.raises(InvalidArgument, match="timeout_s"):
+        wire.task_from_proto(msg)
+
+
+def test_a_task_timeout_from_zero_to_116_days_is_taken():
+    for timeout_s in (0.0, 2.5, 1e7):
+        task = wire.TaskInfo("train", timeout_s=timeout_s)
+        assert wire.task_from_proto(wire.task_to_proto(task)).timeout_s == timeout_s
