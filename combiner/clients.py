@@ -26,6 +26,9 @@ HEARTBEAT = TaskInfo("heartbeat")  # kind only; the ones sent carry the interval
 # Heartbeats go out in this many passes per interval, each to the streams that have heard nothing for
 # about an interval: spread over time rather than one burst to every stream.
 _HEARTBEAT_PASSES = 8
+# Clients give up on a combiner after three intervals, but never wait more than 10 minutes
+# (client.runtime.MAX_SILENCE_S): heartbeats are never further apart than this, whatever the settings.
+MAX_HEARTBEAT_INTERVAL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ class ClientHub:
         when that would send more than ``max_heartbeats_per_s`` in all. Each heartbeat costs a message
         on both ends; at a fixed interval their cost would grow with the number of clients, and so would
         the time a round takes, so the cost of a round would grow with its square."""
-        return max(self._heartbeat_interval_s, len(self._clients) / self._max_heartbeats_per_s)
+        wanted = max(self._heartbeat_interval_s, len(self._clients) / self._max_heartbeats_per_s)
+        return min(wanted, MAX_HEARTBEAT_INTERVAL_S)
 
     def heartbeat(self) -> TaskInfo:
         """A heartbeat: ``timeout_s`` tells the client the interval, so it knows how long a silence means

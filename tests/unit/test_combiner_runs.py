@@ -296,6 +296,11 @@ def test_heartbeats_come_further_apart_when_there_are_more_clients_than_the_rate
         hub = ClientHub(clock, heartbeat_interval_s=1.0, max_heartbeats_per_s=4.0)
         conns = [hub.connect(f"c{i}", f"c{i}")[0] for i in range(20)]  # 20 clients at 4 a second: every 5 s
         assert hub.heartbeat_interval_s() == 5.0 and hub.heartbeat().timeout_s == 5.0
+        # however few a second are allowed, or however long the interval, clients hear at least every 2 min
+        assert ClientHub(clock, heartbeat_interval_s=1e9).heartbeat_interval_s() == 120.0
+        slow = ClientHub(clock, max_heartbeats_per_s=1e-6)
+        slow.connect("x", "x")
+        assert slow.heartbeat_interval_s() == 120.0
         beats = asyncio.ensure_future(hub.send_heartbeats())
         await _settle()
         sent = 0
