@@ -27,9 +27,15 @@ from fedn.sim import Simulation, auto_workers
 
 __all__ = ["codec_speed", "digits_run", "main"]
 
-CODECS = ("none", "float16", "int8:block=256", "topk:ratio=0.01", "topk:ratio=0.01,warmup=3")
+CODECS = ("none", "float16", "int8:block=256", "topk:ratio=0.01", "topk:ratio=0.01,warmup=3", "topk:ratio=0.02")
 # (min bytes ratio, max accuracy drop); the warm-up (25%, 6.25%, 1.5625% in rounds 1-3) is counted in the bytes
-TARGETS = {"int8:block=256": (3.9, 0.5), "topk:ratio=0.01": (20.0, 2.0), "topk:ratio=0.01,warmup=3": (20.0, 2.0)}
+# 2%: the smallest share found to hold the top-k thresholds on this run (issue 17 names 1%)
+TARGETS = {
+    "int8:block=256": (3.9, 0.5),
+    "topk:ratio=0.01": (20.0, 2.0),
+    "topk:ratio=0.01,warmup=3": (20.0, 2.0),
+    "topk:ratio=0.02": (20.0, 2.0),
+}
 
 
 def digits_run(compression: str, *, clients: int, rounds: int, workers: int, alpha: float = 0.3) -> dict:
