@@ -24,12 +24,13 @@ from typing import Protocol
 import grpc
 import numpy as np
 
+from client.download import download_model
 from fedn import wire
 from fedn.auth.rpc import open_channel
-from fedn.chunking import DEFAULT_CHUNK_BYTES, ChunkAssembler
-from fedn.codec import NamedArrays, TensorSpec, decode_payload
-from fedn.compression import CODECS, Compression, decode_model_downlink, encode_update, parse_compression
-from fedn.errors import FednError, InvalidModel, PayloadTooLarge
+from fedn.chunking import DEFAULT_CHUNK_BYTES
+from fedn.codec import NamedArrays, TensorSpec
+from fedn.compression import CODECS, Compression, encode_update, parse_compression
+from fedn.errors import FednError
 from fedn.tls import TLSFiles
 from fedn.train_result import check_evaluate_result, check_train_result
 from fedn.v1 import fedn_pb2 as pb
@@ -360,30 +361,15 @@ class ClientRuntime:
         codec = codec or Compression()
         key = (model_id, codec.text())
         if self._model_cache is None or self._model_cache[0] != key:
-            request = pb.DownloadModelRequest(
-                model_id=model_id, client_id=self.client_id or "", compression="" if codec.lossless else key[1]
+            manifest, arrays = download_model(
+                stub,
+                model_id,
+                self.client_id or "",
+                timeout_s=timeout_s,
+                max_model_bytes=self._max_model_bytes,
+                codec=codec,
             )
-            stream = stub.DownloadModel(request, timeout=timeout_s)
-            first = next(stream, None)
-            if first is None or first.WhichOneof("part") != "header":
-                raise InvalidModel("model stream did not start with a header")
-            header = wire.model_header_from_proto(first.header)
-            if header.payload_bytes > self._max_model_bytes:
-                stream.cancel()  # refused from its header: none of it is downloaded
-                raise PayloadTooLarge(
-                    f"model {model_id} has {header.payload_bytes} bytes, larger than this client accepts "
-                    f"({self._max_model_bytes}, --max-model-bytes)"
-                )
-            assembler = ChunkAssembler(header.payload_bytes, header.sha256)
-            for msg in stream:
-                assembler.add(msg.data)
-            payload = assembler.finish()
-            if codec.lossless:
-                arrays = decode_payload(header.tensors, payload)
-            else:
-                arrays = decode_model_downlink(payload, header.tensors, codec)
-            del payload
-            self._model_cache = (key, header.tensors, arrays)
+            self._model_cache = (key, manifest, arrays)
         _, manifest, arrays = self._model_cache
         return manifest, {name: a.copy() for name, a in arrays.items()}
 

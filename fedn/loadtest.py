@@ -1,10 +1,11 @@
 """Load-test a real deployment: a reducer and combiners as processes, N emulated clients over real gRPC.
 
 The emulated clients do what the client runtime does (ask the reducer for a combiner, open a task
-stream, download the model, upload an update) but train by adding a constant, so the numbers are
-those of the framework: assignment, streaming, validation, folding, merging and the stores. The
-clients share one process of their own (``python -m fedn.loadtest``, see :func:`main`) and a few
-channels, which is how 1000 fit on two cores.
+stream, download the model, upload an update, and ask the reducer again when the stream ends) but
+train by adding a constant, so the numbers are those of the framework: assignment, streaming,
+validation, folding, merging and the stores. The clients share one process of their own
+(``python -m fedn.loadtest``, see :func:`main`) and a few channels, which is how 10,000 fit on two
+cores.
 """
 
 from __future__ import annotations
