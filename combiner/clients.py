@@ -18,11 +18,10 @@ from fedn.errors import InvalidArgument, ResourceExhausted, Unavailable
 from fedn.metrics import CombinerMetrics
 from fedn.wire import SHED_MESSAGE, TaskInfo
 
-__all__ = ["HEARTBEAT", "SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
+__all__ = ["SHED_MESSAGE", "ClientConnection", "ClientHub", "TaskQueue"]
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = TaskInfo("heartbeat")  # kind only; the ones sent carry the interval (ClientHub.heartbeat)
 # Heartbeats go out in this many passes per interval, each to the streams that have heard nothing for
 # about an interval: spread over time rather than one burst to every stream.
 _HEARTBEAT_PASSES = 8
@@ -194,7 +193,7 @@ class ClientHub:
             every = self.heartbeat_interval_s()
             step = every / _HEARTBEAT_PASSES
             await self._clock.sleep(step)
-            now, beat = self._clock.now(), self.heartbeat()
+            now, beat = self._clock.now(), TaskInfo("heartbeat", timeout_s=every)
             for conn in list(self._clients.values()):
                 if not conn.shed and conn.tasks.empty() and now - conn.last_sent >= every - step / 2:
                     conn.tasks.put_nowait(beat)

@@ -157,6 +157,8 @@ async def _emulated_client(stub: pb_grpc.CombinerStub, client_id: str, token: st
         return what, "closed by the combiner"
     except grpc.aio.AioRpcError as exc:
         return what, f"{exc.code().name}: {exc.details()}"
+    except FednError as exc:  # a task or a model this client refuses: counted, and it asks again
+        return what, f"refused: {exc.message}"
     finally:
         call.cancel()
 

@@ -41,3 +41,30 @@ def test_a_row_counts_errors_and_rebalances_apart():
     assert row["client_error_kinds"] == {"DownloadModel DEADLINE_EXCEEDED: slow": 2, "Unavailable: no live combiner": 1}
     clean = _result({f"TaskStream UNAVAILABLE: {SHED_MESSAGE}": 3}).row()
     assert (clean["client_errors"], clean["client_error_kinds"], clean["rebalanced_streams"]) == (0, {}, 3)
+
+
+def test_a_task_the_emulated_client_refuses_is_counted_not_lost():
+    # a combiner that sends a task no combiner of ours would (here a NaN interval) ends that stream as
+    # a client error; the emulated client does not die silently
+    import asyncio
+
+    from fedn.loadtest import _emulated_client
+    from fedn.v1 import fedn_pb2 as pb
+
+    class Call:
+        def __aiter__(self):
+            async def tasks():
+                yield pb.Task(kind=pb.TASK_KIND_HEARTBEAT, timeout_s=float("nan"))
+
+            return tasks()
+
+        def cancel(self) -> None:
+            pass
+
+    class Stub:
+        def TaskStream(self, request, metadata=None):
+            return Call()
+
+    what, how = asyncio.run(_emulated_client(Stub(), "c1"))
+    assert what == "TaskStream" and how.startswith("refused: task timeout_s must be")
+    assert is_client_error(f"{what} {how}")
