@@ -374,6 +374,10 @@ def check_finite(name: str, array: np.ndarray | SpooledTensor) -> None:
     A staged tensor (spooled, or decoded from a compressed payload) cannot change once staged, and
     reading it means reading a file or decoding it: one that passed keeps ``finite`` set, so the
     aggregator's own check after the combiner's does not read it again."""
+    if isinstance(array, np.ndarray) and array.size <= _FINITE_SLICE:  # the common case, without slicing
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
+        return
     if _dtype_of(array).kind != "f" or getattr(array, "finite", False):
         return
     for _, _, part in flat_slices(array, _FINITE_SLICE):

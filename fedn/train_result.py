@@ -22,9 +22,9 @@ def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[Name
     params, num_examples, metrics = result
     if not isinstance(params, Mapping):
         raise ValueError(f"train returned params of type {type(params).__name__}, expected a dict of arrays")
-    names = [s.name for s in manifest]
-    missing, extra = sorted(set(names) - set(params)), sorted(set(params) - set(names))
-    if missing or extra:
+    if len(params) != len(manifest) or not all(spec.name in params for spec in manifest):
+        names = {spec.name for spec in manifest}
+        missing, extra = sorted(names - set(params)), sorted(map(str, set(params) - names))
         raise ValueError(f"train returned other tensors than it received: missing {missing[:5]}, extra {extra[:5]}")
     out: NamedArrays = {}
     for spec in manifest:

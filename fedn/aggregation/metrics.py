@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from fedn.records import MetricSummary
@@ -22,7 +23,7 @@ class MetricsAccumulator:
     def add(self, metrics: Mapping[str, float], weight: float) -> None:
         for name, raw in metrics.items():
             value = float(raw)
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 continue  # a non-finite metric is dropped, not allowed to poison the mean
             self._sum[name] = self._sum.get(name, 0.0) + weight * value
             self._weight[name] = self._weight.get(name, 0.0) + weight

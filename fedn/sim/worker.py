@@ -141,6 +141,7 @@ class Worker:
         self.uplink = parse_compression(spec.compression)
         self.downlink = parse_compression(spec.downlink_compression)
         self.residuals: ClientStateStore | None = None
+        self._payload_bytes = payload_bytes(manifest)
         self._residual_names = [s.name for s in manifest if np.dtype(s.dtype).kind == "f"]
         if not self.uplink.lossless and self.uplink.error_feedback and self._residual_names:
             if state_dir is None:
@@ -160,7 +161,7 @@ class Worker:
     def _upload(self, cid: int, round_index: int, arrays: NamedArrays, received: NamedArrays) -> tuple[Any, int]:
         """What the combiner folds of client ``cid``'s update, and the bytes the client sent."""
         if self.uplink.lossless:
-            return arrays, payload_bytes(self.manifest)
+            return arrays, self._payload_bytes
         uplink = self.uplink.for_round(round_index)  # a top-k warm-up's share of this round
         residual: dict[str, np.ndarray] | None = None
         if self.residuals is not None:

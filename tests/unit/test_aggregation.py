@@ -258,3 +258,48 @@ def test_finish_equals_partial_and_spends_the_accumulator():
     assert (done.total_weight, done.count) == (expected.total_weight, expected.count)
     with pytest.raises((InvalidArgument, KeyError)):
         acc.add(updates[0], 1.0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"a": None},  # np.dtype(None) is float64: a missing tensor must not pass as float64
+        {"a": np.zeros((2, 2), np.float32)},  # the dtype differs
+        {"a": np.zeros(4, np.float64)},  # the shape differs
+        {"a": np.zeros((2, 2)), "b": np.zeros(1)},  # one tensor too many
+        {"b": np.zeros((2, 2))},  # the name differs
+    ],
+)
+def test_an_update_unlike_the_manifest_is_refused_by_name_shape_and_dtype(bad):
+    acc = WeightedMean(manifest_of({"a": np.zeros((2, 2))}))
+    acc.add({"a": np.ones((2, 2))}, 1.0)
+    with pytest.raises(InvalidModel):
+        acc.add(bad, 1.0)
+    assert acc.count == 1
+    np.testing.assert_array_equal(acc.partial().arrays["a"], np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("weight", ["3", None, float("nan"), float("inf"), -1, 0, np.float32("nan")])
+def test_a_weight_that_is_not_a_positive_finite_number_is_refused(weight):
+    acc = WeightedMean(manifest_of({"a": np.zeros(3)}))
+    with pytest.raises(InvalidArgument):
+        acc.add({"a": np.ones(3)}, weight)
+    with pytest.raises(InvalidArgument):
+        acc.add({"a": np.ones(3)}, 1.0, scale=weight)
+    assert acc.count == 0
+    acc.add({"a": np.ones(3)}, np.int64(2))  # numpy numbers are numbers
+    acc.add({"a": np.zeros(3)}, np.float32(2.0))
+    np.testing.assert_array_equal(acc.partial().arrays["a"], np.full(3, 0.5))
+
+
+@pytest.mark.parametrize("size", [5, (1 << 18) + 3])  # checked whole, and slice by slice
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_anywhere_is_found(size, value):
+    acc = WeightedMean(manifest_of({"a": np.zeros(size, np.float32)}))
+    bad = np.zeros(size, np.float32)
+    bad[-1] = value
+    with pytest.raises(NonFiniteValues):
+        acc.add({"a": bad}, 1.0)
+    ints = WeightedMean(manifest_of({"a": np.zeros(size, np.int64)}))
+    ints.add({"a": np.full(size, 2**62, np.int64)}, 1.0)  # integers are always finite
+    assert ints.partial().arrays["a"][-1] == 2.0**62

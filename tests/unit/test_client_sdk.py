@@ -51,6 +51,11 @@ def test_check_train_result_reorders_and_casts():
     [
         (None, "must return"),
         (({"a": np.zeros(2, np.float32)}, 1, {}), "missing"),
+        (({"a": np.zeros(2, np.float32), "c": np.zeros((1, 2), np.float32)}, 1, {}), r"missing \['b'\], extra \['c'\]"),
+        (
+            ({"a": np.zeros(2), "b": np.zeros((1, 2)), 7: np.zeros(1), "z": 0}, 1, {}),
+            r"missing \[\], extra \['7', 'z'\]",
+        ),
         (({"a": np.zeros(3, np.float32), "b": np.zeros((1, 2), np.float32)}, 1, {}), "shape"),
         (({"a": np.zeros(2, np.int32), "b": np.zeros((1, 2), np.float32)}, 1, {}), "dtype"),
         (({"a": np.zeros(2, np.float32), "b": np.zeros((1, 2), np.float32)}, 0, {}), "positive"),
