@@ -303,3 +303,47 @@ def test_a_non_finite_value_anywhere_is_found(size, value):
     ints = WeightedMean(manifest_of({"a": np.zeros(size, np.int64)}))
     ints.add({"a": np.full(size, 2**62, np.int64)}, 1.0)  # integers are always finite
     assert ints.partial().arrays["a"][-1] == 2.0**62
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    weights=st.lists(st.sampled_from([1.0, 3.0, 1000.0, 2.0**-30]), min_size=1, max_size=30),
+    peek=st.integers(0, 30),
+    base_at=st.integers(0, 30),
+)
+def test_runs_of_equal_weights_fold_to_flat_fedavg(seed, weights, peek, base_at):
+    """Equal weights in a row are summed first and scaled once; a partial taken mid-run, an update
+    folded against a base, and a weight change all end the run without changing the mean."""
+    updates = [{k: np.asarray(v) for k, v in u.items()} for u in _updates(seed, len(weights))[0]]  # 0-d arrays too
+    acc = WeightedMean(manifest_of(updates[0]))
+    zeros = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    for i, (u, w) in enumerate(zip(updates, weights, strict=True)):
+        if i == base_at:
+            acc.add(u, w, base=zeros)  # the same update as a delta from zero: the other path
+        else:
+            acc.add(u, w)
+        if i == peek:
+            middle = acc.partial()
+            expected = _flat_fedavg(updates[: i + 1], weights[: i + 1])
+            for k in SHAPES:
+                np.testing.assert_allclose(middle.arrays[k], expected[k], rtol=1e-9, atol=1e-9)
+    expected = _flat_fedavg(updates, weights)
+    done = acc.finish()
+    assert done.count == len(weights) and done.total_weight == sum(weights)
+    for k in SHAPES:
+        np.testing.assert_allclose(done.arrays[k], expected[k], rtol=1e-9, atol=1e-9)
+
+
+def test_an_update_refused_mid_run_leaves_the_run_as_it_was():
+    updates = [{k: np.asarray(v) for k, v in u.items()} for u in _updates(11, 4)[0]]
+    acc = WeightedMean(manifest_of(updates[0]))
+    for u in updates[:3]:
+        acc.add(u, 5.0)
+    bad = {**updates[3], "layer.b": np.full(5, np.nan, np.float32)}
+    with pytest.raises(NonFiniteValues):
+        acc.add(bad, 5.0)
+    acc.add(updates[3], 5.0)
+    expected = _flat_fedavg(updates, [5.0] * 4)
+    for k in SHAPES:
+        np.testing.assert_allclose(acc.partial().arrays[k], expected[k], rtol=1e-12)
