@@ -4,7 +4,8 @@ The run of bench/sim.py's ``digits()`` (100 clients, Dirichlet alpha 0.3, 30 rou
 combiner groups) once uncompressed and once per codec, each update encoded and folded from its
 payload by fedn.compression exactly as a deployment does. One JSON line per codec, then one with the
 targets: int8 at least 3.9x fewer uplink bytes and within 0.5 accuracy points of uncompressed; top-k 1%
-with error feedback at least 20x fewer and within 2 points. Also the codec's own speed on a
+with error feedback at least 20x fewer and within 2 points (held with momentum correction,
+``topk:ratio=0.01,momentum=0.5``). Also the codec's own speed on a
 10M-parameter float32 delta (encode, decode_update's checks, and a WeightedMean fold of the result).
 
 ``python -m bench.compression [--clients N --rounds R --workers W --no-speed]``
@@ -27,12 +28,22 @@ from fedn.sim import Simulation, auto_workers
 
 __all__ = ["codec_speed", "digits_run", "main"]
 
-CODECS = ("none", "float16", "int8:block=256", "topk:ratio=0.01", "topk:ratio=0.01,warmup=3", "topk:ratio=0.02")
-# (min bytes ratio, max accuracy drop); the warm-up (25%, 6.25%, 1.5625% in rounds 1-3) is counted in the bytes
-# 2%: the smallest share found to hold the top-k thresholds on this run (issue 17 names 1%)
+CODECS = (
+    "none",
+    "float16",
+    "int8:block=256",
+    "topk:ratio=0.01",
+    "topk:ratio=0.01,momentum=0.5",
+    "topk:ratio=0.01,warmup=3",
+    "topk:ratio=0.02",
+)
+# (min bytes ratio, max accuracy drop); the warm-up (25%, 6.25%, 1.5625% in rounds 1-3) is counted in the bytes.
+# Top-k 1% with momentum correction (Deep Gradient Compression) is the one that holds the issue's thresholds
+# at 1%; plain error feedback needs 2% on this run.
 TARGETS = {
     "int8:block=256": (3.9, 0.5),
     "topk:ratio=0.01": (20.0, 2.0),
+    "topk:ratio=0.01,momentum=0.5": (20.0, 2.0),
     "topk:ratio=0.01,warmup=3": (20.0, 2.0),
     "topk:ratio=0.02": (20.0, 2.0),
 }
@@ -94,7 +105,9 @@ def codec_speed(size: int = 10_000_000) -> list[dict]:
                 times.append(time.perf_counter() - started)
             return value, round(1e3 * min(times), 1)
 
-        payload, encode_ms = best(lambda c=c: encode_update(params, base, manifest, c, rng=rng, residual={}))
+        payload, encode_ms = best(
+            lambda c=c: encode_update(params, base, manifest, c, rng=rng, residual={}, velocity={})
+        )
         lazy, decode_ms = best(lambda c=c, p=payload: decode_update(p, base, manifest, c))
         _, fold_ms = best(lambda lazy=lazy: WeightedMean(manifest).add(lazy, 1.0))
         rows.append(

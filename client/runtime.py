@@ -110,6 +110,7 @@ class ClientRuntime:
         self._np_rng = np.random.default_rng()  # int8's stochastic rounding
         # error feedback: what compression lost, per tensor, for the session and codec it was made in
         self._residual: dict[str, np.ndarray] = {}
+        self._velocity: dict[str, np.ndarray] = {}  # top-k's momentum correction
         self._residual_for: tuple[str, str] = ("", "")
         self.rounds_trained = 0
 
@@ -280,9 +281,11 @@ class ClientRuntime:
         if uplink.error_feedback:
             # per session and codec; a top-k warm-up changes the share kept from round to round, not the residual
             if self._residual_for != (task.session_id, uplink.codec):
-                self._residual, self._residual_for = {}, (task.session_id, uplink.codec)
+                self._residual, self._velocity, self._residual_for = {}, {}, (task.session_id, uplink.codec)
             residual = self._residual
-        return encode_update(arrays, base, manifest, uplink, rng=self._np_rng, residual=residual)
+        return encode_update(
+            arrays, base, manifest, uplink, rng=self._np_rng, residual=residual, velocity=self._velocity
+        )
 
     def _run_evaluate_task(self, stub: pb_grpc.CombinerStub, task: wire.TaskInfo) -> None:
         """Download (or reuse) the model, evaluate it on this client's held-out data, report the figures."""

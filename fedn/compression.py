@@ -19,7 +19,8 @@ topk       k = max(1, ceil(ratio * n)) uint32 indices   8 * ratio     exact on t
            (strictly increasing), then k float32 values               |x|; a dropped entry loses itself
 
 ``x`` is the delta plus, with error feedback, what compression lost the time before (the client's
-*residual*), so nothing is lost for good, only delayed. A float16 delta beyond float16's range
+*residual*), so nothing is lost for good, only delayed. Top-k's ``momentum`` adds a client velocity
+(Deep Gradient Compression's momentum correction, see :func:`encode_update`). A float16 delta beyond float16's range
 (|x| > 65504) is refused with InvalidArgument naming the tensor rather than clipped: such a delta
 means training diverged, and clipping would hide it. An empty tensor has an empty section.
 
@@ -29,11 +30,18 @@ a combiner computes exactly the model each client received and decodes their del
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import numpy as np
 
-from fedn.codec import StagedTensor, TensorSpec
+from fedn.codec import TensorSpec
+from fedn.compressed_tensor import (
+    CompressedTensor,
+    as_buffer,
+    check_payload_length,
+    int8_dequantize,
+    payload_sections,
+)
 from fedn.compression_format import (
     CODECS,
     Compression,
@@ -65,7 +73,6 @@ __all__ = [
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _INDEX_LIMIT = 1 << 32  # topk indices are uint32
-_SCALE_MAX = np.float32(np.finfo(np.float32).max / 127)
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -105,24 +112,16 @@ def _int8_quantize(
     return [scales.astype("<f4").tobytes(), codes.reshape(-1)[:n].tobytes()]
 
 
-def _int8_dequantize(scales: np.ndarray, codes: np.ndarray, block: int, start: int = 0) -> np.ndarray:
-    """float32 values of ``codes`` (elements ``start:start + len(codes)`` of a tensor) given the
-    tensor's ``scales`` (from the one covering ``start`` on)."""
-    n = codes.size
-    if n == 0:
-        return np.empty(0, np.float32)
-    if block == 0:
-        return codes.astype(np.float32) * scales[0]
-    first = start // block
-    per_element = np.repeat(scales[first : -(-(start + n) // block)], block)
-    offset = start - first * block
-    return codes.astype(np.float32) * per_element[offset : offset + n]
-
-
 def _encode_section(
-    name: str, x: np.ndarray, c: Compression, rng: np.random.Generator | None, feedback: bool
+    name: str,
+    x: np.ndarray,
+    c: Compression,
+    rng: np.random.Generator | None,
+    feedback: bool,
+    velocity: np.ndarray | None = None,
 ) -> list[bytes]:
-    """The bytes of flat float32 ``x``'s section; with ``feedback`` ``x`` becomes what they lose."""
+    """The bytes of flat float32 ``x``'s section; with ``feedback`` ``x`` becomes what they lose, and a
+    top-k ``velocity`` is zeroed where an entry is sent (momentum factor masking)."""
     if c.codec == "float16":
         # max and min propagate NaN, and the comparisons fail on it (cheaper than isfinite on float16)
         if x.size and not (float(x.max()) <= _FLOAT16_MAX and float(x.min()) >= -_FLOAT16_MAX):
@@ -153,6 +152,8 @@ def _encode_section(
         raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
     if feedback:
         x[indices] = 0  # the kept entries arrive exactly; the rest is the residual
+    if velocity is not None:
+        velocity[indices] = 0  # what was sent stops pushing its entry (DGC's momentum factor masking)
     return [indices.astype("<u4").tobytes(), values.astype("<f4").tobytes()]
 
 
@@ -177,15 +178,24 @@ def encode_update(
     *,
     rng: np.random.Generator,
     residual: MutableMapping[str, np.ndarray] | None = None,
+    velocity: MutableMapping[str, np.ndarray] | None = None,
 ) -> bytes:
     """The compressed payload of the update ``params`` trained from ``base``.
 
     With ``residual`` and ``c.error_feedback`` it encodes delta + residual[name] and sets
     residual[name] = (delta + old residual) - decoded; entries (float32, the tensor's shape) are
     created as zeros on first use. Without error feedback ``residual`` is left alone.
+
+    With ``c.momentum`` (top-k only) the client's ``velocity`` is kept too: velocity[name] =
+    momentum * velocity[name] + delta is what is added to the residual, and both are zeroed where an
+    entry is sent. Error feedback alone delays small entries until they add up; the velocity makes an
+    entry that keeps moving one way add up sooner, which is how Deep Gradient Compression (Lin et al.,
+    ICLR 2018) keeps a 99%-sparse update converging like a dense one.
     """
     parts: list[bytes] = []
     feedback = residual if c.error_feedback else None
+    if feedback is not None and c.momentum and velocity is None:
+        raise InvalidArgument(f"compression {c.text()} keeps a velocity per client: pass its state")
     for spec in manifest:
         name = spec.name
         if not compressible(spec, c):
@@ -195,17 +205,28 @@ def encode_update(
         wide = np.float64 if spec.dtype == "float64" else np.float32
         x = np.subtract(_flat(name, params, spec, "update"), _flat(name, base, spec, "base model"), dtype=wide)
         x = x.astype(np.float32, copy=False)
+        moving = None
+        if feedback is not None and velocity is not None and c.momentum:
+            moving = _state(velocity, name, spec, "velocity") * np.float32(c.momentum) + x
+            x = moving.copy()
         if feedback is not None:
-            carried = feedback.get(name)
-            if carried is None:
-                carried = np.zeros(spec.shape, dtype=np.float32)
-            elif tuple(np.shape(carried)) != spec.shape:
-                raise InvalidArgument(f"residual of tensor {name!r} has shape {list(np.shape(carried))}")
-            x += np.asarray(carried, dtype=np.float32).reshape(-1)
-        parts.extend(_encode_section(name, x, c, rng, feedback is not None))
+            x += _state(feedback, name, spec, "residual")
+        parts.extend(_encode_section(name, x, c, rng, feedback is not None, moving))
         if feedback is not None:
             feedback[name] = x.reshape(spec.shape)
+        if moving is not None and velocity is not None:
+            velocity[name] = moving.reshape(spec.shape)
     return b"".join(parts)
+
+
+def _state(states: Mapping[str, np.ndarray], name: str, spec: TensorSpec, what: str) -> np.ndarray:
+    """A client's kept state for a tensor, flat float32 (read only: it may be the caller's); zeros the first time."""
+    kept = states.get(name)
+    if kept is None:
+        return np.zeros(spec.size, dtype=np.float32)
+    if tuple(np.shape(kept)) != spec.shape:
+        raise InvalidArgument(f"{what} of tensor {name!r} has shape {list(np.shape(kept))}")
+    return np.asarray(kept, dtype=np.float32).reshape(-1)
 
 
 def encode_model_downlink(arrays: Mapping[str, np.ndarray], manifest: Sequence[TensorSpec], c: Compression) -> bytes:
@@ -224,128 +245,6 @@ def encode_model_downlink(arrays: Mapping[str, np.ndarray], manifest: Sequence[T
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def _buffer(payload: bytes | bytearray | memoryview | np.ndarray) -> bytes | bytearray | memoryview | np.ndarray:
-    """``payload`` itself, once an array (a spool file's memory map) is known to be flat bytes."""
-    if isinstance(payload, np.ndarray) and (
-        payload.dtype != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous
-    ):
-        raise InvalidArgument("a compressed payload array must be flat, contiguous uint8")
-    return payload
-
-
-def _payload_length(payload: bytes | bytearray | memoryview | np.ndarray) -> int:
-    return payload.nbytes if isinstance(payload, (np.ndarray, memoryview)) else len(payload)
-
-
-def _check_length(payload: object, manifest: Sequence[TensorSpec], c: Compression, what: str) -> None:
-    expected = compressed_payload_bytes(manifest, c)
-    got = _payload_length(payload)  # type: ignore[arg-type]
-    if got != expected:
-        raise InvalidModel(f"{what} compressed with {c.text()} should have {expected} bytes, got {got}")
-
-
-def _view(buffer: object, dtype: str, count: int, offset: int) -> np.ndarray:
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)  # type: ignore[call-overload]
-
-
-class CompressedTensor(StagedTensor):
-    """Reads like the dense update (base + decoded delta), one slice at a time.
-
-    It holds views of the payload and of the base, never a decoded copy, so a fold reads it with
-    one slice of scratch memory; ``np.asarray`` (or :meth:`to_numpy`) decodes it whole.
-    """
-
-    def __init__(
-        self, spec: TensorSpec, c: Compression, sections: tuple[np.ndarray, ...], base: np.ndarray | None
-    ) -> None:
-        self.dtype = np.dtype(spec.dtype)
-        self.shape = spec.shape
-        self.size = spec.size
-        self.nbytes = spec.nbytes
-        self._codec = c.codec if base is not None else "none"
-        self._block = block_width(spec.size, c.block)
-        self._sections = sections
-        self._base = base
-        self._compute = np.float64 if self.dtype == np.float64 else np.float32
-
-    def _delta(self, start: int, stop: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        if self._codec == "float16":
-            return self._sections[0][start:stop]
-        if self._codec == "int8":
-            scales, codes = self._sections
-            return _int8_dequantize(scales, codes[start:stop], self._block, start)
-        indices, values = self._sections
-        lo, hi = np.searchsorted(indices, [start, stop])
-        return indices[lo:hi].astype(np.int64) - start, values[lo:hi]
-
-    def _dense(self, start: int, stop: int) -> np.ndarray:
-        if self._codec == "none":
-            return self._sections[0][start:stop]
-        assert self._base is not None
-        # a sum beyond the dtype's range becomes inf, which the fold's finiteness check refuses
-        with np.errstate(over="ignore"):
-            base = self._base[start:stop]
-            delta = self._delta(start, stop)
-            if isinstance(delta, tuple):
-                out = base.astype(self._compute, copy=True)
-                positions, values = delta
-                out[positions] += values
-            else:
-                out = np.add(base, delta, dtype=self._compute)
-            return out if out.dtype == self.dtype else out.astype(self.dtype)
-
-    def flat_slices(self, n: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """``(start, stop, values)`` over the flattened dense tensor, in its dtype, at most ``n`` per slice."""
-        if n <= 0:
-            raise InvalidArgument(f"slice length must be positive, got {n}")
-        for start in range(0, self.size, n):
-            stop = min(start + n, self.size)
-            yield start, stop, self._dense(start, stop)
-
-    def to_numpy(self) -> np.ndarray:
-        """The whole dense tensor (a new array)."""
-        return np.array(self._dense(0, self.size), dtype=self.dtype).reshape(self.shape)
-
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
-        whole = self.to_numpy()
-        return whole if dtype is None else whole.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return f"CompressedTensor({self._codec}, dtype={self.dtype.name}, shape={list(self.shape)})"
-
-
-def _sections(buffer: object, offset: int, spec: TensorSpec, c: Compression) -> tuple[np.ndarray, ...]:
-    """Views of ``spec``'s section at ``offset``, checked in O(k + blocks) (float16 values: O(n))."""
-    name, n = spec.name, spec.size
-    if not compressible(spec, c):
-        return (_view(buffer, np.dtype(spec.dtype).newbyteorder("<").str, n, offset),)
-    if c.codec == "float16":
-        values = _view(buffer, "<f2", n, offset)
-        if n and int((_view(buffer, "<u2", n, offset) & np.uint16(0x7FFF)).max()) >= 0x7C00:  # exponent all ones
-            raise NonFiniteValues(f"tensor {name!r}: its float16 values contain NaN or Inf")
-        return (values,)
-    if c.codec == "int8":
-        blocks = scale_count(n, c.block)
-        scales = _view(buffer, "<f4", blocks, offset)
-        if not np.isfinite(scales).all():
-            raise NonFiniteValues(f"tensor {name!r}: its int8 scales contain NaN or Inf")
-        if (scales < 0).any():
-            raise InvalidModel(f"tensor {name!r}: an int8 scale is negative")
-        if (scales > _SCALE_MAX).any():  # an encoder's scale is max|x| / 127 of finite float32 values
-            raise InvalidModel(f"tensor {name!r}: an int8 scale is beyond float32's range / 127")
-        return scales, _view(buffer, "<i1", n, offset + 4 * blocks)
-    k = topk_count(n, c.ratio)
-    indices = _view(buffer, "<u4", k, offset)
-    values = _view(buffer, "<f4", k, offset + 4 * k)
-    if k and int(indices[-1]) >= n:
-        raise InvalidModel(f"tensor {name!r}: a topk index is out of range (>= {n})")
-    if k > 1 and not (indices[1:] > indices[:-1]).all():
-        raise InvalidModel(f"tensor {name!r}: topk indices are not strictly increasing")
-    if not np.isfinite(values).all():
-        raise NonFiniteValues(f"tensor {name!r}: its topk values contain NaN or Inf")
-    return indices, values
-
-
 def decode_update(
     payload: bytes | bytearray | memoryview | np.ndarray,
     base: Mapping[str, np.ndarray],
@@ -359,12 +258,12 @@ def decode_update(
     scales not negative. ``payload`` may be a uint8 ``np.memmap`` of a spool file. Nothing is decoded
     until read.
     """
-    buffer = _buffer(payload)
-    _check_length(buffer, manifest, c, "update")
+    buffer = as_buffer(payload)
+    check_payload_length(buffer, manifest, c, "update")
     out: dict[str, CompressedTensor] = {}
     offset = 0
     for spec in manifest:
-        sections = _sections(buffer, offset, spec, c)
+        sections = payload_sections(buffer, offset, spec, c)
         base_flat = _flat(spec.name, base, spec, "base model") if compressible(spec, c) else None
         out[spec.name] = CompressedTensor(spec, c, sections, base_flat)
         offset += section_bytes(spec, c)
@@ -376,17 +275,17 @@ def decode_model_downlink(
 ) -> dict[str, np.ndarray]:
     """The global model a client receives: each tensor decoded whole, in its manifest dtype."""
     check_downlink(c)
-    buffer = _buffer(payload)
-    _check_length(buffer, manifest, c, "model")
+    buffer = as_buffer(payload)
+    check_payload_length(buffer, manifest, c, "model")
     out: dict[str, np.ndarray] = {}
     offset = 0
     for spec in manifest:
-        sections = _sections(buffer, offset, spec, c)
+        sections = payload_sections(buffer, offset, spec, c)
         dtype = np.dtype(spec.dtype)
         if not compressible(spec, c) or c.codec == "float16":
             value = sections[0].astype(dtype)
         else:
-            value = _int8_dequantize(sections[0], sections[1], block_width(spec.size, c.block)).astype(dtype)
+            value = int8_dequantize(sections[0], sections[1], block_width(spec.size, c.block)).astype(dtype)
         out[spec.name] = value.reshape(spec.shape)
         offset += section_bytes(spec, c)
     return out

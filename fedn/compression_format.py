@@ -50,10 +50,21 @@ class Compression(BaseModel):
         "below ratio), as Deep Gradient Compression warms up; 0 = ratio from the first round",
     )
 
+    momentum: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="topk with error feedback: momentum correction, as in Deep Gradient Compression; the client "
+        "keeps a velocity u = momentum * u + delta, adds u to its residual, and zeroes both where an entry is "
+        "sent; 0 = plain error feedback",
+    )
+
     @model_validator(mode="after")
-    def _warmup_is_topk(self) -> Compression:
+    def _topk_options(self) -> Compression:
         if self.warmup and self.codec != "topk":
             raise ValueError(f"warmup applies to topk only, not {self.codec}")
+        if self.momentum and (self.codec != "topk" or not self.error_feedback):
+            raise ValueError("momentum applies to topk with error feedback only")
         return self
 
     def for_round(self, index: int) -> Compression:
@@ -68,7 +79,7 @@ class Compression(BaseModel):
         """Canonical spelling: the codec, its main parameter, and every other non-default parameter."""
         always = {"int8": ("block",), "topk": ("ratio",)}.get(self.codec, ())
         parts = []
-        for name in ("block", "stochastic", "ratio", "error_feedback", "warmup"):
+        for name in ("block", "stochastic", "ratio", "error_feedback", "warmup", "momentum"):
             value = getattr(self, name)
             if name in always or value != type(self).model_fields[name].default:
                 parts.append(f"{name}={str(value).lower() if isinstance(value, bool) else repr(value)}")

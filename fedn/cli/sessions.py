@@ -233,8 +233,8 @@ def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
         type=_compression_text,
         default="none",
         metavar="CODEC",
-        help="codec of the clients' updates: none, float16, int8[:block=N,stochastic=false], topk[:ratio=R]; "
-        "sync mode only (docs/compression.md) [default none]",
+        help="codec of the clients' updates: none, float16, int8[:block=N,stochastic=false], "
+        "topk[:ratio=R,momentum=M]; sync mode only (docs/compression.md) [default none]",
     )
     parser.add_argument(
         "--downlink-compression",

@@ -54,7 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="none",
         metavar="CODEC",
         help="update compression, as a session's option: none, float16, int8[:block=256,stochastic=true], "
-        "topk[:ratio=0.01,error_feedback=true] (docs/compression.md) [default none]",
+        "topk[:ratio=0.01,error_feedback=true,momentum=0] (docs/compression.md) [default none]",
     )
     p.add_argument(
         "--downlink-compression",

@@ -141,6 +141,7 @@ class Worker:
         self.uplink = parse_compression(spec.compression)
         self.downlink = parse_compression(spec.downlink_compression)
         self.residuals: ClientStateStore | None = None
+        self.velocities: ClientStateStore | None = None  # top-k's momentum correction
         self._payload_bytes = payload_bytes(manifest)
         self._residual_names = [s.name for s in manifest if np.dtype(s.dtype).kind == "f"]
         if not self.uplink.lossless and self.uplink.error_feedback and self._residual_names:
@@ -150,6 +151,8 @@ class Worker:
                 )
             layout = {s.name: s.shape for s in manifest if s.name in self._residual_names}
             self.residuals = ClientStateStore(state_dir, spec.clients, layout)
+            if self.uplink.momentum:
+                self.velocities = ClientStateStore(state_dir / "velocity", spec.clients, layout)
 
     def received_model(self, global_arrays: NamedArrays) -> NamedArrays:
         """The global model as a client receives it: through the downlink codec (deterministic)."""
@@ -163,19 +166,26 @@ class Worker:
         if self.uplink.lossless:
             return arrays, self._payload_bytes
         uplink = self.uplink.for_round(round_index)  # a top-k warm-up's share of this round
-        residual: dict[str, np.ndarray] | None = None
-        if self.residuals is not None:
-            residual = {}
-            for name in self._residual_names:
-                kept = self.residuals.get(cid, name)
-                if kept is not None:
-                    residual[name] = kept
+        residual = self._kept(self.residuals, cid)
+        velocity = self._kept(self.velocities, cid)
         rng = np.random.default_rng([self.spec.seed, round_index, cid, 0xC0DEC])  # stochastic rounding
-        payload = encode_update(arrays, received, self.manifest, uplink, rng=rng, residual=residual)
-        if self.residuals is not None and residual is not None:
-            for name, value in residual.items():
-                self.residuals.put(cid, name, value)
+        payload = encode_update(arrays, received, self.manifest, uplink, rng=rng, residual=residual, velocity=velocity)
+        for store, states in ((self.residuals, residual), (self.velocities, velocity)):
+            if store is not None and states is not None:
+                for name, value in states.items():
+                    store.put(cid, name, value)
         return decode_update(payload, received, self.manifest, uplink), len(payload)
+
+    def _kept(self, store: ClientStateStore | None, cid: int) -> dict[str, np.ndarray] | None:
+        """Client ``cid``'s states in ``store`` by tensor (those it has), or None without a store."""
+        if store is None:
+            return None
+        kept = {}
+        for name in self._residual_names:
+            value = store.get(cid, name)
+            if value is not None:
+                kept[name] = value
+        return kept
 
     def run_round(self, round_index: int, config: dict, tasks: list[Task]) -> dict:
         spec, h = self.spec, self.spec.heterogeneity

@@ -10,7 +10,8 @@ import textwrap
 
 import numpy as np
 
-from bench.compression import main
+from bench.compression import CODECS, codec_speed, main
+from fedn.compression import parse_compression
 from fedn.sim.client_state import ClientStateStore
 
 
@@ -27,6 +28,12 @@ def test_bench_compression_prints_rows_and_bytes_shrink(capsys) -> None:
     assert plain["uplink_bytes_per_client_round"] == 4 * 4810  # the digits MLP's float32 parameters
     assert int8["uplink_bytes_per_client_round"] < plain["uplink_bytes_per_client_round"] / 3.9
     assert int8["bytes_ratio"] >= 3.9 and isinstance(int8["target_met"], bool) and "target_met" not in plain
+
+
+def test_codec_speed_times_every_codec_of_the_benchmark() -> None:
+    rows = codec_speed(size=1000)
+    assert [row["compression"] for row in rows] == [parse_compression(c).text() for c in CODECS]
+    assert all(row["encode_ms"] >= 0 and row["fold_ms"] >= 0 for row in rows)
 
 
 def test_client_state_is_shared_across_processes(tmp_path) -> None:

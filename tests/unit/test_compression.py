@@ -66,6 +66,7 @@ def _round_trip(params: dict, base: dict, c: Compression, seed: int = 0, residua
         ("topk:ratio=0.05", Compression(codec="topk", ratio=0.05)),
         ("topk:ratio=0.01,error_feedback=false", Compression(codec="topk", error_feedback=False)),
         ("INT8: block = 0", Compression(codec="int8", block=0)),
+        ("topk:ratio=0.01,momentum=0.5", Compression(codec="topk", momentum=0.5)),
     ],
 )
 def test_parse_compression_text(text: str, expected: Compression) -> None:
@@ -100,6 +101,11 @@ def test_canonical_text_spells_the_main_parameter_and_every_non_default() -> Non
         ("int8:block=1,block=2", "given twice"),
         ("topk:ratio=0", "ratio"),
         ("topk:ratio=1.5", "ratio"),
+        ("topk:momentum=1", "momentum"),
+        ("topk:momentum=-0.1", "momentum"),
+        ("topk:momentum=nan", "momentum"),
+        ("int8:momentum=0.5", "momentum applies to topk with error feedback only"),
+        ("topk:momentum=0.5,error_feedback=false", "momentum applies to topk with error feedback only"),
         ("int8:stochastic=maybe", "stochastic"),
         ({"codec": "int8", "level": 3}, "level"),
         (42, "text or a mapping"),
@@ -219,6 +225,60 @@ def test_error_feedback_carries_the_residual(codec: str) -> None:
     np.testing.assert_allclose(decoded_sum + residual["w"], true_sum, atol=1e-4)
     if codec == "topk":
         assert np.abs(residual["w"]).max() > 0.1  # most of each delta waits in the residual
+
+
+def test_momentum_correction_keeps_a_masked_velocity() -> None:
+    """velocity = m * velocity + delta is added to the residual; both are zeroed where an entry is sent."""
+    c = parse_compression("topk:ratio=0.1,momentum=0.5")
+    base = {"w": np.zeros(20, dtype=np.float32)}
+    manifest = manifest_of(base)
+    residual: dict[str, np.ndarray] = {}
+    velocity: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(5)
+    u_expected, r_expected = np.zeros(20, np.float32), np.zeros(20, np.float32)
+    for _ in range(6):
+        delta = rng.standard_normal(20).astype(np.float32)
+        payload = encode_update(
+            {"w": delta}, base, manifest, c, rng=np.random.default_rng(0), residual=residual, velocity=velocity
+        )
+        sent = decode_update(payload, base, manifest, c)["w"].to_numpy()
+        u_expected = np.float32(0.5) * u_expected + delta
+        x = u_expected + r_expected
+        top = np.sort(np.argsort(-np.abs(x))[:2])  # k = ceil(0.1 * 20) = 2
+        assert np.flatnonzero(sent).tolist() == top.tolist()
+        np.testing.assert_allclose(sent[top], x[top], rtol=1e-6)
+        r_expected, u_expected = x.copy(), u_expected.copy()
+        r_expected[top] = 0
+        u_expected[top] = 0
+        np.testing.assert_allclose(residual["w"], r_expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(velocity["w"], u_expected, rtol=1e-6, atol=1e-7)
+
+
+def test_momentum_zero_is_plain_error_feedback_and_momentum_needs_its_state() -> None:
+    base, params = _update(4)
+    manifest = manifest_of(params)
+    plain, plain_residual = Compression(codec="topk", ratio=0.05), {}
+    zero, zero_residual, zero_velocity = Compression(codec="topk", ratio=0.05, momentum=0.0), {}, {}
+    a = encode_update(params, base, manifest, plain, rng=np.random.default_rng(0), residual=plain_residual)
+    b = encode_update(
+        params, base, manifest, zero, rng=np.random.default_rng(0), residual=zero_residual, velocity=zero_velocity
+    )
+    assert a == b and not zero_velocity
+    np.testing.assert_array_equal(plain_residual["w"], zero_residual["w"])
+    with pytest.raises(InvalidArgument, match="velocity"):
+        encode_update(
+            params, base, manifest, parse_compression("topk:momentum=0.9"), rng=np.random.default_rng(0), residual={}
+        )
+    with pytest.raises(InvalidArgument, match="velocity of tensor 'w' has shape"):
+        encode_update(
+            params,
+            base,
+            manifest,
+            parse_compression("topk:momentum=0.9"),
+            rng=np.random.default_rng(0),
+            residual={},
+            velocity={"w": np.zeros(3, np.float32)},
+        )
 
 
 def test_error_feedback_off_leaves_the_residual_alone() -> None:

@@ -155,6 +155,44 @@ def test_error_feedback_residuals_persist_per_client_across_rounds_and_workers(t
     assert np.count_nonzero(store.get(7, "w")) < 450 + 50  # sent entries came out of it
 
 
+def test_momentum_velocities_persist_per_client_beside_the_residuals(tmp_path) -> None:
+    spec = parse_spec(client=CLIENT, clients=1000, rounds=2, compression="topk:ratio=0.1,momentum=0.5")
+    arrays = {"w": np.zeros(500, dtype=np.float32)}
+
+    def worker() -> Worker:
+        return Worker(
+            0,
+            spec,
+            MANIFEST,
+            model=np.frombuffer(encode_payload(arrays)[1], dtype=np.uint8),
+            progress=np.zeros(1, dtype=np.int64),
+            results=np.zeros((1, 500)),
+            state_dir=tmp_path,
+        )
+
+    worker().run_round(1, {}, [(7, 0, 1.0)])
+    residuals = ClientStateStore(tmp_path, 1000, {"w": (500,)})
+    velocities = ClientStateStore(tmp_path / "velocity", 1000, {"w": (500,)})
+    delta1 = NoisyClient(partition=7).train({"w": np.zeros(500, dtype=np.float32)}, {"round": 1})[0]["w"]
+    sent = residuals.get(7, "w") == 0
+    assert np.count_nonzero(sent) == 50
+    # round 1: the velocity is the delta, zeroed where an entry was sent, like the residual
+    np.testing.assert_allclose(velocities.get(7, "w"), np.where(sent, 0, delta1), rtol=1e-6)
+    worker().run_round(2, {}, [(7, 0, 1.0)])  # another worker, a later round: it finds both states
+    delta2 = NoisyClient(partition=7).train({"w": np.zeros(500, dtype=np.float32)}, {"round": 2})[0]["w"]
+    velocity2 = velocities.get(7, "w")
+    kept = velocity2 != 0
+    np.testing.assert_allclose(velocity2[kept], (np.float32(0.5) * np.where(sent, 0, delta1) + delta2)[kept], rtol=1e-5)
+
+
+def test_momentum_changes_the_run_and_is_reproducible_by_seed() -> None:
+    _, plain = _run(compression="topk:ratio=0.05")
+    _, first = _run(compression="topk:ratio=0.05,momentum=0.5")
+    _, again = _run(compression="topk:ratio=0.05,momentum=0.5")
+    np.testing.assert_array_equal(first.model["w"], again.model["w"])
+    assert not np.array_equal(first.model["w"], plain.model["w"])
+
+
 def test_bad_compression_options_are_refused_before_anything_starts() -> None:
     with pytest.raises(InvalidArgument, match="unknown compression codec 'zip'"):
         parse_spec(client=CLIENT, clients=2, rounds=1, compression="zip")
