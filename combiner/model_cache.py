@@ -30,7 +30,8 @@ from fedn.metrics import CombinerMetrics
 from fedn.models import model_key
 from fedn.retry import retry
 from fedn.store.base import ModelStore
-from fedn.wire import ModelHeaderInfo, model_data_message, model_header_message
+from fedn.wire import ModelHeaderInfo, model_header_message
+from fedn.wire_chunks import model_data_message
 
 __all__ = ["CachedModel", "ModelCache", "download_concurrency"]
 
@@ -298,7 +299,7 @@ class ModelCache:
             for message in model.messages:
                 yield message
             return
-        pieces = map(model_data_message, self._stored_payload(model, self._chunk_bytes))
+        pieces = self._stored_messages(model, self._chunk_bytes)
         per_hop = max(1, _READ_AHEAD_BYTES // self._chunk_bytes)
 
         def read() -> asyncio.Future:
@@ -317,21 +318,27 @@ class ModelCache:
             with contextlib.suppress(Exception):
                 await reading
 
-    def _stored_payload(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
-        skip, pending, sent = model.offset, bytearray(), 0
+    def _stored_messages(self, model: CachedModel, chunk_bytes: int) -> Iterator[bytes]:
+        """The serialized data messages of a model read from the store, ``chunk_bytes`` of its payload each
+        (the blob's header skipped). Each byte is copied once, from the store's read into its message
+        (docs/benchmarks.md: a 40 MB download's CPU fell to about a sixth when it stopped taking six)."""
+        skip, parts, held, sent = model.offset, [], 0, 0
         for piece in self._store.iter_chunks(model.key, chunk_bytes):
-            view = memoryview(piece)
+            view = memoryview(piece).cast("B")
             if skip:
                 taken = min(skip, len(view))
                 view, skip = view[taken:], skip - taken
-            pending += view
-            while len(pending) >= chunk_bytes:
-                sent += chunk_bytes
-                yield bytes(pending[:chunk_bytes])
-                del pending[:chunk_bytes]
-        if pending:
-            sent += len(pending)
-            yield bytes(pending)
+            while view:
+                take = min(chunk_bytes - held, len(view))
+                parts.append(view[:take])
+                held, view = held + take, view[take:]
+                if held == chunk_bytes:
+                    sent += held
+                    yield model_data_message(*parts)
+                    parts, held = [], 0
+        if held:
+            sent += held
+            yield model_data_message(*parts)
         if sent != model.size:  # the blob changed under us: the client's digest check will refuse it too
             raise InvalidModel(f"model {model.model_id} changed in the store while it was served")
 

@@ -19,6 +19,7 @@ from fedn.auth.rpc import current_principal
 from fedn.errors import Conflict, FednError, InvalidArgument, PermissionDenied
 from fedn.v1 import fedn_pb2 as pb
 from fedn.v1 import fedn_pb2_grpc as pb_grpc
+from fedn.wire_chunks import DataChunk, parse_update_chunk
 
 __all__ = ["CombinerServicer"]
 
@@ -81,6 +82,8 @@ class CombinerServicer(pb_grpc.CombinerServicer):
             for name, h in capture.handlers.items()
         }
         handlers["DownloadModel"] = handlers["DownloadModel"]._replace(response_serializer=None)  # sent as is
+        # an update's data chunks are read as views of what gRPC received, not copied through protobuf twice
+        handlers["UploadUpdate"] = handlers["UploadUpdate"]._replace(request_deserializer=tolerant(parse_update_chunk))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
         server.add_registered_method_handlers(capture.service, handlers)
 
@@ -121,16 +124,18 @@ class CombinerServicer(pb_grpc.CombinerServicer):
     @map_errors
     async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UpdateChunk], context) -> pb.UploadUpdateResponse:
         first = await anext(aiter(request_iterator), None)
-        if first is None or decoded(first).WhichOneof("part") != "header":
+        if first is None or isinstance(decoded(first), DataChunk) or first.WhichOneof("part") != "header":
             raise InvalidArgument("an update stream must start with its header")
         header = wire.update_header_from_proto(first.header)
         self._bind(context, header.client_id)
 
         async def chunks():
             async for msg in request_iterator:
-                if decoded(msg).WhichOneof("part") != "data":
+                chunk = decoded(msg)
+                if isinstance(chunk, DataChunk) or chunk.WhichOneof("part") == "data":
+                    yield chunk.data
+                else:
                     raise InvalidArgument("only data chunks may follow the header")
-                yield msg.data
 
         try:
             count = await self._rounds.receive_update(header, chunks())

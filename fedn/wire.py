@@ -45,7 +45,6 @@ __all__ = [
     "download_compression_from_proto",
     "download_request_from_proto",
     "failure_report_from_proto",
-    "model_data_message",
     "model_header_from_proto",
     "model_header_message",
     "model_header_to_proto",
@@ -162,11 +161,6 @@ def model_header_to_proto(info: ModelHeaderInfo) -> pb.ModelHeader:
 def model_header_message(info: ModelHeaderInfo) -> bytes:
     """The first ``ModelChunk`` of a download, serialized: built once per model and sent as is."""
     return pb.ModelChunk(header=model_header_to_proto(info)).SerializeToString()
-
-
-def model_data_message(data: bytes) -> bytes:
-    """A data ``ModelChunk``, serialized: a held model's are built once and sent to every client as is."""
-    return pb.ModelChunk(data=data).SerializeToString()
 
 
 def model_header_from_proto(msg: pb.ModelHeader) -> ModelHeaderInfo:

@@ -347,3 +347,16 @@ def test_an_update_refused_mid_run_leaves_the_run_as_it_was():
     expected = _flat_fedavg(updates, [5.0] * 4)
     for k in SHAPES:
         np.testing.assert_allclose(acc.partial().arrays[k], expected[k], rtol=1e-12)
+
+
+def test_float64_updates_near_the_largest_value_stay_finite_when_their_weights_keep_them_so():
+    """Unscaled sums of equal-weight runs are for narrower dtypes: two float64 updates of 1e308 at
+    weight 0.5 each sum to 1e308, not to an overflowed run of 2e308 halved."""
+    acc = WeightedMean(manifest_of({"a": np.zeros(3)}))
+    for _ in range(2):
+        acc.add({"a": np.full(3, 1e308)}, 0.5)
+    np.testing.assert_array_equal(acc.partial().arrays["a"], np.full(3, 1e308))
+    wide = WeightedMean(manifest_of({"a": np.zeros(3, np.float32)}))
+    for _ in range(4):  # float32's largest values sum far inside float64's range
+        wide.add({"a": np.full(3, np.finfo(np.float32).max, np.float32)}, 0.5)
+    np.testing.assert_allclose(wide.partial().arrays["a"], float(np.finfo(np.float32).max))
