@@ -28,6 +28,7 @@ BENCHMARKS = (
     "evaluation_cost",
     "startup",
     "compression",
+    "model_download",
 )
 
 

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import json
 
-from bench import aggregation
+from bench import aggregation, model_download
 
 
 def test_aggregation_bench_smoke(capsys):
     aggregation.main(["--params", "1000", "--updates", "3", "--repeats", "1"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["bench"] for r in rows} == {"encode_payload", "encode_safetensors", "fold_updates", "merge_partials"}
+
+
+def test_model_download_bench_smoke(capsys):
+    model_download.main(["--params", "5000", "--chunk-bytes", "4096", "--repeats", "2"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["bench"], r.get("model") or r["side"]) for r in rows] == [
+        ("model_download", "held"),
+        ("model_download", "streamed"),
+        ("chunk_framing", "download"),
+        ("chunk_framing", "download"),
+        ("chunk_framing", "upload"),
+        ("chunk_framing", "upload"),
+    ]
+    assert all(r["cpu_ms_best"] >= 0 for r in rows)
 
 
 def test_bench_runs_each_benchmark_in_its_own_interpreter_and_reports_failures(monkeypatch, capsys):
