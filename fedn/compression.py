@@ -20,9 +20,10 @@ topk       k = max(1, ceil(ratio * n)) uint32 indices   8 * ratio     exact on t
 
 ``x`` is the delta plus, with error feedback, what compression lost the time before (the client's
 *residual*), so nothing is lost for good, only delayed. Top-k's ``momentum`` adds a client velocity
-(Deep Gradient Compression's momentum correction, see :func:`encode_update`). A float16 delta beyond float16's range
-(|x| > 65504) is refused with InvalidArgument naming the tensor rather than clipped: such a delta
-means training diverged, and clipping would hide it. An empty tensor has an empty section.
+(Deep Gradient Compression's momentum correction, see :func:`encode_update`). A float16 delta
+beyond float16's range (|x| > 65504) is refused with InvalidArgument naming the tensor rather than
+clipped: such a delta means training diverged, and clipping would hide it. An empty tensor has an
+empty section.
 
 The global model goes down whole (not as a delta) and deterministically (int8 rounds to nearest), so
 a combiner computes exactly the model each client received and decodes their deltas against it.
