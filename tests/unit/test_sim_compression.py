@@ -123,20 +123,24 @@ def test_downlink_compression_is_what_clients_train_from() -> None:
     np.testing.assert_allclose(half.model["w"], plain.model["w"], atol=1e-3)
 
 
+def _zero_model_worker(spec, state_dir: Path) -> Worker:
+    """A worker on a published all-zeros model, with the run's per-client state in ``state_dir``."""
+    return Worker(
+        0,
+        spec,
+        MANIFEST,
+        model=np.frombuffer(encode_payload({"w": np.zeros(500, dtype=np.float32)})[1], dtype=np.uint8),
+        progress=np.zeros(1, dtype=np.int64),
+        results=np.zeros((1, 500)),
+        state_dir=state_dir,
+    )
+
+
 def test_error_feedback_residuals_persist_per_client_across_rounds_and_workers(tmp_path) -> None:
     spec = parse_spec(client=CLIENT, clients=1000, rounds=2, compression="topk:ratio=0.1")
-    arrays = {"w": np.zeros(500, dtype=np.float32)}
 
     def worker() -> Worker:  # a worker process opens the run's store the same way
-        return Worker(
-            0,
-            spec,
-            MANIFEST,
-            model=np.frombuffer(encode_payload(arrays)[1], dtype=np.uint8),
-            progress=np.zeros(1, dtype=np.int64),
-            results=np.zeros((1, 500)),
-            state_dir=tmp_path,
-        )
+        return _zero_model_worker(spec, tmp_path)
 
     first = worker().run_round(1, {}, [(7, 0, 1.0), (900, 0, 1.0)])
     assert first["uploads"] == 2 and first["uplink_bytes"] == 2 * compressed_payload_bytes(
@@ -157,18 +161,9 @@ def test_error_feedback_residuals_persist_per_client_across_rounds_and_workers(t
 
 def test_momentum_velocities_persist_per_client_beside_the_residuals(tmp_path) -> None:
     spec = parse_spec(client=CLIENT, clients=1000, rounds=2, compression="topk:ratio=0.1,momentum=0.5")
-    arrays = {"w": np.zeros(500, dtype=np.float32)}
 
     def worker() -> Worker:
-        return Worker(
-            0,
-            spec,
-            MANIFEST,
-            model=np.frombuffer(encode_payload(arrays)[1], dtype=np.uint8),
-            progress=np.zeros(1, dtype=np.int64),
-            results=np.zeros((1, 500)),
-            state_dir=tmp_path,
-        )
+        return _zero_model_worker(spec, tmp_path)
 
     worker().run_round(1, {}, [(7, 0, 1.0)])
     residuals = ClientStateStore(tmp_path, 1000, {"w": (500,)})
