@@ -226,15 +226,22 @@ class Controller:
                 self._stop_requests.pop(session.id, None)
 
     def _end_stopped(self, session: Session, by: str) -> Session:
-        """The one way a session ends stopped: its open rounds first, then the session, with who stopped it."""
+        """The one way a session ends stopped: its open rounds first, then the session, with who stopped it.
+
+        A round that ended (its model stored) before the session counted it still counts: the reducer
+        may have died between the two writes, or a stop requested as the round ended may have written
+        the session back as it was read. Otherwise a stopped session would show fewer rounds done than
+        it has, and another model than its last round's."""
         reason = f"session stopped by {by}"
-        for round_ in self._state.list_rounds(session.id):
-            if round_.status in (RoundStatus.PENDING, RoundStatus.RUNNING):
+        with contextlib.suppress(NotFound):
+            session = self._state.get_session(session.id)  # as last advanced
+        for round_ in self._state.list_rounds(session.id):  # in index order: completions chain
+            if ended := self._merger.finish_ended(session, round_):
+                session = ended
+            elif round_.status in (RoundStatus.PENDING, RoundStatus.RUNNING):
                 self._state.put_round(
                     round_.model_copy(update={"status": RoundStatus.STOPPED, "reason": reason, "finished_at": now()})
                 )
-        with contextlib.suppress(NotFound):
-            session = self._state.get_session(session.id)  # as last advanced
         session = session.model_copy(
             update={"status": SessionStatus.STOPPED, "stop_requested_by": by, "stopped_by": by, "updated_at": now()}
         )

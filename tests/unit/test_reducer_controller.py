@@ -322,6 +322,37 @@ def test_a_running_session_resumes_at_its_unfinished_round(stores):
     assert len(gateway.plans) == 3
 
 
+@pytest.mark.parametrize("round_marked_done", [True, False])
+def test_a_round_that_ended_before_a_stop_was_recorded_still_counts(stores, round_marked_done):
+    """The chaos run's find: a stop requested as round 3 ended wrote the session back as it had read it
+    (2 rounds done), or the reducer died between storing round 3's model and advancing the session.
+    Ending the session stopped completes what ended: 3 rounds done, on round 3's model."""
+    state, _ = stores
+    controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)}, rounds=5)
+    runner = controller.session_runner(session)
+    for index in (1, 2, 3):
+        runner.run_round(state.get_session(session.id), Round(session_id=session.id, index=index, model_in=""))
+    advanced = state.get_session(session.id)
+    third = state.list_rounds(session.id)[2]
+    assert advanced.rounds_done == 3 and third.status == RoundStatus.DONE
+    if not round_marked_done:  # died after storing the model, before marking the round
+        state.put_round(third.model_copy(update={"status": RoundStatus.RUNNING, "model_out": None}))
+    stale = advanced.model_copy(
+        update={
+            "rounds_done": 2,
+            "model_id": third.model_in,
+            "status": SessionStatus.RUNNING,
+            "stop_requested_by": "admin",
+        }
+    )
+    state.put_session(stale)
+    final = controller.run_session(stale)
+    assert final.status == SessionStatus.STOPPED and final.stopped_by == "admin"
+    assert final.rounds_done == 3 and final.model_id == third.model_out
+    assert state.get_session(session.id).rounds_done == 3
+    assert [r.status for r in state.list_rounds(session.id)] == [RoundStatus.DONE] * 3
+
+
 def test_controller_thread_runs_queued_sessions_and_stops(stores):
     state, _ = stores
     controller, _, session, _, _ = _setup(stores, {"a": (1.0, 10.0)})
