@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import cast
 
 from fedn.clock import Clock, SystemClock
 from fedn.errors import FailedPrecondition, FednError, NotFound, StoreError
@@ -28,6 +29,7 @@ from reducer.gateway import CombinerGateway, WatchedGateway
 from reducer.merging import Merger
 from reducer.planning import Planner
 from reducer.registry import CombinerRegistry
+from reducer.session_writes import StopMarkedState
 from reducer.sync_session import SyncSession
 
 __all__ = ["Controller", "check_session_capacity"]
@@ -59,7 +61,10 @@ class Controller:
     ) -> None:
         """``max_num_examples`` and ``max_clients_per_combiner`` bound what a combiner's result may
         report (see :mod:`reducer.results`)."""
-        self._state = state
+        self._stop_requests: dict[str, str] = {}  # session id -> who asked
+        # every session write of this controller keeps a requested stop (see reducer.session_writes)
+        self._sessions = StopMarkedState(state, self._stop_requests)
+        self._state = cast(StateStore, self._sessions)
         self._models = models
         self._registry = registry
         self._gateway = WatchedGateway(gateway, registry)
@@ -77,9 +82,8 @@ class Controller:
         self._lock = threading.Lock()
         self._current: str | None = None
         self._halt = threading.Event()
-        self._stop_requests: dict[str, str] = {}  # session id -> who asked
         self._merger = Merger(
-            state,
+            self._state,
             models,
             self._clock,
             max_num_examples=max_num_examples,
@@ -121,8 +125,11 @@ class Controller:
             self._state.put_session(stopped)
             logger.info("session %s: stopped by %s before it started", session_id, by)
             return stopped
-        session = session.model_copy(update={"stop_requested_by": session.stop_requested_by or by, "updated_at": now()})
-        self._state.put_session(session)
+        session = self._sessions.mark_stop(session_id, by)  # on the record as it is now, not as read above
+        if session.status not in (SessionStatus.PENDING, SessionStatus.RUNNING):
+            with self._lock:  # it ended meanwhile: the stop came too late to change it
+                self._stop_requests.pop(session_id, None)
+            return session
         if running_here:
             self._halt.set()
             self._wake.set()
