@@ -16,7 +16,7 @@ from fedn.v1 import fedn_pb2 as pb
 __all__ = ["DataChunk", "model_data_message", "parse_update_chunk"]
 
 _DATA_TAG = b"\x12"  # field 2, length-delimited: ModelChunk.data and UpdateChunk.data alike
-_VARINT_MAX_BYTES = 10
+_LENGTH_MAX_BYTES = 5  # protobuf reads a length as at most 5 varint bytes and refuses a longer one
 
 
 def model_data_message(*pieces: bytes | bytearray | memoryview) -> bytes:
@@ -53,9 +53,9 @@ def _varint(value: int) -> bytes:
 
 
 def _read_varint(raw: bytes, at: int) -> tuple[int, int]:
-    """The varint at ``raw[at:]`` and the index after it; (-1, at) if it is cut short or too long."""
+    """The length varint at ``raw[at:]`` and the index after it; (-1, at) if it is cut short or too long."""
     value, shift = 0, 0
-    for index in range(at, min(len(raw), at + _VARINT_MAX_BYTES)):
+    for index in range(at, min(len(raw), at + _LENGTH_MAX_BYTES)):
         byte = raw[index]
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:

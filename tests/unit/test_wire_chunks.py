@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from combiner.model_cache import ModelCache
 from fedn.clock import ManualClock
@@ -117,3 +119,51 @@ def test_anything_but_one_plain_data_field_goes_through_protobuf() -> None:
 def test_malformed_update_chunks_are_refused_by_protobuf(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         parse_update_chunk(raw)
+
+
+def _pieces() -> st.SearchStrategy[bytes]:
+    """Bytes near what a client sends: data and header messages, their concatenations, lengths written
+    with redundant varint bytes, cut short or run long, and noise."""
+    data = st.binary(max_size=300).map(lambda b: pb.UpdateChunk(data=b).SerializeToString())
+    header = st.text(max_size=20).map(lambda s: pb.UpdateChunk(header=pb.UpdateHeader(round_id=s)).SerializeToString())
+    padded = st.tuples(st.binary(max_size=200), st.integers(1, 9)).map(
+        lambda t: b"\x12" + _padded_varint(len(t[0]), t[1]) + t[0]
+    )
+    message = st.one_of(data, header, padded, st.binary(max_size=40))
+    joined = st.lists(message, min_size=1, max_size=3).map(b"".join)
+    return st.one_of(
+        joined,
+        st.tuples(joined, st.integers(0, 400)).map(lambda t: t[0][: t[1]]),  # cut anywhere
+        st.tuples(joined, st.binary(min_size=1, max_size=8)).map(lambda t: t[0] + t[1]),  # trailing bytes
+    )
+
+
+def _padded_varint(value: int, extra: int) -> bytes:
+    """``value`` as a varint with ``extra`` redundant continuation bytes (valid, longer than needed)."""
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+        if value == 0:
+            break
+    out.extend([0x80] * (extra - 1))
+    out.append(0)
+    return bytes(out)
+
+
+@settings(max_examples=600, deadline=None)
+@given(raw=_pieces())
+def test_an_upload_message_reads_exactly_as_protobuf_reads_it(raw: bytes) -> None:
+    """Whatever arrives, the hand reader and protobuf agree: both refuse it, or both read the same
+    data, or it went through protobuf itself."""
+    try:
+        expected = pb.UpdateChunk.FromString(raw)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            parse_update_chunk(raw)
+        return
+    got = parse_update_chunk(raw)
+    if isinstance(got, DataChunk):
+        assert expected.WhichOneof("part") == "data" and bytes(got.data) == expected.data
+    else:
+        assert got == expected
