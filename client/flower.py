@@ -16,9 +16,10 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import reprlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -63,20 +64,39 @@ def to_ndarrays(params: NamedArrays) -> list[np.ndarray]:
 
 
 def from_ndarrays(arrays: object, what: str = "parameters") -> NamedArrays:
-    """``[a, b, ...]`` -> ``{"p0": a, "p1": b, ...}``; InvalidModel if ``arrays`` is not a list of arrays."""
-    if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence) or isinstance(arrays, str | bytes):
+    """``[a, b, ...]`` -> ``{"p0": a, "p1": b, ...}``; InvalidModel if ``arrays`` is not a list of arrays.
+
+    Only a list or tuple (Flower's ``NDArrays``): another Sequence, such as ``range(10**12)``, would be
+    walked element by element. An element numpy cannot make an array of (ragged, too deep) or makes an
+    object array of is refused here, naming it, rather than by numpy or the codec without the name."""
+    if not isinstance(arrays, list | tuple):
         raise InvalidModel(f"{what} must be a list of numpy arrays, not {type(arrays).__name__}")
     out = {}
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray | np.generic | int | float | list):
             raise InvalidModel(f"{what}[{i}] is a {type(a).__name__}, not a numpy array")
-        out[f"p{i}"] = np.asarray(a)
+        try:
+            array = np.asarray(a)
+        except Exception as exc:
+            raise InvalidModel(f"{what}[{i}] is not an array: {type(exc).__name__}: {_text(exc)}") from None
+        if array.dtype.hasobject:
+            raise InvalidModel(f"{what}[{i}] is an array of Python objects, not of numbers")
+        out[f"p{i}"] = array
     return out
 
 
 def _index(name: str) -> tuple[int, str]:
-    digits = name[1:]
-    return (int(digits), name) if name.startswith("p") and digits.isdigit() else (-1, name)
+    digits = name[1:]  # ASCII only: "p\u00b2" is isdigit() but not int()
+    return (int(digits), name) if name.startswith("p") and digits.isascii() and digits.isdigit() else (-1, name)
+
+
+def _text(value: object) -> str:
+    """A user's value (its repr) or exception (its str) as text, bounded: either may be huge, 1000-deep
+    or unprintable, and a message about it must not fail in its turn."""
+    try:
+        return reprlib.repr(value) if not isinstance(value, BaseException) else str(value)[:1000]
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _flower_config(config: Mapping[str, ConfigScalar]) -> dict[str, ConfigScalar]:
@@ -87,30 +107,44 @@ def _flower_config(config: Mapping[str, ConfigScalar]) -> dict[str, ConfigScalar
     return out
 
 
+def _real(value: object) -> float | None:
+    """A real number as a float, or None: bool and numpy's too, not complex, not past float's range."""
+    if not isinstance(value, bool | int | float | np.integer | np.floating | np.bool_):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int past 1e308
+        return None
+
+
 def _fedn_metrics(metrics: object, what: str) -> dict[str, float]:
-    """Flower metrics (any Scalar) -> fedn metrics (floats): numbers kept, strings and bytes left out."""
+    """Flower metrics (``dict[str, Scalar]``) -> fedn metrics (floats): finite real numbers under a str key
+    kept, the rest (strings, bytes, NaN, a non-str key that ``str()`` could make collide) left out."""
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
         raise InvalidArgument(f"{what} metrics must be a dict, not {type(metrics).__name__}")
     out = {}
     for key, value in metrics.items():
-        if isinstance(value, bool | int | float | np.number) and math.isfinite(float(value)):
-            out[str(key)] = float(value)
-        else:
-            logger.debug("Flower metric %s=%r is not a finite number; not reported", key, value)
+        number = _real(value)
+        if isinstance(key, str) and number is not None and math.isfinite(number):
+            out[key] = number
+        else:  # reprlib: a 1000-deep value's repr would raise RecursionError, which logging re-raises
+            logger.debug("Flower metric %s=%s is not a finite number; not reported", _text(key), _text(value))
     return out
 
 
 def _triple(result: object, what: str, shape: str) -> tuple[Any, Any, Any]:
     if not isinstance(result, tuple | list) or len(result) != 3:
-        raise InvalidArgument(f"{what} must return {shape}, not {type(result).__name__}")
+        got = f"{len(result)} values" if isinstance(result, tuple | list) else type(result).__name__
+        raise InvalidArgument(f"{what} must return {shape}, not {got}")
     return result[0], result[1], result[2]
 
 
 def _num_examples(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise InvalidArgument(f"{what} num_examples must be a non-negative int, not {value!r}")
+    """A non-negative int that a float can hold: fedn weighs updates by ``float(num_examples)``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0 or _real(value) is None:
+        raise InvalidArgument(f"{what} num_examples must be a non-negative int, not {_text(value)}")
     return int(value)
 
 
@@ -139,8 +173,14 @@ class _ClientView:
 
 
 def _as_numpy_client(obj: object, spec: str) -> NumPyClientLike:
-    """What ``client_fn`` returned, as the NumPyClient shape: unwrapped from ``.to_client()``, or converted."""
-    inner = getattr(obj, "numpy_client", None)  # flwr's NumPyClient.to_client() keeps the original here
+    """What ``client_fn`` returned, as the NumPyClient shape: unwrapped from ``.to_client()``, or converted.
+
+    The shape is three callable methods of an instance: a class has them too, unbound, and an attribute
+    that is not callable would only fail at the first round."""
+    try:
+        inner = getattr(obj, "numpy_client", None)  # flwr's NumPyClient.to_client() keeps the original here
+    except Exception:  # a __getattr__ that raises: not a client either
+        inner = None
     if inner is not None:
         obj = inner
     try:
@@ -150,12 +190,22 @@ def _as_numpy_client(obj: object, spec: str) -> NumPyClientLike:
         FlwrClient = NumPyClient = None
     if FlwrClient is not None and isinstance(obj, FlwrClient) and not isinstance(obj, NumPyClient):
         return _ClientView(obj)
-    if not isinstance(obj, NumPyClientLike):
+    try:
+        shaped = not isinstance(obj, type) and all(
+            callable(getattr(obj, name, None)) for name in ("get_parameters", "fit", "evaluate")
+        )
+    except Exception:
+        shaped = False
+    if not shaped:
         raise InvalidArgument(
-            f"{spec} returned a {type(obj).__name__}, not a Flower NumPyClient "
+            f"{spec} returned {_what(obj)}, not a Flower NumPyClient instance "
             "(get_parameters(config), fit(parameters, config), evaluate(parameters, config))"
         )
-    return obj
+    return cast(NumPyClientLike, obj)  # checked above, method by method
+
+
+def _what(obj: object) -> str:
+    return f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
 
 
 def _call_client_fn(fn: Callable[..., object], spec: str, context: FlowerContext) -> object:
@@ -180,7 +230,7 @@ def _call_client_fn(fn: Callable[..., object], spec: str, context: FlowerContext
         return fn(*args)
     except Exception as exc:
         logger.debug("%s failed", spec, exc_info=True)
-        raise InvalidArgument(f"{spec} failed: {type(exc).__name__}: {exc}") from None
+        raise InvalidArgument(f"{spec} failed: {type(exc).__name__}: {_text(exc)}") from None
 
 
 class FlowerClient(Client):
@@ -192,7 +242,7 @@ class FlowerClient(Client):
     """
 
     def __init__(self, flower: str, partition: int = 0, num_partitions: int = 1, **run_config: Any) -> None:
-        fn = load_object(flower)
+        fn = load_object(flower)  # InvalidArgument for any import failure, the module's own included
         if type(fn).__name__ == "ClientApp":
             raise InvalidArgument(
                 f"{flower} is a ClientApp; name its client function instead (--flower module:client_fn)"
@@ -228,9 +278,10 @@ class FlowerClient(Client):
         what = f"{self._spec} evaluate()"
         result = self._run("evaluate", self.flower_client.evaluate, to_ndarrays(params), _flower_config(config))
         loss, num_examples, metrics = _triple(result, what, "(loss, num_examples, metrics)")
-        if isinstance(loss, bool) or not isinstance(loss, int | float | np.number):
-            raise InvalidArgument(f"{what} loss must be a number, not {type(loss).__name__}")
-        return float(loss), _num_examples(num_examples, what), _fedn_metrics(metrics, what)
+        number = None if isinstance(loss, bool | np.bool_) else _real(loss)
+        if number is None:
+            raise InvalidArgument(f"{what} loss must be a real number, not {_text(loss)}")
+        return number, _num_examples(num_examples, what), _fedn_metrics(metrics, what)
 
     def _run(self, name: str, method: Callable[..., object], *args: object) -> object:
         """The Flower client's own exception becomes one line that names it; the traceback goes to DEBUG."""
@@ -238,4 +289,5 @@ class FlowerClient(Client):
             return method(*args)
         except Exception as exc:
             logger.debug("%s %s() failed", self._spec, name, exc_info=True)
-            raise RuntimeError(f"Flower client {self._spec} {name}() failed: {type(exc).__name__}: {exc}") from None
+            text = f"{type(exc).__name__}: {_text(exc)}"
+            raise RuntimeError(f"Flower client {self._spec} {name}() failed: {text}") from None

@@ -47,6 +47,9 @@ def load_object(spec: str) -> object:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise InvalidArgument(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module's own error as it runs (SyntaxError, ...), or a relative ".name"
+        logger.debug("importing %s failed", module_name, exc_info=True)
+        raise InvalidArgument(f"cannot import {module_name!r}: {type(exc).__name__}: {str(exc)[:1000]}") from None
     try:
         return getattr(module, attr)
     except AttributeError:

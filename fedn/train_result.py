@@ -35,11 +35,14 @@ def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[Name
         if array.dtype != want:
             if array.dtype.kind != want.kind:
                 raise ValueError(f"tensor {spec.name!r} has dtype {array.dtype}, expected {want}")
-            array = array.astype(want)
+            cast = array.astype(want)
+            if want.kind in "iu" and not np.array_equal(cast, array):  # int64 -> int32 would wrap silently
+                raise ValueError(f"tensor {spec.name!r} has {array.dtype} values outside {want}")
+            array = cast
         out[spec.name] = array
     try:
         weight = float(num_examples)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         raise ValueError(f"num_examples must be a number, got {num_examples!r}") from None
     if not (weight > 0 and math.isfinite(weight)):
         raise ValueError(f"num_examples must be positive, got {num_examples!r}")
@@ -47,7 +50,7 @@ def check_train_result(result: object, manifest: list[TensorSpec]) -> tuple[Name
         raise ValueError("metrics must be a dict of name -> number")
     try:
         clean = {str(k): float(v) for k, v in metrics.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("metrics must be a dict of name -> number") from None
     return out, weight, clean
 
@@ -60,7 +63,7 @@ def check_evaluate_result(result: object) -> tuple[float, float, dict[str, float
     loss, num_examples, metrics = result
     try:
         loss, weight = float(loss), float(num_examples)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(
             f"evaluate must return a number for loss and num_examples: {loss!r}, {num_examples!r}"
         ) from None
@@ -72,6 +75,6 @@ def check_evaluate_result(result: object) -> tuple[float, float, dict[str, float
         raise ValueError("metrics must be a dict of name -> number")
     try:
         clean = {str(k): float(v) for k, v in metrics.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("metrics must be a dict of name -> number") from None
     return loss, weight, {k: v for k, v in clean.items() if math.isfinite(v)}
