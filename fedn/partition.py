@@ -10,6 +10,7 @@ and is refused beyond :data:`MAX_DIRICHLET_PARTITIONS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -67,8 +68,8 @@ def dirichlet_partition(
             f"than the {MAX_DIRICHLET_PARTITIONS} it does in reasonable time; use shard (label skew) or "
             "quantity (size skew), which split lazily"
         )
-    if alpha <= 0:
-        raise ValueError("alpha must be positive")
+    if not 0 < alpha < math.inf:  # NaN or inf: numpy draws NaN shares, cut into overlapping partitions
+        raise ValueError(f"alpha must be positive and finite, not {alpha}")
     if len(labels) < num_partitions * min_size:
         raise ValueError(f"{len(labels)} examples cannot give {num_partitions} partitions of {min_size}")
     rng = np.random.default_rng(seed)
@@ -77,7 +78,7 @@ def dirichlet_partition(
     for _ in range(max_attempts):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
         for idx in by_class:
-            proportions = rng.dirichlet(np.full(num_partitions, alpha))
+            proportions = _dirichlet(rng, num_partitions, alpha)
             cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(int)
             for p, chunk in enumerate(np.split(idx, cuts)):
                 parts[p].append(chunk)
@@ -126,16 +127,25 @@ def quantity_skew_partition(
     """IID labels but unequal sizes: partition sizes follow Dirichlet(``alpha``) proportions
     (small ``alpha``: a few large partitions and many small ones), each at least ``min_size``.
     """
-    if num_partitions < 1 or alpha <= 0:
-        raise ValueError("num_partitions must be at least 1 and alpha positive")
+    if num_partitions < 1 or not 0 < alpha < math.inf:
+        raise ValueError(
+            f"num_partitions must be at least 1 and alpha positive and finite, not {num_partitions}, {alpha}"
+        )
     if num_examples < num_partitions * min_size:
         raise ValueError(f"{num_examples} examples cannot give {num_partitions} partitions of {min_size}")
     rng = np.random.default_rng(seed)
     spare = num_examples - num_partitions * min_size
-    sizes = min_size + np.floor(rng.dirichlet(np.full(num_partitions, alpha)) * spare).astype(int)
+    sizes = min_size + np.floor(_dirichlet(rng, num_partitions, alpha) * spare).astype(int)
     sizes[: num_examples - sizes.sum()] += 1  # hand out what flooring left over
     order = rng.permutation(num_examples)
     return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+def _dirichlet(rng: np.random.Generator, parts: int, alpha: float) -> np.ndarray:
+    """Dirichlet(``alpha``) shares of ``parts``. numpy's draw overflows to all zeros once ``parts · alpha``
+    passes the float maximum (alpha near 1e306); the even split the distribution tends to stands for it."""
+    shares = rng.dirichlet(np.full(parts, alpha))
+    return shares if abs(shares.sum() - 1) < 1e-6 else np.full(parts, 1 / parts)
 
 
 PARTITIONERS = ("iid", "dirichlet", "shard", "quantity")
@@ -172,7 +182,7 @@ def partition_labels(
 
 
 def partition_of(
-    labels: np.ndarray | int,
+    labels: np.ndarray | int | np.integer,
     num_partitions: int,
     index: int,
     scheme: str = "iid",
@@ -190,7 +200,8 @@ def partition_of(
     """
     if not 0 <= index < num_partitions:
         raise ValueError(f"partition {index} is outside 0..{num_partitions - 1}")
-    count = labels if isinstance(labels, int) else len(labels)
+    counted = isinstance(labels, (int, np.integer))  # a numpy count too (np.int64 has no len())
+    count = int(labels) if counted else len(labels)
     if min_size is None:
         min_size = max(1, min(10, count // max(num_partitions, 1)))
     if scheme == "iid":
@@ -201,7 +212,7 @@ def partition_of(
     if scheme == "quantity":
         bounds, order = _quantity_cuts(count, num_partitions, alpha, seed, min_size)
         return np.sort(order[bounds[index] : bounds[index + 1]])
-    if isinstance(labels, int):
+    if counted:
         raise ValueError(f"{scheme} needs the labels, not only their number")
     if scheme == "shard":
         return _shard_of(np.asarray(labels), num_partitions, index, shards, seed)
@@ -232,13 +243,13 @@ def _permutation(count: int, seed: int) -> np.ndarray:
 @lru_cache(maxsize=4)
 def _quantity_cuts(count: int, parts: int, alpha: float, seed: int, min_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``quantity_skew_partition``'s cut points (``parts + 1`` of them) and its ordering of the examples."""
-    if parts < 1 or alpha <= 0:
-        raise ValueError("num_partitions must be at least 1 and alpha positive")
+    if parts < 1 or not 0 < alpha < math.inf:
+        raise ValueError(f"num_partitions must be at least 1 and alpha positive and finite, not {parts}, {alpha}")
     if count < parts * min_size:
         raise ValueError(f"{count} examples cannot give {parts} partitions of {min_size}")
     rng = np.random.default_rng(seed)
     spare = count - parts * min_size
-    sizes = min_size + np.floor(rng.dirichlet(np.full(parts, alpha)) * spare).astype(int)
+    sizes = min_size + np.floor(_dirichlet(rng, parts, alpha) * spare).astype(int)
     sizes[: count - sizes.sum()] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     order = rng.permutation(count)

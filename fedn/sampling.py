@@ -15,8 +15,15 @@ T = TypeVar("T")
 
 
 def sample_size(total: int, fraction: float, minimum: int) -> int:
-    """Clients to ask this round: ``ceil(fraction · total)``, at least ``minimum``, at most ``total``."""
-    return min(total, max(minimum, math.ceil(fraction * total)))
+    """Clients to ask this round: ``ceil(fraction · total)``, at least ``minimum``, at most ``total``.
+
+    A product within float rounding of a whole number is that number: ``0.07 * 100`` is
+    ``7.000000000000001`` in floats, and 7% of 100 clients is 7, not 8.
+    """
+    exact = fraction * total
+    whole = round(exact)
+    wanted = whole if math.isclose(exact, whole, rel_tol=1e-12) else math.ceil(exact)
+    return min(total, max(minimum, wanted))
 
 
 def allocate_sample(counts: Mapping[str, int], k: int) -> dict[str, int]:

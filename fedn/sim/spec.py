@@ -26,6 +26,8 @@ __all__ = [
     "round_sample",
 ]
 
+_INT64_MAX = 2**63 - 1
+
 
 class Heterogeneity(BaseModel):
     """Availability and speed profiles, drawn per client from the seed.
@@ -37,7 +39,7 @@ class Heterogeneity(BaseModel):
     that would arrive later are discarded as stragglers.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite time is no time to model
 
     dropout: float = Field(0.0, ge=0, le=1, description="chance that a flaky client misses a round")
     dropout_share: float = Field(1.0, ge=0, le=1, description="share of clients that are flaky")
@@ -70,15 +72,19 @@ class SimulationSpec(BaseModel):
         description="federated evaluation: the round's clients evaluate the new global model on their own data, "
         "aggregated as a deployment aggregates it (the rows' eval_loss, eval_accuracy, ...)",
     )
-    clients: int = Field(ge=1)
+    # ids and seeds are int64: a range of more ids has no len() to sample from, and round seeds are taken
+    # modulo 2**63 (fedn.sampling.sample_seed), so a larger seed would sample as a smaller one
+    clients: int = Field(ge=1, le=_INT64_MAX)
     combiners: int = Field(1, ge=1)
     rounds: int = Field(ge=1)
     fraction: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=_INT64_MAX)
     workers: int = Field(1, ge=1)
     partition: str | None = Field(None, description="iid, dirichlet, shard or quantity; passed to the client")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for dirichlet and quantity")
+    alpha: float = Field(
+        0.5, gt=0, allow_inf_nan=False, description="Dirichlet concentration for dirichlet and quantity"
+    )
     config: dict[str, ConfigScalar] = Field(default_factory=dict, description="round config for every train call")
     strategy: str = "fedavg"
     strategy_config: dict[str, Any] = Field(default_factory=dict)
@@ -242,10 +248,11 @@ def client_profiles(spec: SimulationSpec) -> tuple[ProfileColumn, ProfileColumn]
 def round_sample(spec: SimulationSpec, round_index: int) -> list[list[int]]:
     """The clients each combiner group asks in round ``round_index``, as a deployment picks them: the
     reducer splits ``fraction`` of the clients over the groups, each group draws its share with the
-    round's seed. Client ``i`` belongs to group ``i mod combiners``."""
+    round's seed. Client ``i`` belongs to group ``i mod combiners``. A group with no share asks none, as
+    the reducer leaves its combiner out (``select_clients`` reads a count of 0 as every client)."""
     members = [range(g, spec.clients, spec.combiners) for g in range(spec.combiners)]  # never listed
     shares = {g: len(m) for g, m in enumerate(members)}
     if spec.fraction < 1.0:
         shares = allocate_sample(shares, sample_size(spec.clients, spec.fraction, spec.min_clients))
     seed = sample_seed(spec.seed, round_index)
-    return [select_clients(members[g], shares[g], seed) for g in range(spec.combiners)]
+    return [select_clients(members[g], shares[g], seed) if shares[g] else [] for g in range(spec.combiners)]
