@@ -98,8 +98,9 @@ def _int8_quantize(
     scales = np.maximum(grid.max(axis=1), -grid.min(axis=1)) / np.float32(127)  # max|x| without an |x| copy
     if not np.isfinite(scales).all():
         raise NonFiniteValues(f"tensor {name!r} contains NaN or Inf")
-    inverse = np.divide(np.float32(1), scales, out=np.zeros_like(scales), where=scales > 0)
-    q = np.multiply(grid, inverse[:, None])
+    # divide rather than multiply by 1 / scale: below ~3.7e-37 that inverse overflows to inf, which
+    # made every code of the block ±127 (and 0 * inf a NaN code); an all-zero block divides by 1
+    q = np.divide(grid, np.where(scales > 0, scales, np.float32(1))[:, None])
     if rng is not None:
         q += rng.random(q.shape, dtype=np.float32)  # floor(q + u) has mean q: the rounding is unbiased
         np.floor(q, out=q)
@@ -286,7 +287,11 @@ def decode_model_downlink(
         if not compressible(spec, c) or c.codec == "float16":
             value = sections[0].astype(dtype)
         else:
-            value = int8_dequantize(sections[0], sections[1], block_width(spec.size, c.block)).astype(dtype)
+            with np.errstate(over="ignore"):
+                value = int8_dequantize(sections[0], sections[1], block_width(spec.size, c.block)).astype(dtype)
+            # a code of -128 (never encoded), or 127, times a scale at float32's limit / 127 overflows
+            if not np.isfinite(value).all():
+                raise NonFiniteValues(f"tensor {spec.name!r}: its int8 values decode beyond float32's range")
         out[spec.name] = value.reshape(spec.shape)
         offset += section_bytes(spec, c)
     return out

@@ -38,7 +38,12 @@ class Compression(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     codec: Literal["none", "float16", "int8", "topk"] = "none"
-    block: int = Field(256, ge=0, description="int8: values per float32 scale; 0 = one scale per tensor")
+    block: int = Field(
+        256,
+        ge=0,
+        le=2**63 - 1,  # an int of over 4300 digits has no text (Python refuses to print it): no canonical form
+        description="int8: values per float32 scale; 0 = one scale per tensor",
+    )
     stochastic: bool = Field(True, description="int8 uplink: unbiased stochastic rounding; False = nearest")
     ratio: float = Field(0.01, gt=0.0, le=1.0, description="topk: share of each tensor's entries kept")
     error_feedback: bool = Field(True, description="the client adds what compression lost to its next delta")
@@ -106,7 +111,8 @@ def parse_compression(value: str | Mapping[str, object] | Compression | None) ->
     try:
         return Compression.model_validate(fields)
     except ValidationError as exc:
-        raise validation_problem(exc, f"compression {value!r}") from None
+        # a mapping's repr can fail (an int of over 4300 digits); pydantic's messages name its fields
+        raise validation_problem(exc, f"compression {value!r}" if isinstance(value, str) else "compression") from None
 
 
 def _parse_text(text: str) -> dict[str, object]:
