@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # torch for the image lock: the CPU build, from the PyTorch CPU index (or a wheel already on disk)
 TORCH_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install demo test lint audit lock unit bench chaos figures proto clean
+.PHONY: install demo test lint audit lock unit fuzz bench chaos figures proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ lock: install
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+fuzz: install  # the property tests with new random examples each run (make test repeats one fixed draw)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from hypothesis import settings
 
 from tests.store_servers import mongo_server, s3_server
+
+# `make test` draws the same property-test examples every run, so it passes or fails on the code alone;
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) draws new ones each run, to find what the fixed draw does not.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

@@ -197,6 +197,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or Path("sim-runs") / time.strftime("%Y%m%d-%H%M%S"))
     sim = Simulation(spec, **_backend(args))
+    spec = sim.spec  # with the workers it runs (no more than the clients)
     console = Console(highlight=False, soft_wrap=True)
     console.print(
         f"fedn simulate: {spec.clients} clients in {spec.combiners} combiner groups, {spec.rounds} rounds, "

@@ -8,7 +8,6 @@ position and every sum is taken in a fixed order, so a rerun is bit-identical.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from fedn.sim.pool import EvalBatch, TrainBatch, WorkerPool
 from fedn.sim.results import ResultLog, RoundMetrics, SimulationResult
 from fedn.sim.spec import ClientFactory, SimulationSpec, client_profiles
 from fedn.sim.sync_rounds import run_sync_rounds
+from fedn.sim.workdir import run_workdir
 from fedn.sim.worker import Task
 
 __all__ = ["Simulation"]
@@ -54,7 +54,8 @@ class Simulation:
             given=spec.model_fields_set,
         )
         self.optimizer = make_server_optimizer(spec.strategy, spec.strategy_config)
-        self.spec = spec
+        # more workers than clients would idle; the effective count is the spec's (results depend on it)
+        self.spec = spec if spec.workers <= spec.clients else spec.model_copy(update={"workers": spec.clients})
         self.make_pool = make_pool  # takes WorkerPool's keywords; fedn.sim.ray_pool.ray_backend makes a RayPool
         self.cls = load_object(spec.client)
         if not isinstance(self.cls, type):
@@ -74,14 +75,14 @@ class Simulation:
         manifest = manifest_of(initial)
         model: NamedArrays = {s.name: np.array(initial[s.name]) for s in manifest}
         slowdown, dropout = client_profiles(spec)
-        workdir = tempfile.TemporaryDirectory(prefix="fedn-sim-", dir=_shm_dir())
+        workdir = run_workdir()
         with workdir as tmp, RssSampler() as rss:
             log = ResultLog(spec=spec, evaluator=evaluator, rss=rss, on_round=on_round)
             pool = self.make_pool(
                 workdir=Path(tmp),
                 spec=spec,
                 manifest=manifest,
-                workers=min(spec.workers, spec.clients),
+                workers=spec.workers,
                 mergeable=self.mergeable,
             )
             with pool:
@@ -144,9 +145,3 @@ class _MeteredPool:
 
     def evaluate(self, tasks: list[Task], **kwargs: Any) -> EvalBatch:
         return self._pool.evaluate(tasks, **kwargs)
-
-
-def _shm_dir() -> str | None:
-    """RAM-backed /dev/shm when there is one: the memory maps never touch a disk."""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() else None

@@ -25,14 +25,24 @@ import numpy as np
 
 from fedn.aggregation import Partial, merge_partials
 from fedn.codec import NamedArrays, TensorSpec, encode_payload, payload_bytes
-from fedn.errors import FednError
+from fedn.errors import FednError, InvalidArgument
 from fedn.records import MetricSummary
 from fedn.sim.spec import SimulationSpec
 from fedn.sim.worker import Task, flat_size, model_path, progress_path, result_path
 
-__all__ = ["EvalBatch", "TrainBatch", "WorkerPool", "collect_eval_batch", "collect_train_batch", "deal_tasks"]
+__all__ = [
+    "MAX_LOCAL_WORKERS",
+    "EvalBatch",
+    "TrainBatch",
+    "WorkerPool",
+    "collect_eval_batch",
+    "collect_train_batch",
+    "deal_tasks",
+]
 
 _START_TIMEOUT_S = 300.0
+# a process each: past this, a typo (--workers 100000000000) would fork until the machine gives out
+MAX_LOCAL_WORKERS = 1024
 _WORKER_MAIN = "from fedn.sim.worker import main; main()"
 
 # (metric summaries, total weight) of one worker's share of a group, as MetricsAccumulator summarised them
@@ -134,6 +144,11 @@ class WorkerPool:
     def __init__(
         self, *, workdir: Path, spec: SimulationSpec, manifest: list[TensorSpec], workers: int, mergeable: bool
     ) -> None:
+        if workers > MAX_LOCAL_WORKERS:
+            raise InvalidArgument(
+                f"{workers} worker processes is more than the {MAX_LOCAL_WORKERS} one machine runs here; "
+                "use --workers auto (one per core) or --backend ray"
+            )
         self.workdir, self.spec, self.manifest = workdir, spec, manifest
         self.workers = workers
         self.mergeable = mergeable
@@ -166,7 +181,7 @@ class WorkerPool:
         )
         for w in range(self.workers):
             np.memmap(result_path(workdir, w), dtype=np.float64, mode="w+", shape=(spec.combiners, size)).flush()
-        self._progress = np.memmap(progress_path(workdir), dtype=np.int64, mode="w+", shape=(max(spec.workers, 1),))
+        self._progress = np.memmap(progress_path(workdir), dtype=np.int64, mode="w+", shape=(max(self.workers, 1),))
         setup = {"spec": spec.model_dump(mode="json"), "manifest": [s.to_dict() for s in self.manifest]}
         (workdir / "setup.json").write_text(json.dumps(setup))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}

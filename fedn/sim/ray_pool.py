@@ -17,6 +17,7 @@ import contextlib
 import functools
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from fedn.sim.worker import Task, Worker, flat_size
 __all__ = ["RayOptions", "RayPool", "ray_backend", "require_ray"]
 
 _INSTALL = "--backend ray needs Ray: pip install 'fedn[ray]'"
+
+
+_CONNECT_TIMEOUT_S = 10.0  # for the head node's port to answer at all
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,13 @@ def require_ray() -> ModuleType:
 def ray_backend(options: RayOptions) -> Callable[..., RayPool]:
     """A ``make_pool`` for :class:`~fedn.sim.engine.Simulation` that runs on Ray with ``options``;
     FailedPrecondition without Ray, InvalidArgument for a negative resource or a timeout ≤ 0."""
-    if options.client_cpus < 0 or options.client_gpus < 0:
-        raise InvalidArgument("--client-cpus and --client-gpus cannot be negative")
-    if options.timeout_s <= 0 or options.start_timeout_s <= 0:
-        raise InvalidArgument("--ray-timeout must be more than 0 seconds")
+    if not all(0 <= r < math.inf for r in (options.client_cpus, options.client_gpus)):  # NaN fails too
+        raise InvalidArgument(
+            f"--client-cpus and --client-gpus must be finite and not negative, "
+            f"not {options.client_cpus:g} and {options.client_gpus:g}"
+        )
+    if not all(0 < t < math.inf for t in (options.timeout_s, options.start_timeout_s)):
+        raise InvalidArgument(f"--ray-timeout must be a finite number of seconds above 0, not {options.timeout_s:g}")
     require_ray()
     return functools.partial(RayPool, options=options)
 
@@ -155,6 +162,7 @@ class RayPool:
         ray = self._ray = require_ray()
         opts = self.options
         if not ray.is_initialized():
+            _check_reachable(opts.address, min(opts.start_timeout_s, _CONNECT_TIMEOUT_S))
             try:
                 ray.init(address=opts.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -312,3 +320,20 @@ def _check_capacity(ray: Any, workers: int, opts: RayOptions) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _check_reachable(address: str | None, timeout_s: float) -> None:
+    """FailedPrecondition unless something listens at a ``host:port`` cluster address: ``ray.init``
+    retries an address where nothing answers for ever. ``auto``, ``ray://`` and none are Ray's to find."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"--address must be host:port (the head node's port, 6379 by default), not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:  # refused, unreachable, unknown host, or no answer within timeout_s
+        reason = str(exc) or f"no answer in {timeout_s:g}s"
+        raise FailedPrecondition(
+            f"cannot connect to the Ray cluster at {address}: {reason}; is `ray start --head` running there?"
+        ) from None

@@ -344,8 +344,9 @@ def _global_model(manifest: list[TensorSpec]) -> dict[str, np.ndarray]:
 def test_fit_gives_the_exact_update_or_a_clear_error(case):
     manifest, returned = case
     c = _client(fit=returned)
-    want_arrays = _expected_arrays(returned[0], manifest) if isinstance(returned, tuple | list) else None
-    valid = isinstance(returned, tuple | list) and len(returned) == 3 and want_arrays is not None
+    triple = isinstance(returned, tuple | list) and len(returned) == 3
+    want_arrays = _expected_arrays(returned[0], manifest) if triple else None
+    valid = triple and want_arrays is not None
     want_count = _expected_count(returned[1]) if valid else None
     want_metrics = _expected_metrics(returned[2]) if valid else None
     valid = valid and want_count is not None and want_metrics is not None

@@ -60,6 +60,7 @@ class _FakeSimulation:
     specs: list = []
 
     def __init__(self, spec) -> None:
+        self.spec = spec
         self.specs.append(spec)
 
     def run(self, on_round=None, on_progress=None) -> SimulationResult:
