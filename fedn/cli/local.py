@@ -37,6 +37,24 @@ from fedn.session_options import check_session_options
 __all__ = ["register"]
 
 
+# A process each on this machine: past these, a typo (--clients 100000000000) forks until it gives out.
+MAX_COMBINERS = 64
+MAX_CLIENTS = 512
+
+
+def _at_most(limit: int, what: str):
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(
+                f"{text} {what} is more than the {limit} processes fedn local starts on one machine"
+                + ("; fedn simulate runs many more clients" if what == "clients" else "")
+            )
+        return value
+
+    return parse
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "local",
@@ -59,8 +77,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="keyword argument for every client (JSON value where it parses)",
     )
-    p.add_argument("--combiners", type=positive_int, default=2, help="number of combiners [default 2]")
-    p.add_argument("--clients", type=positive_int, default=4, help="number of clients [default 4]")
+    p.add_argument(
+        "--combiners",
+        type=_at_most(MAX_COMBINERS, "combiners"),
+        default=2,
+        help=f"number of combiners, at most {MAX_COMBINERS} [default 2]",
+    )
+    p.add_argument(
+        "--clients",
+        type=_at_most(MAX_CLIENTS, "clients"),
+        default=4,
+        help=f"number of clients, at most {MAX_CLIENTS} (fedn simulate runs more) [default 4]",
+    )
     p.add_argument("--rounds", type=positive_int, default=5, help="training rounds [default 5]")
     p.add_argument("--config", default="{}", help="JSON object passed to every train call [default {}]")
     p.add_argument(

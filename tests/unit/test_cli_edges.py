@@ -322,3 +322,19 @@ def test_the_readme_client_example_runs(tmp_path, monkeypatch):
     params, num_examples, metrics = client.train(client.initial_parameters(), {"epochs": 1})
     _loss, num_eval, eval_metrics = client.evaluate(params, {})
     assert num_examples == num_eval > 0 and metrics["train_loss"] > 0 and 0 <= eval_metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--clients", "100000000000", "100000000000 clients is more than the 512 processes"),
+        ("--clients", "513", "513 clients is more than the 512 processes"),
+        ("--combiners", "65", "65 combiners is more than the 64 processes"),
+        ("--clients", "0", "0 must be at least 1"),
+    ],
+)
+def test_fedn_local_refuses_more_processes_than_one_machine_runs(flag, value, message, capsys) -> None:
+    # before this bound, --clients 100000000000 started client processes until the machine gave out
+    assert main(["local", "--client", "bench.workloads:SyntheticClient", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
