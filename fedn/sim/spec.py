@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 _INT64_MAX = 2**63 - 1
+MAX_ROUND_SAMPLE = 10_000_000  # clients a round trains (each is a task the driver holds for the round)
+MAX_COMBINER_GROUPS = 1024  # the driver holds a float64 model per group
 
 
 class Heterogeneity(BaseModel):
@@ -75,7 +77,7 @@ class SimulationSpec(BaseModel):
     # ids and seeds are int64: a range of more ids has no len() to sample from, and round seeds are taken
     # modulo 2**63 (fedn.sampling.sample_seed), so a larger seed would sample as a smaller one
     clients: int = Field(ge=1, le=_INT64_MAX)
-    combiners: int = Field(1, ge=1)
+    combiners: int = Field(1, ge=1, le=MAX_COMBINER_GROUPS)
     rounds: int = Field(ge=1)
     fraction: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
@@ -130,6 +132,12 @@ class SimulationSpec(BaseModel):
             raise ValueError(f"{self.combiners} combiners need at least as many clients, not {self.clients}")
         if self.min_clients > self.clients:
             raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        sampled = self.clients if self.fraction >= 1.0 else sample_size(self.clients, self.fraction, self.min_clients)
+        if sampled > MAX_ROUND_SAMPLE:  # the driver lists a round's clients: it would run out of memory first
+            raise ValueError(
+                f"clients: {self.clients} at fraction {self.fraction:g}: a round would train {sampled} clients, "
+                f"more than the {MAX_ROUND_SAMPLE} the simulator trains in one; lower the fraction"
+            )
         if self.partition == "dirichlet" and self.clients > MAX_DIRICHLET_PARTITIONS:
             raise ValueError(
                 f"--partition dirichlet draws all partitions at once, at most {MAX_DIRICHLET_PARTITIONS}, "

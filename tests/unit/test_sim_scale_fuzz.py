@@ -74,6 +74,11 @@ REFUSED = [
     ({"heterogeneity": {"slowdown": math.inf, "slow_share": 0.5}}, "heterogeneity.slowdown: Input should be a finite"),
     ({"heterogeneity": {"deadline_s": math.inf}}, "heterogeneity.deadline_s: Input should be a finite"),
     ({"heterogeneity": {"task_time_s": math.nan}}, "heterogeneity.task_time_s: Input should be"),
+    # a round's clients are listed by the driver: all of 2**63 - 1 clients ran it out of memory
+    ({"clients": INT64_MAX}, "a round would train 9223372036854775807 clients, more than the 10000000"),
+    ({"clients": 10_000_001, "fraction": 1.0}, "a round would train 10000001 clients"),
+    ({"clients": 10**9, "fraction": 0.02}, "a round would train 20000000 clients"),
+    ({"clients": 2000, "combiners": 1025}, "combiners: Input should be less than or equal to 1024"),
 ]
 
 
