@@ -217,6 +217,7 @@ class AsyncRun:
             raise
         finally:
             self._uploading.discard(client_id)
+            self._uploads.release(client_id)  # a grant (RequestUpload) of an update refused before it was staged
             self._trainers.release(client_id, ok)
         return count
 

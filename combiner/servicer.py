@@ -5,6 +5,7 @@ Errors are mapped to statuses by :func:`combiner.grpc_errors.map_errors`, on eve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -36,6 +37,20 @@ class _CapturedHandlers:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self.service, self.handlers = service, handlers
+
+
+async def _ended_by_client(context: grpc.aio.ServicerContext) -> None:
+    """Raise CancelledError if the request stream ended because the call was cancelled, not half-closed.
+
+    gRPC ends a cancelled call's request stream as if the client had finished it, and cancels the
+    handler only later: a cut upload was refused as short (final for its client, who could not send it
+    again) or, if all its bytes had come, folded though its client saw CANCELLED. Sending the initial
+    metadata settles it: on a cancelled call its batch fails, or the cancellation queued before it lands.
+    """
+    try:
+        await context.send_initial_metadata(())
+    except grpc.aio.InternalError:  # the batch failed: the call is gone
+        raise asyncio.CancelledError from None
 
 
 class CombinerServicer(pb_grpc.CombinerServicer):
@@ -136,6 +151,7 @@ class CombinerServicer(pb_grpc.CombinerServicer):
                     yield chunk.data
                 else:
                     raise InvalidArgument("only data chunks may follow the header")
+            await _ended_by_client(context)
 
         try:
             count = await self._rounds.receive_update(header, chunks())

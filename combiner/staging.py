@@ -158,6 +158,16 @@ class UploadStager:
         if size != expected:
             raise InvalidModel(f"header announces {size} bytes, the model in {compression.text()} has {expected}")
 
+    def _check_fits(self, gate: GrantGate, size: int) -> None:
+        """Refuse an update larger than ``gate``'s slots were sized for. A round whose clients all announced
+        its codec sizes them by compressed bytes; one of them sending its update raw anyway took a slot
+        too, and raw updates in every slot staged several times ``max_staged_bytes``."""
+        if gate.capacity > 1 and gate.capacity * size > self._max_staged_bytes:
+            raise InvalidArgument(
+                f"an update of {size} bytes does not fit this round's {gate.capacity} upload slots, sized for "
+                "compressed updates within the combiner's --max-staged-bytes: send it in the round's compression"
+            )
+
     @contextlib.asynccontextmanager
     async def staged(
         self,
@@ -172,6 +182,7 @@ class UploadStager:
         """Check the header, take an upload slot, stage the update; the slot is held until the block
         ends (the fold), so staged buffers stay within the bound."""
         self.check_header(manifest, header, None if codec is None else codec.compression)
+        self._check_fits(gate, header.model.payload_bytes)
         staging = self.staged_update(manifest, header, chunks, spool=spool, codec=codec)
         async with gate.slot(header.client_id), staging as arrays:
             handed_at = time.perf_counter()  # a measurement, not a deadline: the real clock

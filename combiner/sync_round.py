@@ -170,6 +170,7 @@ class SyncRound(SelectedRound):
             raise
         finally:
             self._uploading.discard(client_id)
+            self._uploads.release(client_id)  # a grant (RequestUpload) of an update refused before it was staged
         logger.debug("folded update from client %s into round %s (%d so far)", client_id, round_id, count)
         return count
 
