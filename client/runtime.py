@@ -24,6 +24,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
+from client.checks import check_task, describe
 from client.download import download_model
 from fedn import wire
 from fedn.auth.rpc import open_channel
@@ -180,7 +181,7 @@ class ClientRuntime:
                     connected = self._connected = True
                     logger.info("client %s connected to combiner %s at %s", self.client_id, self.combiner_id, address)
                 try:
-                    task = self._heard(wire.task_from_proto(item))
+                    task = self._heard(check_task(wire.task_from_proto(item)))
                 except FednError as exc:
                     return self._malformed(exc)
                 if task.kind == "train":
@@ -218,7 +219,7 @@ class ClientRuntime:
                 inbox.put(msg)
             inbox.put(_StreamEnded("stream closed by the combiner"))
         except grpc.RpcError as exc:
-            inbox.put(_StreamEnded(f"{exc.code().name}: {exc.details()}"))
+            inbox.put(_StreamEnded(describe(exc)))
 
     # -- one task ----------------------------------------------------------
 
@@ -233,7 +234,7 @@ class ClientRuntime:
             downlink = parse_compression(task.downlink_compression)
             manifest, params = self._download(stub, task.model_id, timeout_s, downlink)
         except (grpc.RpcError, FednError) as exc:
-            text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
+            text = describe(exc)
             logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
             self._report_failure(stub, task, f"could not download the global model: {text}")
             return None
@@ -245,23 +246,19 @@ class ClientRuntime:
             logger.exception("round %s: train failed", task.round_id)
             self._report_failure(stub, task, f"{type(exc).__name__}: {exc}")
             return None
-        if uplink.lossless:
-            messages = wire.update_messages(
-                task.round_id, self.client_id or "", task.model_id, weight, metrics, arrays, self._chunk_bytes
-            )
-        else:
-            payload = self._encode_update(task, uplink, manifest, arrays)
-            messages = wire.update_payload_messages(
-                task.round_id,
-                self.client_id or "",
-                task.model_id,
-                weight,
-                metrics,
-                manifest,
-                payload,
-                compression=task.compression,
-                chunk_bytes=self._chunk_bytes,
-            )
+        head = (task.round_id, self.client_id or "", task.model_id, weight, metrics)
+        try:  # NaN, or a delta past float16's range: the codec refuses it (never clips it), the round fails
+            if uplink.lossless:
+                messages = wire.update_messages(*head, arrays, self._chunk_bytes)
+            else:
+                payload = self._encode_update(task, uplink, manifest, arrays)
+                messages = wire.update_payload_messages(
+                    *head, manifest, payload, compression=task.compression, chunk_bytes=self._chunk_bytes
+                )
+        except FednError as exc:
+            logger.error("round %s: update not encoded in %s: %s", task.round_id, uplink.codec, describe(exc))
+            self._report_failure(stub, task, f"update not encoded in {uplink.codec}: {describe(exc)}")
+            return None
         header = next(messages)
         granted = self._await_grant(stub, task, header.header.model.payload_bytes, inbox, deadline)
         if isinstance(granted, _StreamEnded):
@@ -293,7 +290,7 @@ class ClientRuntime:
         try:
             _manifest, params = self._download(stub, task.model_id, timeout_s)
         except (grpc.RpcError, FednError) as exc:
-            text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else exc.message
+            text = describe(exc)
             logger.error("round %s: could not download model %s: %s", task.round_id, task.model_id, text)
             self._report_failure(stub, task, f"could not download the model to evaluate: {text}")
             return
@@ -309,7 +306,7 @@ class ClientRuntime:
             reply = stub.ReportEvaluation(evaluation_report_to_proto(report), timeout=30)
         except grpc.RpcError as exc:
             log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
-            log("round %s: evaluation not taken by the combiner: %s: %s", task.round_id, exc.code().name, exc.details())
+            log("round %s: evaluation not taken by the combiner: %s", task.round_id, describe(exc))
             return
         logger.info(
             "round %s: evaluated model %s: loss %.4g on %g examples (%d evaluations so far)",
@@ -331,18 +328,20 @@ class ClientRuntime:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older combiner: upload and wait in the stream
                 return True
             log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
-            log("round %s: no upload slot: %s: %s", task.round_id, exc.code().name, exc.details())
+            log("round %s: no upload slot: %s", task.round_id, describe(exc))
             return False
         if reply.granted:
             return True
         logger.debug("round %s: waiting for an upload slot (%d ahead)", task.round_id, reply.queued_before)
         while not self._stop.is_set():
+            if time.monotonic() >= deadline:  # checked first: no stream of other messages holds it past it
+                logger.warning("round %s: no upload slot before the deadline", task.round_id)
+                return False
             try:
                 item = inbox.get(timeout=min(self._silence_s, max(0.1, deadline - time.monotonic())))
             except queue.Empty:
                 if time.monotonic() >= deadline:
-                    logger.warning("round %s: no upload slot before the deadline", task.round_id)
-                    return False
+                    continue
                 return _StreamEnded(f"no message for {self._silence_s:g}s")
             if isinstance(item, _StreamEnded):
                 return item
@@ -382,7 +381,7 @@ class ClientRuntime:
         except grpc.RpcError as exc:
             # FAILED_PRECONDITION: the round or async session moved on (closed, ended, too stale), not a fault here
             log = logger.info if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logger.error
-            log("round %s: update not taken by the combiner: %s: %s", task.round_id, exc.code().name, exc.details())
+            log("round %s: update not taken by the combiner: %s", task.round_id, describe(exc))
             return
         self.rounds_trained += 1
         logger.info(
@@ -396,4 +395,4 @@ class ClientRuntime:
                 timeout=30,
             )
         except grpc.RpcError as exc:
-            logger.warning("round %s: could not report the failure: %s", task.round_id, exc.details())
+            logger.warning("round %s: could not report the failure: %s", task.round_id, describe(exc))

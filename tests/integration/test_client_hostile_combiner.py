@@ -227,6 +227,7 @@ BAD_TASKS = {
     "line break in round_id": {"round_id": "r1\nERROR forged log line"},
     "control character in model_id": {"model_id": "good\x1b[2J"},
     "negative round_index": {"round_index": -1},
+    "evaluate task with an empty model_id": {"kind": pb.TASK_KIND_EVALUATE, "model_id": ""},
     "timeout_s NaN": {"timeout_s": float("nan")},
     "timeout_s inf": {"timeout_s": float("inf")},
     "timeout_s -1": {"timeout_s": -1.0},
@@ -242,8 +243,8 @@ BAD_TASKS = {
 
 @pytest.mark.parametrize("fields", BAD_TASKS.values(), ids=BAD_TASKS.keys())
 def test_a_task_it_cannot_read_is_left_with_one_log_line(rig, fields):
-    # such a task is no round the client could report against: it leaves the stream, asks the reducer
-    # again (here: the same combiner) and trains what comes next; it never trains the bad task
+    # past fedn.wire's bounds or client.checks': the client leaves the stream (as for any task it cannot
+    # read), asks the reducer again (here: the same combiner) and trains what comes next, never the bad task
     fields = {"round_id": "bad", "model_id": "good", **fields}
     before = len(rig.fake.streams)
     rig.fake.send(rig.train(fields.pop("round_id"), fields.pop("model_id"), **fields))
@@ -252,6 +253,14 @@ def test_a_task_it_cannot_read_is_left_with_one_log_line(rig, fields):
     assert rig.user.tags == ["ok-1"] and rig.fake.updates == ["ok-1"]
     assert "sent a task this client cannot take" in rig.caplog.text
     rig.logs_are_single_lines()
+
+
+def test_a_task_over_the_message_limit_ends_the_stream_and_the_client_comes_back(rig):
+    before = len(rig.fake.streams)
+    rig.fake.send(rig.train("huge", config={"blob": pb.ConfigValue(string_value="x" * (9 << 20))}))
+    rig.left_and_came_back(before)
+    rig.trains_next()
+    assert rig.user.tags == ["ok-1"]
 
 
 ODD_BUT_VALID = {
