@@ -19,7 +19,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 def test_async_session_merges_each_combiner_buffer_into_a_new_version(tmp_path: Path):
     from examples.digits import DigitsClient
 
-    spec = FederationSpec(client=CLIENT, num_combiners=2, num_clients=4, workdir=tmp_path / "fed")
+    # IID shares: each version is one combiner's buffer of 2 updates, and with label-skewed shares the
+    # last versions could all come from one pair of clients (a CI run ended at 0.29 accuracy that way,
+    # another here at 0.81); what this test checks is the merging, not non-IID convergence
+    spec = FederationSpec(
+        client=CLIENT, client_args=["partitioner=iid"], num_combiners=2, num_clients=4, workdir=tmp_path / "fed"
+    )
     with LocalFederation(spec) as fed:
         fed.start_clients()
         with fed.api() as api:
