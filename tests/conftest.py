@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -42,3 +43,13 @@ def s3_url(s3_endpoint: tuple[str, str, str]) -> str:
     """A fresh bucket on the shared server for each test."""
     endpoint, access, secret = s3_endpoint
     return f"s3://{quote(access, safe='')}:{quote(secret, safe='')}@{endpoint}/t{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """`fedn.cli.main` points the root logger at the test's captured stderr; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

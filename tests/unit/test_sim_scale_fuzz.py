@@ -8,11 +8,9 @@ the partitioners, exit 2 from the CLI) or accepted and behaves; nothing allocate
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import tempfile
-import tracemalloc
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +28,7 @@ from fedn.sampling import sample_seed, sample_size, seeded_uniforms, select_clie
 from fedn.sim import parse_spec
 from fedn.sim.client_state import ClientStateStore
 from fedn.sim.spec import client_profiles, round_sample
+from tests.unit.test_sim_scale import _peak_bytes
 
 INT64_MAX = 2**63 - 1
 MILLION = 1_000_000
@@ -40,15 +39,6 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def _spec(**fields: Any) -> Any:
     return parse_spec(**{"client": CLIENT, "clients": 10, "rounds": 3, **fields})
-
-
-def _peak_bytes(work: Callable[[], object]) -> tuple[object, int]:
-    tracemalloc.start()
-    try:
-        result = work()
-        return result, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 # -- the spec ------------------------------------------------------------------------------------------
@@ -177,17 +167,7 @@ def test_a_round_samples_the_stated_number_within_the_clients(
 # -- the CLI flags -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def _restore_logging():
-    """`main` points the root logger at this test's captured stderr; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.usefixtures("restore_root_logging")
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
