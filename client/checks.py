@@ -10,7 +10,8 @@ import grpc
 
 from fedn import wire
 from fedn.errors import FednError
-from fedn.ids import check_id, printable
+from fedn.ids import check_id
+from fedn.store.validation import clip
 from fedn.wire_limits import check_count
 
 __all__ = ["MAX_REASON_CHARS", "check_task", "describe"]
@@ -36,5 +37,4 @@ def describe(exc: BaseException) -> str:
         text = f"{exc.code().name}: {exc.details()}"
     else:
         text = exc.message if isinstance(exc, FednError) else f"{type(exc).__name__}: {exc}"
-    text = printable(text)
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+    return clip(text, MAX_REASON_CHARS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedn import wire
 from fedn.chunking import ChunkAssembler
-from fedn.codec import ALLOWED_DTYPES, NamedArrays, TensorSpec, check_finite, decode_payload, payload_bytes
+from fedn.codec import NamedArrays, TensorSpec, check_dtypes, check_finite, decode_payload, payload_bytes
 from fedn.compression import Compression, decode_model_downlink, downlink_payload_bytes
 from fedn.errors import InvalidModel, PayloadTooLarge
 from fedn.v1 import fedn_pb2 as pb
@@ -70,10 +70,9 @@ def _check_header(header: wire.ModelHeaderInfo, model_id: str, codec: Compressio
         raise InvalidModel(f"asked for model {model_id}, the stream sent model {header.model_id}")
     if not header.tensors:
         raise InvalidModel(f"model {model_id} has no tensors")
+    check_dtypes(header.tensors)
     names: set[str] = set()
     for spec in header.tensors:
-        if spec.dtype not in ALLOWED_DTYPES:
-            raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
         if spec.name in names:
             raise InvalidModel(f"tensor {spec.name!r} is named twice in the manifest")
         names.add(spec.name)

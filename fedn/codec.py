@@ -16,7 +16,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ __all__ = [
     "SpooledTensor",
     "StagedTensor",
     "TensorSpec",
+    "check_dtypes",
     "check_finite",
     "check_manifest",
     "decode_model",
@@ -137,12 +138,20 @@ class SpooledTensor(StagedTensor):
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
 
-def spooled_arrays(manifest: list[TensorSpec], file: BinaryIO, offset: int = 0) -> dict[str, SpooledTensor]:
-    """The tensors of a payload written to ``file`` at ``offset``, left there."""
-    out: dict[str, SpooledTensor] = {}
+def check_dtypes(manifest: Iterable[TensorSpec]) -> None:
+    """InvalidModel for a tensor whose dtype is not one of :data:`ALLOWED_DTYPES`. Checked before any size
+    is computed from a peer's manifest: numpy raises TypeError on a dtype it does not know, and one it does
+    (float128, say) is still none of ours."""
     for spec in manifest:
         if spec.dtype not in ALLOWED_DTYPES:
             raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
+
+
+def spooled_arrays(manifest: list[TensorSpec], file: BinaryIO, offset: int = 0) -> dict[str, SpooledTensor]:
+    """The tensors of a payload written to ``file`` at ``offset``, left there."""
+    check_dtypes(manifest)
+    out: dict[str, SpooledTensor] = {}
+    for spec in manifest:
         out[spec.name] = SpooledTensor(file, offset, spec)
         offset += spec.nbytes
     return out
@@ -181,14 +190,13 @@ def encode_payload(arrays: Mapping[str, np.ndarray]) -> tuple[list[TensorSpec], 
 
 def decode_payload(manifest: list[TensorSpec], payload: bytes | bytearray | memoryview) -> NamedArrays:
     """Zero-copy views of ``payload`` as named arrays; raises InvalidModel on a size mismatch."""
+    check_dtypes(manifest)
     expected = payload_bytes(manifest)
     if len(payload) != expected:
         raise InvalidModel(f"payload has {len(payload)} bytes, manifest describes {expected}")
     out: NamedArrays = {}
     offset = 0
     for spec in manifest:
-        if spec.dtype not in ALLOWED_DTYPES:
-            raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
         out[spec.name] = np.frombuffer(payload, dtype=spec.dtype, count=spec.size, offset=offset).reshape(spec.shape)
         offset += spec.nbytes
     return out

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from fedn.codec import ALLOWED_DTYPES, StagedTensor, TensorSpec
+from fedn.codec import StagedTensor, TensorSpec, check_dtypes
 from fedn.compression_format import (
     Compression,
     block_width,
@@ -53,9 +53,8 @@ def _payload_length(payload: bytes | bytearray | memoryview | np.ndarray) -> int
 
 
 def check_payload_length(payload: object, manifest: Sequence[TensorSpec], c: Compression, what: str) -> None:
-    for spec in manifest:  # as fedn.codec.decode_payload: numpy's own errors on these are no answer to a peer
-        if spec.dtype not in ALLOWED_DTYPES:
-            raise InvalidModel(f"tensor {spec.name!r} has unsupported dtype {spec.dtype}")
+    check_dtypes(manifest)
+    for spec in manifest:
         if any(d < 0 for d in spec.shape):  # its section would count negative bytes
             raise InvalidModel(f"tensor {spec.name!r} has a negative dimension: {list(spec.shape)}")
     expected = compressed_payload_bytes(manifest, c)

@@ -151,3 +151,10 @@ def test_split_model_gives_the_wire_payload_without_decoding():
     for bad in (b"", blob[:20], blob[:-1], b"\x08" + b"\x00" * 7 + b"not json"):
         with pytest.raises(InvalidModel):
             split_model(bad)
+
+
+@pytest.mark.parametrize("dtype", ["bogus", "", "float128", "complex64", "object"])
+def test_a_manifest_of_an_unknown_dtype_is_invalid_model_before_any_size_is_computed(dtype: str) -> None:
+    # payload_bytes asks numpy for the item size first: "bogus" was its TypeError, not a refusal
+    with pytest.raises(InvalidModel, match="unsupported dtype"):
+        decode_payload([TensorSpec("w", dtype, (3,))], b"\0" * 12)
